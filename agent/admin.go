@@ -1,0 +1,205 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"syscall"
+	"time"
+)
+
+// The admin socket: each running agent listens on a unix socket in its state
+// dir, mode 0600, so only its user can read its status (which holds tickets).
+
+// RunDir is the directory of admin sockets inside a state dir.
+const RunDir = "run"
+
+// Status is what `agent status --json` prints: every running agent of one
+// state dir. The field names are a stable interface for scripts and tests.
+type Status struct {
+	Agents []AgentStatus `json:"agents"`
+}
+
+// AgentStatus is one running agent process.
+type AgentStatus struct {
+	PID      int             `json:"pid"`
+	ID       string          `json:"id"`
+	Version  string          `json:"version"`
+	Started  time.Time       `json:"started"`
+	Brokers  []BrokerStatus  `json:"brokers"`
+	Shares   []ShareStatus   `json:"shares"`
+	Connects []ConnectStatus `json:"connects"`
+	Peers    []PeerStatus    `json:"peers"`
+}
+
+// BrokerStatus is one control session.
+type BrokerStatus struct {
+	Addr       string  `json:"addr"`
+	Connected  bool    `json:"connected"`
+	Observed   string  `json:"observed,omitempty"` // our address as the broker sees it
+	RTTMillis  float64 `json:"rtt_ms"`
+	Reconnects int     `json:"reconnects"`
+	LastError  string  `json:"last_error,omitempty"`
+}
+
+// ShareStatus is one share.
+type ShareStatus struct {
+	Name     string   `json:"name"`
+	Target   string   `json:"target"`
+	Ticket   string   `json:"ticket,omitempty"`
+	Allow    []string `json:"allow,omitempty"`
+	Streams  int64    `json:"streams"`
+	Total    int64    `json:"connections"`
+	BytesIn  int64    `json:"bytes_in"`
+	BytesOut int64    `json:"bytes_out"`
+}
+
+// ConnectStatus is one forward.
+type ConnectStatus struct {
+	Share     string `json:"share"`
+	Peer      string `json:"peer"`
+	Listen    string `json:"listen"`
+	Streams   int64  `json:"streams"`
+	Total     int64  `json:"connections"`
+	BytesIn   int64  `json:"bytes_in"`
+	BytesOut  int64  `json:"bytes_out"`
+	LastError string `json:"last_error,omitempty"`
+}
+
+// PeerStatus is one peer session.
+type PeerStatus struct {
+	Peer      string        `json:"peer"`
+	Role      string        `json:"role"` // "sharer": we share to it; "connector": we connect to it
+	Path      string        `json:"path"` // "direct" or "relay"
+	Remote    string        `json:"remote"`
+	Local     string        `json:"local"`
+	RTTMillis float64       `json:"rtt_ms"`
+	Streams   int           `json:"streams"`
+	BytesIn   int64         `json:"bytes_in"`
+	BytesOut  int64         `json:"bytes_out"`
+	Since     time.Time     `json:"since"`
+	PunchMS   int64         `json:"punch_ms"` // from introduction to the session up (connector side)
+	Attempts  int           `json:"attempts"`
+	Pair      CandidatePair `json:"candidate_pair"`
+}
+
+// Status returns a snapshot of the agent.
+func (a *Agent) Status() AgentStatus {
+	st := AgentStatus{PID: os.Getpid(), ID: a.id.ID().String(), Version: Version, Started: a.started,
+		Brokers: []BrokerStatus{}, Shares: []ShareStatus{}, Connects: []ConnectStatus{}, Peers: []PeerStatus{}}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, b := range a.brokers {
+		st.Brokers = append(st.Brokers, b.status())
+	}
+	for _, s := range a.shares {
+		ss := ShareStatus{Name: s.name, Target: s.Target, Streams: s.stats.streams.Load(), Total: s.stats.total.Load(),
+			BytesIn: s.stats.bytesIn.Load(), BytesOut: s.stats.bytesOut.Load()}
+		if s.ticket != nil {
+			ss.Ticket = s.ticket.String()
+		}
+		for _, id := range s.Allow {
+			ss.Allow = append(ss.Allow, id.String())
+		}
+		st.Shares = append(st.Shares, ss)
+	}
+	for _, f := range a.forwards {
+		f.mu.Lock()
+		st.Connects = append(st.Connects, ConnectStatus{Share: f.share, Peer: f.peer.String(), Listen: f.listen,
+			Streams: f.stats.streams.Load(), Total: f.stats.total.Load(), BytesIn: f.stats.bytesIn.Load(),
+			BytesOut: f.stats.bytesOut.Load(), LastError: f.lastErr})
+		f.mu.Unlock()
+	}
+	for _, ps := range a.sessions {
+		st.Peers = append(st.Peers, PeerStatus{Peer: ps.key.peer.String(), Role: ps.key.role, Path: ps.path,
+			Remote: ps.tls.RemoteAddr().String(), Local: ps.tls.LocalAddr().String(),
+			RTTMillis: millis(time.Duration(ps.rtt.Load())), Streams: ps.sess.NumStreams(),
+			BytesIn: ps.stats.bytesIn.Load(), BytesOut: ps.stats.bytesOut.Load(), Since: ps.since,
+			PunchMS: ps.punch.Milliseconds(), Attempts: ps.attempts, Pair: ps.pair})
+	}
+	sort.Slice(st.Brokers, func(i, j int) bool { return st.Brokers[i].Addr < st.Brokers[j].Addr })
+	sort.Slice(st.Shares, func(i, j int) bool { return st.Shares[i].Name < st.Shares[j].Name })
+	sort.Slice(st.Peers, func(i, j int) bool { return st.Peers[i].Peer < st.Peers[j].Peer })
+	return st
+}
+
+// listenAdmin opens this process's admin socket.
+func (a *Agent) listenAdmin() (*http.Server, error) {
+	dir := filepath.Join(a.opts.StateDir, RunDir)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("admin socket dir: %w", err)
+	}
+	path := filepath.Join(dir, "agent-"+strconv.Itoa(os.Getpid())+".sock")
+	os.Remove(path) // a previous process with our PID is long gone
+	old := syscall.Umask(0o177)
+	ln, err := net.Listen("unix", path)
+	syscall.Umask(old)
+	if err != nil {
+		return nil, fmt.Errorf("admin socket: %w", err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("admin socket: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(a.Status())
+	})
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	a.spawn(func() { srv.Serve(ln) })
+	return srv, nil
+}
+
+// QueryStatus asks every agent running with stateDir for its status. Sockets
+// of agents that are gone are removed.
+func QueryStatus(ctx context.Context, stateDir string) (Status, error) {
+	st := Status{Agents: []AgentStatus{}}
+	socks, err := filepath.Glob(filepath.Join(stateDir, RunDir, "agent-*.sock"))
+	if err != nil {
+		return st, err
+	}
+	for _, sock := range socks {
+		as, err := queryOne(ctx, sock)
+		if errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, os.ErrNotExist) {
+			os.Remove(sock)
+			continue
+		}
+		if err != nil {
+			return st, fmt.Errorf("agent at %s: %w", sock, err)
+		}
+		st.Agents = append(st.Agents, as)
+	}
+	sort.Slice(st.Agents, func(i, j int) bool { return st.Agents[i].PID < st.Agents[j].PID })
+	return st, nil
+}
+
+func queryOne(ctx context.Context, sock string) (AgentStatus, error) {
+	var as AgentStatus
+	c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", sock)
+		}}}
+	defer c.CloseIdleConnections()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://agent/status", nil)
+	if err != nil {
+		return as, err
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		return as, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return as, fmt.Errorf("status %s", resp.Status)
+	}
+	return as, json.NewDecoder(resp.Body).Decode(&as)
+}

@@ -1,0 +1,394 @@
+package agent
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/peerport/peerport/internal/backoff"
+	"github.com/peerport/peerport/internal/proto"
+	"github.com/peerport/peerport/internal/secure"
+)
+
+// Control-channel timing. Pings keep the broker's idle timer (90s) and NAT
+// mappings of the control connection fresh.
+const (
+	controlDialTimeout = 10 * time.Second
+	controlPingEvery   = 20 * time.Second
+	controlWriteWait   = 10 * time.Second
+	requestTimeout     = 20 * time.Second
+)
+
+// ErrUnauthorized means the broker refused our token or ticket: retrying
+// cannot help, the user has to fix the URL or ticket.
+var ErrUnauthorized = errors.New("unauthorized")
+
+// ErrBrokerDown means no control session is up right now.
+var ErrBrokerDown = errors.New("broker not connected")
+
+// RemoteError is an error code and message the broker sent back.
+type RemoteError struct {
+	Code    string
+	Message string
+}
+
+func (e *RemoteError) Error() string { return e.Message + " (" + e.Code + ")" }
+
+// Unwrap lets callers test errors.Is(err, ErrUnauthorized).
+func (e *RemoteError) Unwrap() error {
+	if e.Code == proto.CodeUnauthorized {
+		return ErrUnauthorized
+	}
+	return nil
+}
+
+func remoteErr(code, msg string) error {
+	if code == "" {
+		return nil
+	}
+	return &RemoteError{Code: code, Message: msg}
+}
+
+// controlConn is one established control session.
+type controlConn struct {
+	conn     *tls.Conn
+	welcome  *proto.Welcome
+	maxSize  int
+	log      logrus.FieldLogger
+	onIntro  func(*proto.Intro) *proto.IntroReply
+	writeMu  sync.Mutex
+	mu       sync.Mutex
+	waiters  map[uint64]chan proto.Message
+	nextID   atomic.Uint64
+	pingSent atomic.Int64 // unix nanos of the outstanding ping
+	rtt      atomic.Int64 // nanoseconds
+	done     chan struct{}
+	err      error // set before done is closed
+}
+
+// dialControl connects, authenticates and reads the Welcome.
+func dialControl(ctx context.Context, id *secure.Identity, u secure.BrokerURL, log logrus.FieldLogger) (*controlConn, error) {
+	cfg, err := secure.ControlClientConfig(id, u.Pin)
+	if err != nil {
+		return nil, err
+	}
+	d := net.Dialer{Timeout: controlDialTimeout, KeepAlive: 15 * time.Second}
+	raw, err := d.DialContext(ctx, "tcp", u.Addr)
+	if err != nil {
+		return nil, fmt.Errorf("dial broker %s: %w", u.Addr, err)
+	}
+	conn := tls.Client(raw, cfg)
+	hctx, cancel := context.WithTimeout(ctx, controlDialTimeout)
+	defer cancel()
+	if err := conn.HandshakeContext(hctx); err != nil {
+		raw.Close()
+		return nil, fmt.Errorf("broker %s: tls: %w", u.Addr, err)
+	}
+	conn.SetDeadline(time.Now().Add(controlDialTimeout))
+	start := time.Now()
+	if err := proto.Write(conn, &proto.Hello{Token: u.Token, Version: Version}); err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("broker %s: hello: %w", u.Addr, err)
+	}
+	m, err := proto.Read(conn, 0)
+	if err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("broker %s: hello: %w", u.Addr, err)
+	}
+	conn.SetDeadline(time.Time{})
+	c := &controlConn{conn: conn, log: log, waiters: map[uint64]chan proto.Message{}, done: make(chan struct{})}
+	c.rtt.Store(int64(time.Since(start)))
+	switch m := m.(type) {
+	case *proto.Welcome:
+		c.welcome = m
+		return c, nil
+	case *proto.Error:
+		conn.Close()
+		return nil, fmt.Errorf("broker %s: %w", u.Addr, remoteErr(m.Code, m.Message))
+	default:
+		conn.Close()
+		return nil, fmt.Errorf("broker %s: unexpected %T before Welcome", u.Addr, m)
+	}
+}
+
+// serve reads messages until the connection fails or ctx ends.
+func (c *controlConn) serve(ctx context.Context) error {
+	stop := context.AfterFunc(ctx, func() { c.conn.Close() })
+	defer stop()
+	go c.pinger()
+	err := c.readLoop()
+	c.conn.Close()
+	c.mu.Lock()
+	c.err = err
+	for id, w := range c.waiters {
+		close(w)
+		delete(c.waiters, id)
+	}
+	c.mu.Unlock()
+	close(c.done)
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	return err
+}
+
+func (c *controlConn) readLoop() error {
+	for {
+		c.conn.SetReadDeadline(time.Now().Add(3 * controlPingEvery))
+		m, err := proto.Read(c.conn, c.maxSize)
+		if err != nil {
+			return fmt.Errorf("control read: %w", err)
+		}
+		switch m := m.(type) {
+		case *proto.Ping:
+			go c.send(&proto.Pong{Nonce: m.Nonce})
+		case *proto.Pong:
+			if sent := c.pingSent.Swap(0); sent != 0 && uint64(sent) == m.Nonce {
+				c.rtt.Store(time.Now().UnixNano() - sent)
+			}
+		case *proto.Intro:
+			go func() {
+				if err := c.send(c.onIntro(m)); err != nil {
+					c.log.WithError(err).Warn("answer introduction")
+				}
+			}()
+		case *proto.Result:
+			c.deliver(m.ID, m)
+		case *proto.ConnectReply:
+			c.deliver(m.ID, m)
+		case *proto.Error:
+			return fmt.Errorf("broker closed the session: %w", remoteErr(m.Code, m.Message))
+		default:
+			c.log.Debugf("ignoring unexpected %T from broker", m)
+		}
+	}
+}
+
+func (c *controlConn) pinger() {
+	t := time.NewTicker(controlPingEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-c.done:
+			return
+		case <-t.C:
+			now := time.Now().UnixNano()
+			c.pingSent.Store(now)
+			if err := c.send(&proto.Ping{Nonce: uint64(now)}); err != nil {
+				return
+			}
+		}
+	}
+}
+
+func (c *controlConn) deliver(id uint64, m proto.Message) {
+	c.mu.Lock()
+	w, ok := c.waiters[id]
+	delete(c.waiters, id)
+	c.mu.Unlock()
+	if ok {
+		w <- m
+	}
+}
+
+func (c *controlConn) send(m proto.Message) error {
+	c.writeMu.Lock()
+	defer c.writeMu.Unlock()
+	c.conn.SetWriteDeadline(time.Now().Add(controlWriteWait))
+	return proto.Write(c.conn, m)
+}
+
+// request sends a message carrying id and waits for the answer with that id.
+func (c *controlConn) request(ctx context.Context, id uint64, m proto.Message) (proto.Message, error) {
+	w := make(chan proto.Message, 1)
+	c.mu.Lock()
+	if c.err != nil {
+		c.mu.Unlock()
+		return nil, fmt.Errorf("%w: %w", ErrBrokerDown, c.err)
+	}
+	c.waiters[id] = w
+	c.mu.Unlock()
+	if err := c.send(m); err != nil {
+		c.mu.Lock()
+		delete(c.waiters, id)
+		c.mu.Unlock()
+		return nil, fmt.Errorf("%w: %w", ErrBrokerDown, err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, requestTimeout)
+	defer cancel()
+	select {
+	case r, ok := <-w:
+		if !ok {
+			return nil, ErrBrokerDown
+		}
+		return r, nil
+	case <-ctx.Done():
+		c.mu.Lock()
+		delete(c.waiters, id)
+		c.mu.Unlock()
+		return nil, ctx.Err()
+	}
+}
+
+func (c *controlConn) register(ctx context.Context, s *share) error {
+	id := c.nextID.Add(1)
+	reg := &proto.Register{ID: id, Share: s.name}
+	if s.ticket != nil {
+		h := s.ticket.AdmitHash()
+		reg.AdmitHash = h[:]
+	}
+	for _, a := range s.Allow {
+		reg.Allow = append(reg.Allow, a.String())
+	}
+	r, err := c.request(ctx, id, reg)
+	if err != nil {
+		return fmt.Errorf("register share %s: %w", s.name, err)
+	}
+	res, ok := r.(*proto.Result)
+	if !ok {
+		return fmt.Errorf("register share %s: unexpected %T", s.name, r)
+	}
+	if err := remoteErr(res.Code, res.Message); err != nil {
+		return fmt.Errorf("register share %s: %w", s.name, err)
+	}
+	return nil
+}
+
+func (c *controlConn) connect(ctx context.Context, req *proto.Connect) (*proto.ConnectReply, error) {
+	req.ID = c.nextID.Add(1)
+	r, err := c.request(ctx, req.ID, req)
+	if err != nil {
+		return nil, err
+	}
+	rep, ok := r.(*proto.ConnectReply)
+	if !ok {
+		return nil, fmt.Errorf("unexpected %T", r)
+	}
+	if err := remoteErr(rep.Code, rep.Message); err != nil {
+		return nil, err
+	}
+	return rep, nil
+}
+
+// brokerClient keeps one control session to one broker alive, reconnecting
+// with backoff, and re-registers the agent's shares after each reconnect.
+type brokerClient struct {
+	url   secure.BrokerURL
+	agent *Agent
+	log   logrus.FieldLogger
+
+	mu        sync.Mutex
+	cur       *controlConn
+	up        chan struct{} // closed while cur is set; replaced when it drops
+	lastErr   error
+	reconnect int
+	fatal     error
+}
+
+func newBrokerClient(a *Agent, u secure.BrokerURL) *brokerClient {
+	return &brokerClient{url: u, agent: a, up: make(chan struct{}),
+		log: a.log.WithFields(logrus.Fields{"component": "control", "broker": u.Addr})}
+}
+
+// run keeps the session up until ctx ends or the broker refuses us for good.
+func (b *brokerClient) run(ctx context.Context) error {
+	bo := backoff.Backoff{Base: 500 * time.Millisecond, Cap: 30 * time.Second, Stable: time.Minute}
+	for ctx.Err() == nil {
+		c, err := dialControl(ctx, b.agent.id, b.url, b.log)
+		if err == nil {
+			c.onIntro = b.agent.onIntro
+			c.maxSize = proto.MaxMessageSize
+			err = b.session(ctx, c, &bo)
+		}
+		if ctx.Err() != nil {
+			break
+		}
+		b.mu.Lock()
+		b.lastErr = err
+		if errors.Is(err, ErrUnauthorized) {
+			b.fatal = err
+			close(b.up) // wake waiters; they see fatal
+			b.mu.Unlock()
+			return err
+		}
+		b.reconnect++
+		b.mu.Unlock()
+		d := bo.Next()
+		b.log.WithError(err).Warnf("broker unreachable; retrying in %v", d.Round(time.Millisecond))
+		if backoff.Sleep(ctx, d) != nil {
+			break
+		}
+	}
+	return ctx.Err()
+}
+
+func (b *brokerClient) session(ctx context.Context, c *controlConn, bo *backoff.Backoff) error {
+	for _, s := range b.agent.sharesFor(b) {
+		if err := c.register(ctx, s); err != nil {
+			c.conn.Close()
+			return err
+		}
+		b.log.WithField("share", s.name).Info("share online")
+	}
+	bo.Connected(time.Now())
+	b.agent.observed(c.welcome.Observed)
+	b.log.WithField("observed", c.welcome.Observed).Info("connected to broker")
+	b.mu.Lock()
+	b.cur = c
+	close(b.up)
+	b.mu.Unlock()
+	err := c.serve(ctx)
+	b.mu.Lock()
+	b.cur = nil
+	b.up = make(chan struct{})
+	b.mu.Unlock()
+	bo.Lost(time.Now())
+	return err
+}
+
+// conn waits for a live session.
+func (b *brokerClient) conn(ctx context.Context) (*controlConn, error) {
+	for {
+		b.mu.Lock()
+		cur, up, fatal := b.cur, b.up, b.fatal
+		b.mu.Unlock()
+		if fatal != nil {
+			return nil, fatal
+		}
+		if cur != nil {
+			return cur, nil
+		}
+		select {
+		case <-up:
+		case <-ctx.Done():
+			b.mu.Lock()
+			last := b.lastErr
+			b.mu.Unlock()
+			if last != nil {
+				return nil, fmt.Errorf("%w: %w", ErrBrokerDown, last)
+			}
+			return nil, ctx.Err()
+		}
+	}
+}
+
+func (b *brokerClient) status() BrokerStatus {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	st := BrokerStatus{Addr: b.url.Addr, Connected: b.cur != nil, Reconnects: b.reconnect}
+	if b.cur != nil {
+		st.RTTMillis = millis(time.Duration(b.cur.rtt.Load()))
+		st.Observed = b.cur.welcome.Observed
+	}
+	if b.lastErr != nil {
+		st.LastError = b.lastErr.Error()
+	}
+	return st
+}

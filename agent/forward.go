@@ -1,0 +1,306 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/yamux"
+	"github.com/sirupsen/logrus"
+
+	"github.com/peerport/peerport/internal/backoff"
+	"github.com/peerport/peerport/internal/proto"
+	"github.com/peerport/peerport/internal/secure"
+	"github.com/peerport/peerport/mux"
+)
+
+const (
+	headerTimeout = 10 * time.Second
+	targetTimeout = 10 * time.Second
+	// peerWait bounds how long an accepted local connection waits for the
+	// peer session to come (back) up before it is closed.
+	peerWait = 30 * time.Second
+)
+
+// serveStream is the sharer's side of one forwarded connection.
+func (a *Agent) serveStream(ctx context.Context, ps *peerSession, st *yamux.Stream) {
+	st.SetReadDeadline(time.Now().Add(headerTimeout))
+	h, err := mux.ReadHeader(st)
+	st.SetReadDeadline(time.Time{})
+	if err != nil {
+		ps.log.WithError(err).Warn("bad stream header")
+		mux.WriteStatus(st, mux.StatusBadHeader, err.Error())
+		st.Close()
+		return
+	}
+	log := ps.log.WithField("share", h.Share)
+	s, ok := a.shares[h.Share]
+	if !ok || !a.authorized(ps, s, h.Proof) {
+		// One answer for both, so a connector learns nothing of shares
+		// it holds no ticket for.
+		log.Warn("stream refused: not authorized for this share")
+		mux.WriteStatus(st, mux.StatusDenied, "not authorized for share "+strconv.Quote(h.Share))
+		st.Close()
+		return
+	}
+	d := net.Dialer{Timeout: targetTimeout}
+	target, err := d.DialContext(ctx, "tcp", s.Target)
+	if err != nil {
+		log.WithError(err).Warn("target unreachable; closing this connection only")
+		mux.WriteStatus(st, mux.StatusUnreachable, err.Error())
+		st.Close()
+		return
+	}
+	if err := mux.WriteStatus(st, mux.StatusOK, ""); err != nil {
+		target.Close()
+		st.Close()
+		return
+	}
+	pipe(st, target, &ps.stats, &s.stats)
+}
+
+// authorized checks a stream's claim to a share: a ticket proof bound to this
+// TLS session, or the connector's identity on the share's allow list.
+func (a *Agent) authorized(ps *peerSession, s *share, proof []byte) bool {
+	if len(proof) > 0 {
+		return s.ticket != nil && secure.VerifyProof(ps.state, s.ticket.ProofKey(), proof) == nil
+	}
+	for _, id := range s.Allow {
+		if id == ps.key.peer {
+			return true
+		}
+	}
+	return false
+}
+
+// forward is a connector's local listener and everything accepted on it.
+type forward struct {
+	a     *Agent
+	spec  ConnectSpec
+	share string
+	peer  secure.AgentID
+	log   logrus.FieldLogger
+	stats counters
+
+	mu      sync.Mutex
+	listen  string
+	lastErr string
+}
+
+func newForward(a *Agent, c ConnectSpec) *forward {
+	f := &forward{a: a, spec: c, share: c.Share, peer: c.Peer}
+	if c.Ticket != nil {
+		f.share, f.peer = c.Ticket.Share, c.Ticket.Sharer
+	}
+	f.log = a.log.WithFields(logrus.Fields{"component": "forward", "share": f.share, "peer": f.peer.Short()})
+	return f
+}
+
+// run opens the local listener and serves it. Without an explicit listen
+// address it first reaches the sharer, to learn the target's port.
+func (f *forward) run(ctx context.Context) error {
+	listen := f.spec.Listen
+	if listen == "" {
+		port, err := f.firstSession(ctx)
+		if err != nil {
+			return err
+		}
+		listen = net.JoinHostPort("127.0.0.1", strconv.Itoa(int(port)))
+	}
+	ln, err := net.Listen("tcp", listen)
+	if err != nil && f.spec.Listen == "" {
+		f.log.WithError(err).Infof("%s taken; listening on a free port", listen)
+		ln, err = net.Listen("tcp", "127.0.0.1:0")
+	}
+	if err != nil {
+		return fmt.Errorf("listen for share %s: %w", f.share, err)
+	}
+	f.mu.Lock()
+	f.listen = ln.Addr().String()
+	f.mu.Unlock()
+	if f.a.opts.OnListen != nil {
+		f.a.opts.OnListen(f.spec, ln.Addr())
+	}
+	f.log.WithField("listen", ln.Addr().String()).Info("forwarding")
+	stop := context.AfterFunc(ctx, func() { ln.Close() })
+	defer stop()
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			return fmt.Errorf("accept: %w", err)
+		}
+		f.a.spawn(func() { f.serve(ctx, c) })
+	}
+}
+
+// firstSession introduces and dials until the session is up, retrying what
+// may pass (sharer offline, broker down) and giving up on what cannot.
+func (f *forward) firstSession(ctx context.Context) (uint16, error) {
+	bo := backoff.Backoff{Base: 500 * time.Millisecond, Cap: 15 * time.Second}
+	for {
+		var port uint16
+		_, err := f.a.session(ctx, f.peer, func(ctx context.Context) (*proto.ConnectReply, error) {
+			rep, err := f.intro(ctx)
+			if rep != nil {
+				port = rep.Port
+			}
+			return rep, err
+		})
+		if err == nil {
+			if port == 0 {
+				return 0, fmt.Errorf("share %s: sharer did not say its port; pass --listen", f.share)
+			}
+			return port, nil
+		}
+		if errors.Is(err, ErrUnauthorized) || ctx.Err() != nil {
+			return 0, fmt.Errorf("share %s: %w", f.share, err)
+		}
+		f.setErr(err)
+		d := bo.Next()
+		f.log.WithError(err).Warnf("cannot reach the sharer yet; retrying in %v", d.Round(time.Millisecond))
+		if err := backoff.Sleep(ctx, d); err != nil {
+			return 0, err
+		}
+	}
+}
+
+// intro asks the broker to introduce us to the sharer.
+func (f *forward) intro(ctx context.Context) (*proto.ConnectReply, error) {
+	c, err := f.a.brokerFor(f.spec.Ticket).conn(ctx)
+	if err != nil {
+		return nil, err
+	}
+	req := &proto.Connect{Sharer: f.peer.String(), Share: f.share}
+	if t := f.spec.Ticket; t != nil {
+		k := t.AdmitKey()
+		req.Admit = k[:]
+	}
+	return c.connect(ctx, req)
+}
+
+func (f *forward) setErr(err error) {
+	f.mu.Lock()
+	f.lastErr = err.Error()
+	f.mu.Unlock()
+}
+
+// serve forwards one accepted local connection as a stream.
+func (f *forward) serve(ctx context.Context, c net.Conn) {
+	log := f.log.WithField("client", c.RemoteAddr().String())
+	wctx, cancel := context.WithTimeout(ctx, peerWait)
+	ps, err := f.a.session(wctx, f.peer, f.intro)
+	cancel()
+	if err != nil {
+		f.setErr(err)
+		log.WithError(err).Warn("no session to the sharer; closing connection")
+		c.Close()
+		return
+	}
+	st, err := f.open(ps)
+	if err != nil {
+		f.setErr(err)
+		log.WithError(err).Warn("stream refused; closing connection")
+		c.Close()
+		return
+	}
+	pipe(st, c, &ps.stats, &f.stats)
+}
+
+func (f *forward) open(ps *peerSession) (*yamux.Stream, error) {
+	proof, err := ps.proof(f.spec.Ticket)
+	if err != nil {
+		return nil, err
+	}
+	st, err := ps.sess.OpenStream()
+	if err != nil {
+		return nil, fmt.Errorf("open stream: %w", err)
+	}
+	if err := mux.WriteHeader(st, mux.Header{Share: f.share, Proof: proof}); err != nil {
+		st.Close()
+		return nil, err
+	}
+	st.SetReadDeadline(time.Now().Add(headerTimeout + targetTimeout))
+	err = mux.ReadStatus(st)
+	st.SetReadDeadline(time.Time{})
+	if err != nil {
+		st.Close()
+		return nil, err
+	}
+	return st, nil
+}
+
+// pipe copies both ways between a stream and a TCP connection, carrying a
+// half-close across (yamux's Close is a half-close: it sends FIN and keeps
+// reading), and counts bytes as they pass into each set of counters. "In" is
+// what came from the peer.
+func pipe(st *yamux.Stream, c net.Conn, cs ...*counters) {
+	for _, k := range cs {
+		k.streams.Add(1)
+		k.total.Add(1)
+	}
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { // peer -> local
+		defer wg.Done()
+		if err := copyCounting(c, st, cs, true); err != nil {
+			c.Close()
+			st.Close()
+			return
+		}
+		if tc, ok := c.(interface{ CloseWrite() error }); ok {
+			tc.CloseWrite()
+		}
+	}()
+	go func() { // local -> peer
+		defer wg.Done()
+		err := copyCounting(st, c, cs, false)
+		st.Close() // FIN to the peer, also after an error: it then sees EOF
+		if err != nil {
+			c.Close()
+		}
+	}()
+	wg.Wait()
+	c.Close()
+	for _, k := range cs {
+		k.streams.Add(-1)
+	}
+}
+
+var bufPool = sync.Pool{New: func() any { b := make([]byte, 64<<10); return &b }}
+
+// copyCounting is io.Copy that keeps the counters current during long
+// transfers, so status shows bytes moving rather than only at the end.
+func copyCounting(dst io.Writer, src io.Reader, cs []*counters, in bool) error {
+	bp := bufPool.Get().(*[]byte)
+	defer bufPool.Put(bp)
+	buf := *bp
+	for {
+		n, rerr := src.Read(buf)
+		if n > 0 {
+			if _, err := dst.Write(buf[:n]); err != nil {
+				return err
+			}
+			for _, k := range cs {
+				if in {
+					k.bytesIn.Add(int64(n))
+				} else {
+					k.bytesOut.Add(int64(n))
+				}
+			}
+		}
+		if rerr == io.EOF {
+			return nil
+		}
+		if rerr != nil {
+			return rerr
+		}
+	}
+}

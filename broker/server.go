@@ -1,0 +1,243 @@
+package broker
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/peerport/peerport/internal/proto"
+	"github.com/peerport/peerport/internal/secure"
+)
+
+// Defaults of Config.
+const (
+	DefaultHandshakeTimeout  = 10 * time.Second
+	DefaultIdleTimeout       = 90 * time.Second // agents Ping every 20s
+	DefaultIntroTimeout      = 10 * time.Second
+	DefaultMaxAgents         = 100000
+	DefaultMaxSharesPerAgent = 64
+	DefaultMaxPendingIntros  = 64
+)
+
+// writeTimeout bounds every write to an agent, so one stuck agent cannot hold
+// a connector's introduction (or the sharer's session) forever.
+const writeTimeout = 10 * time.Second
+
+// lingerTimeout and lingerBytes bound how long a session that is closed for a
+// bad request keeps reading after its Error: closing a TCP socket with unread
+// input sends RST, which could destroy the Error before the agent reads it.
+const (
+	lingerTimeout = time.Second
+	lingerBytes   = 1 << 20
+)
+
+// Config configures a Server. Zero values mean the defaults.
+type Config struct {
+	Token             string          // admits sharers (broker URL's TOKEN); connectors with a ticket need none
+	Cert              tls.Certificate // broker key; its SPKI pin is in the broker URL
+	Log               logrus.FieldLogger
+	Version           string           // software version, sent in Welcome
+	HandshakeTimeout  time.Duration    // TLS handshake + Hello; default 10s
+	IdleTimeout       time.Duration    // no message for this long drops the session; default 90s
+	IntroTimeout      time.Duration    // wait for the sharer's IntroReply; default 10s
+	MaxAgents         int              // sessions (members and guests); default 100000
+	MaxSharesPerAgent int              // default 64
+	MaxPendingIntros  int              // Connects in flight per session; default 64
+	MaxMessageSize    int              // default proto.MaxMessageSize
+	Now               func() time.Time // injected clock, default time.Now
+}
+
+func (c *Config) setDefaults() {
+	if c.Log == nil {
+		l := logrus.New()
+		l.SetOutput(io.Discard)
+		c.Log = l
+	}
+	if c.HandshakeTimeout == 0 {
+		c.HandshakeTimeout = DefaultHandshakeTimeout
+	}
+	if c.IdleTimeout == 0 {
+		c.IdleTimeout = DefaultIdleTimeout
+	}
+	if c.IntroTimeout == 0 {
+		c.IntroTimeout = DefaultIntroTimeout
+	}
+	if c.MaxAgents == 0 {
+		c.MaxAgents = DefaultMaxAgents
+	}
+	if c.MaxSharesPerAgent == 0 {
+		c.MaxSharesPerAgent = DefaultMaxSharesPerAgent
+	}
+	if c.MaxPendingIntros == 0 {
+		c.MaxPendingIntros = DefaultMaxPendingIntros
+	}
+	if c.MaxMessageSize == 0 {
+		c.MaxMessageSize = proto.MaxMessageSize
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+}
+
+func (c *Config) validate() error {
+	var errs []error
+	if c.Token == "" {
+		errs = append(errs, errors.New("token: empty; nobody could register a share"))
+	}
+	if len(c.Cert.Certificate) == 0 || c.Cert.PrivateKey == nil {
+		errs = append(errs, errors.New("cert: no certificate or private key"))
+	}
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{{"handshake_timeout", c.HandshakeTimeout}, {"idle_timeout", c.IdleTimeout}, {"intro_timeout", c.IntroTimeout}} {
+		if d.v < 0 {
+			errs = append(errs, fmt.Errorf("%s: %v is negative", d.name, d.v))
+		}
+	}
+	for _, n := range []struct {
+		name string
+		v    int
+	}{{"max_agents", c.MaxAgents}, {"max_shares_per_agent", c.MaxSharesPerAgent}, {"max_pending_intros", c.MaxPendingIntros}, {"max_message_size", c.MaxMessageSize}} {
+		if n.v < 0 {
+			errs = append(errs, fmt.Errorf("%s: %d is negative", n.name, n.v))
+		}
+	}
+	if c.MaxMessageSize > 0 && c.MaxMessageSize < 1024 {
+		errs = append(errs, fmt.Errorf("max_message_size: %d is too small for a Register (min 1024)", c.MaxMessageSize))
+	}
+	return errors.Join(errs...)
+}
+
+// Server is the broker's control server. It is safe for concurrent use.
+type Server struct {
+	cfg       Config
+	log       logrus.FieldLogger
+	tls       *tls.Config
+	tokenHash [sha256.Size]byte
+
+	mu        sync.Mutex
+	agents    map[secure.AgentID]*session // member sessions, by agent ID
+	sessions  int                         // members and guests, for MaxAgents
+	guests    int
+	shares    int
+	nextIntro uint64
+
+	introductions atomic.Uint64
+}
+
+// Stats are counters for status and metrics.
+type Stats struct {
+	Agents        int    // member sessions online
+	Guests        int    // guest (ticket-only) sessions online
+	Shares        int    // shares registered
+	Introductions uint64 // introductions the sharer answered with candidates
+}
+
+// New returns a Server for cfg, with defaults filled in.
+func New(cfg Config) (*Server, error) {
+	cfg.setDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, fmt.Errorf("broker config: %w", err)
+	}
+	return &Server{
+		cfg:       cfg,
+		log:       cfg.Log.WithField("component", "broker"),
+		tls:       secure.ControlServerConfig(cfg.Cert),
+		tokenHash: sha256.Sum256([]byte(cfg.Token)),
+		agents:    make(map[secure.AgentID]*session),
+	}, nil
+}
+
+// Stats returns the current counters.
+func (s *Server) Stats() Stats {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return Stats{Agents: len(s.agents), Guests: s.guests, Shares: s.shares, Introductions: s.introductions.Load()}
+}
+
+// Serve accepts connections from ln and serves each until ctx is done. It
+// closes ln and returns nil when ctx is done, after every session has ended.
+func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	stop := context.AfterFunc(ctx, func() { ln.Close() })
+	defer stop()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer ln.Close()
+	var delay time.Duration
+	for {
+		conn, err := ln.Accept()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			if errors.Is(err, net.ErrClosed) {
+				return fmt.Errorf("broker accept: %w", err)
+			}
+			// Out of file descriptors and the like: back off instead of spinning.
+			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+			s.log.WithError(err).Warnf("accept failed; retrying in %v", delay)
+			t := time.NewTimer(delay)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return nil
+			case <-t.C:
+			}
+			continue
+		}
+		delay = 0
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s.Accept(ctx, conn)
+		}()
+	}
+}
+
+// Accept serves one raw connection: the TLS server handshake, the Hello, and
+// the session's messages. It blocks until the session ends or ctx is done, and
+// closes conn.
+func (s *Server) Accept(ctx context.Context, conn net.Conn) {
+	defer conn.Close()
+	stop := context.AfterFunc(ctx, func() { conn.Close() })
+	defer stop()
+	log := s.log.WithField("remote", conn.RemoteAddr().String())
+
+	conn.SetDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
+	tc := tls.Server(conn, s.tls)
+	if err := tc.HandshakeContext(ctx); err != nil {
+		if ctx.Err() == nil {
+			log.WithError(err).Info("control handshake failed")
+		}
+		return
+	}
+	cs := tc.ConnectionState()
+	if cs.NegotiatedProtocol != secure.ALPNControl {
+		log.Infof("control handshake failed: ALPN %q, want %q", cs.NegotiatedProtocol, secure.ALPNControl)
+		return
+	}
+	id, err := secure.PeerID(cs)
+	if err != nil {
+		log.WithError(err).Info("control handshake failed")
+		return
+	}
+	sess := newSession(s, tc, conn, id, log)
+	sess.run(ctx)
+}
+
+// checkToken compares in constant time, also in length (both are hashed).
+func (s *Server) checkToken(token string) bool {
+	h := sha256.Sum256([]byte(token))
+	return subtle.ConstantTimeCompare(h[:], s.tokenHash[:]) == 1
+}

@@ -1,0 +1,348 @@
+// Command agent shares local TCP ports and connects to the shares of other
+// agents, peer to peer. See README.md for the commands.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/signal"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/sirupsen/logrus"
+	"github.com/spf13/cobra"
+
+	"github.com/peerport/peerport/agent"
+	"github.com/peerport/peerport/broker"
+	"github.com/peerport/peerport/internal/config"
+	"github.com/peerport/peerport/internal/logging"
+	"github.com/peerport/peerport/internal/secure"
+	"github.com/peerport/peerport/internal/statedir"
+)
+
+var version = "dev"
+
+func main() {
+	agent.Version = version
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := newRoot().ExecuteContext(ctx)
+	stop()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "agent: "+err.Error())
+		os.Exit(1)
+	}
+}
+
+// globals are the flags every subcommand takes, before or after its name.
+type globals struct {
+	stateDir, logLevel, logFormat string
+}
+
+func (g *globals) setup() (string, *logrus.Logger, *secure.Identity, error) {
+	log, err := logging.New(os.Stderr, g.logLevel, g.logFormat)
+	if err != nil {
+		return "", nil, nil, err
+	}
+	dir := statedir.Resolve(g.stateDir)
+	id, err := secure.LoadOrCreateIdentity(dir)
+	if err != nil {
+		return "", nil, nil, fmt.Errorf("identity in %s: %w", dir, err)
+	}
+	return dir, log, id, nil
+}
+
+func newRoot() *cobra.Command {
+	g := &globals{}
+	root := &cobra.Command{
+		Use:           "agent",
+		Short:         "Share a TCP port with a teammate, peer to peer, or connect to one",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	pf := root.PersistentFlags()
+	pf.StringVar(&g.stateDir, "state-dir", "", "state directory (default $PEERPORT_HOME or ~/.config/peerport)")
+	pf.StringVar(&g.logLevel, "log-level", "info", "trace, debug, info, warn or error")
+	pf.StringVar(&g.logFormat, "log-format", "text", "text or json")
+	root.AddCommand(loginCmd(g), shareCmd(g), connectCmd(g), upCmd(g), statusCmd(g), idCmd(g), versionCmd())
+	return root
+}
+
+func loginCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "login BROKER_URL",
+		Short: "Check a broker URL and save it in the state dir",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			dir, log, id, err := g.setup()
+			if err != nil {
+				return err
+			}
+			u, err := secure.ParseBrokerURL(args[0])
+			if err != nil {
+				return err
+			}
+			ctx, cancel := context.WithTimeout(cmd.Context(), 15*time.Second)
+			defer cancel()
+			if err := agent.Login(ctx, id, u, log); err != nil {
+				return fmt.Errorf("login: %w", err)
+			}
+			if err := agent.SaveBroker(dir, u); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.ErrOrStderr(), "logged in to %s; saved in %s\n", u.Addr, dir)
+			return nil
+		},
+	}
+}
+
+func shareCmd(g *globals) *cobra.Command {
+	var name, brokerURL, embedListen, publicAddr string
+	var allow []string
+	c := &cobra.Command{
+		Use:   "share TARGET",
+		Short: "Share PORT or HOST:PORT; prints a ticket as the first line of stdout",
+		Long: "Share a TCP target. The first line on stdout is the ticket, nothing else;\n" +
+			"progress goes to stderr. With no broker configured (no --broker, no `agent login`),\n" +
+			"an embedded broker runs inside this process and the ticket points at it.",
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			dir, log, id, err := g.setup()
+			if err != nil {
+				return err
+			}
+			target, err := config.NormalizeTarget(args[0])
+			if err != nil {
+				return err
+			}
+			if name == "" {
+				_, name, _ = net.SplitHostPort(target)
+			}
+			spec := agent.ShareSpec{Name: name, Target: target}
+			for _, s := range allow {
+				a, err := secure.ParseAgentID(s)
+				if err != nil {
+					return fmt.Errorf("--allow %q: %w", s, err)
+				}
+				spec.Allow = append(spec.Allow, a)
+			}
+			ctx := cmd.Context()
+			u, err := chooseBroker(ctx, dir, brokerURL, embedListen, publicAddr, log)
+			if err != nil {
+				return err
+			}
+			out := cmd.OutOrStdout()
+			a, err := agent.New(agent.Options{
+				Identity: id, StateDir: dir, Broker: u, Shares: []agent.ShareSpec{spec},
+				Log: log,
+				OnTicket: func(_ string, t secure.Ticket) {
+					fmt.Fprintln(out, t.String())
+					log.Infof("sharing %s as %q; give the ticket above to your teammate: agent connect <ticket>", target, name)
+				},
+			})
+			if err != nil {
+				return err
+			}
+			return a.Run(ctx)
+		},
+	}
+	f := c.Flags()
+	f.StringVar(&name, "name", "", "share name (default: the target's port)")
+	f.StringVar(&brokerURL, "broker", "", "broker URL (default: the one saved by `agent login`, else an embedded broker)")
+	f.StringArrayVar(&allow, "allow", nil, "agent ID that may connect by identity, without a ticket (repeatable)")
+	f.StringVar(&embedListen, "embedded-listen", ":0", "listen address of the embedded broker")
+	f.StringVar(&publicAddr, "public-addr", "", "host the embedded broker advertises in tickets (default: this host's first address)")
+	return c
+}
+
+// chooseBroker picks --broker, else the saved login, else starts an embedded
+// broker in this process.
+func chooseBroker(ctx context.Context, dir, flag, embedListen, publicAddr string, log *logrus.Logger) (*secure.BrokerURL, error) {
+	if flag != "" {
+		u, err := secure.ParseBrokerURL(flag)
+		if err != nil {
+			return nil, fmt.Errorf("--broker: %w", err)
+		}
+		return &u, nil
+	}
+	u, err := agent.LoadBroker(dir)
+	if err != nil || u != nil {
+		return u, err
+	}
+	r, err := broker.Start(ctx, broker.Options{
+		Listen: embedListen, PublicAddr: publicAddr, StateDir: statedir.Broker(dir),
+		Log: log.WithField("component", "embedded-broker"), Version: version,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("embedded broker: %w", err)
+	}
+	log.WithField("addr", r.URL.Addr).Info("no broker configured: running an embedded broker")
+	return &r.URL, nil
+}
+
+func connectCmd(g *globals) *cobra.Command {
+	var listen string
+	c := &cobra.Command{
+		Use:   "connect TICKET",
+		Short: "Forward a local port to a share; prints the local address as the first line of stdout",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			dir, log, id, err := g.setup()
+			if err != nil {
+				return err
+			}
+			t, err := secure.ParseTicket(args[0])
+			if err != nil {
+				return err
+			}
+			u, err := agent.LoadBroker(dir)
+			if err != nil {
+				log.WithError(err).Warn("ignoring saved broker URL")
+				u = nil
+			}
+			out := cmd.OutOrStdout()
+			a, err := agent.New(agent.Options{
+				Identity: id, StateDir: dir, Broker: u, Log: log,
+				Connects: []agent.ConnectSpec{{Ticket: &t, Listen: listen}},
+				OnListen: func(_ agent.ConnectSpec, addr net.Addr) { fmt.Fprintln(out, addr.String()) },
+			})
+			if err != nil {
+				return err
+			}
+			return a.Run(cmd.Context())
+		},
+	}
+	c.Flags().StringVar(&listen, "listen", "", "local address (default 127.0.0.1:<shared port>, or a free port if taken)")
+	return c
+}
+
+func upCmd(g *globals) *cobra.Command {
+	var file string
+	c := &cobra.Command{
+		Use:   "up",
+		Short: "Run the shares and connects of a YAML file",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := config.LoadAgent(file)
+			if err != nil {
+				return err
+			}
+			if g.stateDir == "" {
+				g.stateDir = cfg.StateDir
+			}
+			if !cmd.Flags().Changed("log-level") && cfg.Log.Level != "" {
+				g.logLevel = cfg.Log.Level
+			}
+			if !cmd.Flags().Changed("log-format") && cfg.Log.Format != "" {
+				g.logFormat = cfg.Log.Format
+			}
+			dir, log, id, err := g.setup()
+			if err != nil {
+				return err
+			}
+			opts, err := agent.OptionsFromConfig(cfg)
+			if err != nil {
+				return err
+			}
+			if opts.Broker == nil {
+				if opts.Broker, err = agent.LoadBroker(dir); err != nil {
+					return err
+				}
+			}
+			opts.Identity, opts.StateDir, opts.Log = id, dir, log
+			opts.OnTicket = func(name string, t secure.Ticket) {
+				log.WithField("share", name).Infof("share online; ticket: %s", t)
+			}
+			a, err := agent.New(opts)
+			if err != nil {
+				return err
+			}
+			return a.Run(cmd.Context())
+		},
+	}
+	c.Flags().StringVarP(&file, "config", "c", "agent.yaml", "config file")
+	return c
+}
+
+func statusCmd(g *globals) *cobra.Command {
+	var asJSON bool
+	c := &cobra.Command{
+		Use:   "status",
+		Short: "Show every running agent of this state dir: peers, path, RTT, streams, bytes",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, cancel := context.WithTimeout(cmd.Context(), 10*time.Second)
+			defer cancel()
+			st, err := agent.QueryStatus(ctx, statedir.Resolve(g.stateDir))
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				e := json.NewEncoder(cmd.OutOrStdout())
+				e.SetIndent("", "  ")
+				return e.Encode(st)
+			}
+			printStatus(cmd.OutOrStdout(), st)
+			return nil
+		},
+	}
+	c.Flags().BoolVar(&asJSON, "json", false, "print JSON (a stable schema, see README)")
+	return c
+}
+
+func printStatus(w io.Writer, st agent.Status) {
+	if len(st.Agents) == 0 {
+		fmt.Fprintln(w, "no agent running with this state dir")
+		return
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	defer tw.Flush()
+	for _, a := range st.Agents {
+		fmt.Fprintf(tw, "agent %s (pid %d, %s, up %s)\n", a.ID, a.PID, a.Version, time.Since(a.Started).Round(time.Second))
+		for _, b := range a.Brokers {
+			state := "connected"
+			if !b.Connected {
+				state = "DISCONNECTED " + b.LastError
+			}
+			fmt.Fprintf(tw, "  broker\t%s\t%s\trtt %.1fms\n", b.Addr, state, b.RTTMillis)
+		}
+		for _, s := range a.Shares {
+			fmt.Fprintf(tw, "  share\t%s\t-> %s\t%d open, %d total\tin %d B, out %d B\n", s.Name, s.Target, s.Streams, s.Total, s.BytesIn, s.BytesOut)
+		}
+		for _, c := range a.Connects {
+			fmt.Fprintf(tw, "  connect\t%s -> %s\t%s\t%d open, %d total\tin %d B, out %d B\t%s\n", c.Listen, c.Share, c.Peer[:12], c.Streams, c.Total, c.BytesIn, c.BytesOut, c.LastError)
+		}
+		for _, p := range a.Peers {
+			fmt.Fprintf(tw, "  peer\t%s\t%s\t%s %s\trtt %.1fms\t%d streams\tin %d B, out %d B\n", p.Peer[:12], p.Role, p.Path, p.Remote, p.RTTMillis, p.Streams, p.BytesIn, p.BytesOut)
+		}
+	}
+}
+
+func idCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "id",
+		Short: "Print this agent's identity",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			_, _, id, err := g.setup()
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), id.ID())
+			return nil
+		},
+	}
+}
+
+func versionCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "version",
+		Short: "Print the version",
+		Args:  cobra.NoArgs,
+		Run:   func(cmd *cobra.Command, _ []string) { fmt.Fprintln(cmd.OutOrStdout(), "agent", version) },
+	}
+}

@@ -1,0 +1,119 @@
+// Command broker introduces peerport agents to each other. Its first line on
+// stdout is the broker URL agents log in with; logs go to stderr.
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"github.com/peerport/peerport/broker"
+	"github.com/peerport/peerport/internal/config"
+	"github.com/peerport/peerport/internal/logging"
+	"github.com/peerport/peerport/internal/statedir"
+)
+
+var version = "dev"
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := newRoot().ExecuteContext(ctx)
+	stop()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "broker: "+err.Error())
+		os.Exit(1)
+	}
+}
+
+func newRoot() *cobra.Command {
+	var file, listen, publicAddr, stateDir, logLevel, logFormat string
+	var showVersion bool
+	c := &cobra.Command{
+		Use:   "broker",
+		Short: "Introduce peerport agents to each other",
+		Long: "Runs a peerport broker. The first line on stdout is its URL,\n" +
+			"pp://TOKEN@HOST:PORT#PIN, which agents log in with (agent login URL).\n" +
+			"Key, pin and token are created in the state dir on first start and kept after.",
+		Args:          cobra.NoArgs,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if showVersion {
+				fmt.Fprintln(cmd.OutOrStdout(), "broker", version)
+				return nil
+			}
+			cfg := &config.Broker{}
+			if file != "" {
+				var err error
+				if cfg, err = config.LoadBroker(file); err != nil {
+					return err
+				}
+			} else {
+				cfg.SetDefaults()
+			}
+			f := cmd.Flags()
+			if f.Changed("listen") {
+				cfg.Listen = listen
+			}
+			if f.Changed("public-addr") {
+				cfg.PublicAddr = publicAddr
+			}
+			if f.Changed("state-dir") {
+				cfg.StateDir = stateDir
+			}
+			if f.Changed("log-level") || cfg.Log.Level == "" {
+				cfg.Log.Level = logLevel
+			}
+			if f.Changed("log-format") || cfg.Log.Format == "" {
+				cfg.Log.Format = logFormat
+			}
+			if err := cfg.Validate(); err != nil {
+				return err
+			}
+			log, err := logging.New(os.Stderr, cfg.Log.Level, cfg.Log.Format)
+			if err != nil {
+				return err
+			}
+			lim := cfg.Limits
+			r, err := broker.Start(cmd.Context(), broker.Options{
+				Listen: cfg.Listen, PublicAddr: cfg.PublicAddr,
+				StateDir: brokerDir(cfg.StateDir),
+				Log:      log.WithField("component", "broker"), Version: version,
+				Limits: func(b *broker.Config) {
+					b.MaxAgents, b.MaxSharesPerAgent, b.MaxPendingIntros = lim.MaxAgents, lim.MaxSharesPerAgent, lim.MaxPendingIntros
+					b.MaxMessageSize = lim.MaxMessageBytes
+					b.HandshakeTimeout, b.IdleTimeout, b.IntroTimeout = lim.HandshakeTimeout, lim.IdleTimeout, lim.IntroTimeout
+				},
+			})
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), r.URL.String())
+			log.WithField("addr", r.Addr.String()).Info("broker running; agents log in with the URL on stdout")
+			<-r.Done
+			return r.Err()
+		},
+	}
+	f := c.Flags()
+	f.StringVarP(&file, "config", "c", "", "broker.yaml")
+	f.StringVar(&listen, "listen", ":7000", "control listen address")
+	f.StringVar(&publicAddr, "public-addr", "", "host (or host:port) advertised in the broker URL")
+	f.StringVar(&stateDir, "state-dir", "", "state directory for key and token (default $PEERPORT_HOME/broker or ~/.config/peerport/broker)")
+	f.StringVar(&logLevel, "log-level", "info", "trace, debug, info, warn or error")
+	f.StringVar(&logFormat, "log-format", "text", "text or json")
+	f.BoolVar(&showVersion, "version", false, "print the version")
+	return c
+}
+
+// brokerDir is --state-dir as given, else the broker/ subdirectory of the
+// default state dir (where `agent share`'s embedded broker keeps its key too).
+func brokerDir(flag string) string {
+	if flag != "" {
+		return flag
+	}
+	return statedir.Broker(statedir.Default())
+}

@@ -1,0 +1,190 @@
+// Package config owns the configuration files of peerport: agent.yaml (for
+// `agent up` and agent defaults) and broker.yaml.
+//
+// Loading runs in three steps, as in frp:
+//
+//  1. decode: strict, against the Go types; unknown keys and wrong types are
+//     errors that name file, line and dotted field path;
+//  2. defaults: SetDefaults fills every unset field in one place;
+//  3. validate: Validate reports every problem at once (errors.Join), one line
+//     each, e.g. "agent.yaml:7: connects[1].listen: port 70000 out of range (0-65535)".
+//
+// Every error returned wraps ErrInvalid; each line is an *Error.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// ErrInvalid is wrapped by every error of loading, decoding or validating a
+// configuration.
+var ErrInvalid = errors.New("invalid configuration")
+
+// MaxFileSize is the largest configuration file read. Real ones are a few KiB;
+// the cap keeps a wrong path (a log, a disk image) from being read whole.
+const MaxFileSize = 1 << 20
+
+// Log configures the logger of an agent or broker.
+type Log struct {
+	Level  string `yaml:"level"`  // trace|debug|info|warn|error; default info
+	Format string `yaml:"format"` // text|json; default text
+}
+
+// Agent is agent.yaml: the shares and connects `agent up` runs, and defaults
+// for the other agent commands.
+type Agent struct {
+	Broker   string    `yaml:"broker"`    // pp://TOKEN@host:port#PIN; empty = no broker (shares then need an embedded broker)
+	StateDir string    `yaml:"state_dir"` // empty: cmd resolves $PEERPORT_HOME or ~/.config/peerport
+	Log      Log       `yaml:"log"`
+	Shares   []Share   `yaml:"shares"`
+	Connects []Connect `yaml:"connects"`
+}
+
+// Share exposes one local TCP target to peers.
+type Share struct {
+	Name   string   `yaml:"name"`   // required; secure.ValidShareName
+	Target string   `yaml:"target"` // required; PORT or HOST:PORT, normalized to host:port (host default 127.0.0.1)
+	Allow  []string `yaml:"allow"`  // agent IDs that may connect by identity, without a ticket
+}
+
+// Connect reaches one share, by ticket or (team mode) by peer and share name.
+type Connect struct {
+	Ticket string `yaml:"ticket"` // pp1...; exactly one of ticket, or peer+share
+	Peer   string `yaml:"peer"`   // agent ID of the sharer (team mode)
+	Share  string `yaml:"share"`  // share name on that peer (team mode)
+	Listen string `yaml:"listen"` // empty: the agent picks 127.0.0.1:<port>; else host:port or port (normalized to 127.0.0.1:port)
+}
+
+// Broker is broker.yaml.
+type Broker struct {
+	Listen     string       `yaml:"listen"`      // default ":7000"; a bare port means ":PORT"
+	PublicAddr string       `yaml:"public_addr"` // host or host:port advertised in the broker URL
+	StateDir   string       `yaml:"state_dir"`   // empty: cmd resolves
+	Log        Log          `yaml:"log"`
+	Limits     BrokerLimits `yaml:"limits"`
+}
+
+// BrokerLimits bound what one broker holds in memory.
+type BrokerLimits struct {
+	MaxAgents         int           `yaml:"max_agents"`
+	MaxSharesPerAgent int           `yaml:"max_shares_per_agent"`
+	MaxPendingIntros  int           `yaml:"max_pending_intros"`
+	MaxMessageBytes   int           `yaml:"max_message_bytes"`
+	HandshakeTimeout  time.Duration `yaml:"handshake_timeout"`
+	IdleTimeout       time.Duration `yaml:"idle_timeout"`
+	IntroTimeout      time.Duration `yaml:"intro_timeout"`
+}
+
+// Error is one problem in a configuration. Its text is
+// "FILE:LINE: PATH: MSG", leaving out the parts that are unknown.
+type Error struct {
+	File string // as given to Load*/Parse*; empty for Validate on a config built in code
+	Line int    // 1-based; 0 when unknown
+	Path string // dotted field path, e.g. "connects[1].listen"; empty for the whole file
+	Msg  string
+	Err  error // the underlying cause, if any (e.g. secure.ErrBadTicket, fs.ErrNotExist)
+}
+
+func (e *Error) Error() string {
+	var b strings.Builder
+	if e.File != "" {
+		b.WriteString(e.File)
+		if e.Line > 0 {
+			b.WriteString(":" + strconv.Itoa(e.Line))
+		}
+		b.WriteString(": ")
+	}
+	if e.Path != "" {
+		b.WriteString(e.Path + ": ")
+	}
+	b.WriteString(e.Msg)
+	return b.String()
+}
+
+// Unwrap returns the underlying cause.
+func (e *Error) Unwrap() error { return e.Err }
+
+// Is makes every configuration error match ErrInvalid.
+func (e *Error) Is(target error) bool { return target == ErrInvalid }
+
+// LoadAgent reads, decodes, defaults and validates an agent.yaml.
+func LoadAgent(path string) (*Agent, error) {
+	data, err := readFile(path)
+	if err != nil {
+		return nil, err
+	}
+	return ParseAgent(path, data)
+}
+
+// ParseAgent is LoadAgent from bytes; name stands for the file in messages.
+func ParseAgent(name string, data []byte) (*Agent, error) {
+	c := new(Agent)
+	lines, err := decode(name, data, c)
+	if err != nil {
+		return nil, err
+	}
+	c.SetDefaults()
+	if err := c.validate(&problems{file: name, lines: lines}); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// LoadBroker reads, decodes, defaults and validates a broker.yaml.
+func LoadBroker(path string) (*Broker, error) {
+	data, err := readFile(path)
+	if err != nil {
+		return nil, err
+	}
+	return ParseBroker(path, data)
+}
+
+// ParseBroker is LoadBroker from bytes; name stands for the file in messages.
+func ParseBroker(name string, data []byte) (*Broker, error) {
+	c := new(Broker)
+	lines, err := decode(name, data, c)
+	if err != nil {
+		return nil, err
+	}
+	c.SetDefaults()
+	if err := c.validate(&problems{file: name, lines: lines}); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+func readFile(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, &Error{File: path, Msg: "cannot read: " + causeText(err), Err: err}
+	}
+	defer f.Close()
+	// Read one byte past the cap to tell "exactly at the cap" from "over it".
+	data, err := io.ReadAll(io.LimitReader(f, MaxFileSize+1))
+	if err != nil {
+		return nil, &Error{File: path, Msg: "cannot read: " + causeText(err), Err: err}
+	}
+	if len(data) > MaxFileSize {
+		return nil, tooLarge(path)
+	}
+	return data, nil
+}
+
+func tooLarge(name string) error {
+	return &Error{File: name, Msg: fmt.Sprintf("file is larger than %d KiB; is this the right file?", MaxFileSize>>10)}
+}
+
+// causeText drops the path an *os.PathError repeats, since Error names the file.
+func causeText(err error) string {
+	var pe *os.PathError
+	if errors.As(err, &pe) {
+		return pe.Err.Error()
+	}
+	return err.Error()
+}

@@ -1,0 +1,80 @@
+package config
+
+import "time"
+
+// Defaults of the fields whose zero value is not usable.
+const (
+	DefaultLogLevel  = "info"
+	DefaultLogFormat = "text"
+
+	DefaultBrokerListen      = ":7000"
+	DefaultMaxAgents         = 100_000
+	DefaultMaxSharesPerAgent = 64
+	DefaultMaxPendingIntros  = 64
+	DefaultMaxMessageBytes   = 64 << 10
+	DefaultHandshakeTimeout  = 10 * time.Second
+	DefaultIdleTimeout       = 90 * time.Second
+	DefaultIntroTimeout      = 10 * time.Second
+)
+
+// SetDefaults fills the unset fields of l.
+func (l *Log) SetDefaults() {
+	setString(&l.Level, DefaultLogLevel)
+	setString(&l.Format, DefaultLogFormat)
+}
+
+// SetDefaults fills every unset field and normalizes addresses that parse
+// (PORT -> 127.0.0.1:PORT); ones that do not are left for Validate to report.
+func (c *Agent) SetDefaults() {
+	c.Log.SetDefaults()
+	for i := range c.Shares {
+		if t, err := NormalizeTarget(c.Shares[i].Target); err == nil {
+			c.Shares[i].Target = t
+		}
+	}
+	for i := range c.Connects {
+		if l, err := NormalizeListen(c.Connects[i].Listen); err == nil {
+			c.Connects[i].Listen = l
+		}
+	}
+}
+
+// SetDefaults fills every unset field; a bare port in Listen becomes ":PORT",
+// since a broker serves the public.
+func (c *Broker) SetDefaults() {
+	setString(&c.Listen, DefaultBrokerListen)
+	if l, err := normalizeBrokerListen(c.Listen); err == nil {
+		c.Listen = l
+	}
+	c.Log.SetDefaults()
+	c.Limits.SetDefaults()
+}
+
+// SetDefaults fills the unset (zero) limits.
+func (l *BrokerLimits) SetDefaults() {
+	setInt(&l.MaxAgents, DefaultMaxAgents)
+	setInt(&l.MaxSharesPerAgent, DefaultMaxSharesPerAgent)
+	setInt(&l.MaxPendingIntros, DefaultMaxPendingIntros)
+	setInt(&l.MaxMessageBytes, DefaultMaxMessageBytes)
+	setDuration(&l.HandshakeTimeout, DefaultHandshakeTimeout)
+	setDuration(&l.IdleTimeout, DefaultIdleTimeout)
+	setDuration(&l.IntroTimeout, DefaultIntroTimeout)
+}
+
+func setString(p *string, v string) {
+	if *p == "" {
+		*p = v
+	}
+}
+
+func setInt(p *int, v int) {
+	if *p == 0 {
+		*p = v
+	}
+}
+
+func setDuration(p *time.Duration, v time.Duration) {
+	if *p == 0 {
+		*p = v
+	}
+}

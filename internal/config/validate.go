@@ -1,0 +1,310 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"strconv"
+	"strings"
+	"time"
+	"unicode"
+
+	"github.com/peerport/peerport/internal/secure"
+)
+
+// Ranges of the broker limits. Beyond them a value is almost surely a typo.
+const (
+	maxMaxAgents         = 10_000_000
+	maxMaxSharesPerAgent = 10_000
+	maxMaxPendingIntros  = 10_000
+	minMaxMessageBytes   = 1 << 10
+	maxMaxMessageBytes   = 1 << 20
+)
+
+// problems collects validation errors, locating each by the line its field
+// was decoded from.
+type problems struct {
+	file  string
+	lines map[string]int // field path -> line; nil for configs built in code
+	errs  []error
+}
+
+func (p *problems) add(path string, cause error, format string, args ...any) {
+	p.errs = append(p.errs, &Error{File: p.file, Line: p.lineOf(path), Path: path, Msg: fmt.Sprintf(format, args...), Err: cause})
+}
+
+// addErr reports err's text as the problem at path.
+func (p *problems) addErr(path string, err error) { p.add(path, err, "%s", err.Error()) }
+
+// lineOf finds the line of path, or of its nearest parent that was written
+// in the file (a missing "shares[0].name" is reported at "shares[0]").
+func (p *problems) lineOf(path string) int {
+	for path != "" {
+		if l, ok := p.lines[path]; ok {
+			return l
+		}
+		path = path[:max(strings.LastIndexAny(path, ".["), 0)]
+	}
+	return 0
+}
+
+func (p *problems) err() error { return errors.Join(p.errs...) }
+
+// Validate reports every problem of c at once, one line each. It expects
+// SetDefaults to have run.
+func (c *Agent) Validate() error { return c.validate(&problems{}) }
+
+func (c *Agent) validate(p *problems) error {
+	if c.Broker != "" {
+		if _, err := secure.ParseBrokerURL(c.Broker); err != nil {
+			p.addErr("broker", err)
+		}
+	}
+	c.Log.validate(p, "log")
+
+	names := map[string]int{}
+	for i, s := range c.Shares {
+		at := fmt.Sprintf("shares[%d]", i)
+		switch {
+		case s.Name == "":
+			p.add(at+".name", nil, "required")
+		case secure.ValidShareName(s.Name) != nil:
+			p.addErr(at+".name", secure.ValidShareName(s.Name))
+		default:
+			if j, dup := names[s.Name]; dup {
+				p.add(at+".name", nil, "duplicate share name %q (also shares[%d])", s.Name, j)
+			} else {
+				names[s.Name] = i
+			}
+		}
+		if s.Target == "" {
+			p.add(at+".target", nil, "required (PORT or HOST:PORT)")
+		} else if _, err := NormalizeTarget(s.Target); err != nil {
+			p.addErr(at+".target", err)
+		}
+		for j, id := range s.Allow {
+			if _, err := secure.ParseAgentID(id); err != nil {
+				p.addErr(fmt.Sprintf("%s.allow[%d]", at, j), err)
+			}
+		}
+	}
+
+	type bound struct {
+		host string
+		port int
+		i    int
+	}
+	var listens []bound
+	for i, cn := range c.Connects {
+		at := fmt.Sprintf("connects[%d]", i)
+		team := cn.Peer != "" || cn.Share != ""
+		switch {
+		case cn.Ticket != "" && team:
+			p.add(at, nil, "set either ticket, or peer and share; not both")
+		case cn.Ticket != "":
+			if _, err := secure.ParseTicket(cn.Ticket); err != nil {
+				p.addErr(at+".ticket", err)
+			}
+		case !team:
+			p.add(at, nil, "set ticket, or peer and share")
+		default:
+			if cn.Peer == "" {
+				p.add(at+".peer", nil, "required with share (the agent ID of the sharer)")
+			} else if _, err := secure.ParseAgentID(cn.Peer); err != nil {
+				p.addErr(at+".peer", err)
+			}
+			if cn.Share == "" {
+				p.add(at+".share", nil, "required with peer (the share name on that peer)")
+			} else if err := secure.ValidShareName(cn.Share); err != nil {
+				p.addErr(at+".share", err)
+			}
+			if c.Broker == "" {
+				p.add(at, nil, "connecting by peer and share needs broker set (only a ticket carries its broker)")
+			}
+		}
+		if cn.Listen == "" {
+			continue
+		}
+		host, port, err := splitAddr(cn.Listen, "127.0.0.1", 0, true)
+		if err != nil {
+			p.addErr(at+".listen", err)
+			continue
+		}
+		if port == 0 {
+			continue // the system picks a free port: no clash possible
+		}
+		for _, b := range listens {
+			if b.port == port && (b.host == host || wildcard(b.host) || wildcard(host)) {
+				p.add(at+".listen", nil, "address %s clashes with connects[%d].listen", net.JoinHostPort(host, strconv.Itoa(port)), b.i)
+				break
+			}
+		}
+		listens = append(listens, bound{host, port, i})
+	}
+	return p.err()
+}
+
+func wildcard(host string) bool {
+	ip := net.ParseIP(host)
+	return host == "" || (ip != nil && ip.IsUnspecified())
+}
+
+// Validate reports every problem of c at once, one line each. It expects
+// SetDefaults to have run.
+func (c *Broker) Validate() error { return c.validate(&problems{}) }
+
+func (c *Broker) validate(p *problems) error {
+	if _, _, err := splitAddr(c.Listen, "", 0, true); err != nil {
+		p.addErr("listen", err)
+	}
+	if c.PublicAddr != "" {
+		if err := checkPublicAddr(c.PublicAddr); err != nil {
+			p.addErr("public_addr", err)
+		}
+	}
+	c.Log.validate(p, "log")
+	l := c.Limits
+	intRange(p, "limits.max_agents", l.MaxAgents, 1, maxMaxAgents)
+	intRange(p, "limits.max_shares_per_agent", l.MaxSharesPerAgent, 1, maxMaxSharesPerAgent)
+	intRange(p, "limits.max_pending_intros", l.MaxPendingIntros, 1, maxMaxPendingIntros)
+	intRange(p, "limits.max_message_bytes", l.MaxMessageBytes, minMaxMessageBytes, maxMaxMessageBytes)
+	positive(p, "limits.handshake_timeout", l.HandshakeTimeout)
+	positive(p, "limits.idle_timeout", l.IdleTimeout)
+	positive(p, "limits.intro_timeout", l.IntroTimeout)
+	return p.err()
+}
+
+func intRange(p *problems, path string, v, lo, hi int) {
+	if v < lo || v > hi {
+		p.add(path, nil, "%d out of range (%d-%d)", v, lo, hi)
+	}
+}
+
+func positive(p *problems, path string, d time.Duration) {
+	if d <= 0 {
+		p.add(path, nil, "must be positive (got %s)", d)
+	}
+}
+
+var (
+	logLevels  = []string{"trace", "debug", "info", "warn", "error"}
+	logFormats = []string{"text", "json"}
+)
+
+func (l Log) validate(p *problems, at string) {
+	if !contains(logLevels, l.Level) {
+		p.add(at+".level", nil, "unknown level %q (want %s)", l.Level, strings.Join(logLevels, ", "))
+	}
+	if !contains(logFormats, l.Format) {
+		p.add(at+".format", nil, "unknown format %q (want %s)", l.Format, strings.Join(logFormats, ", "))
+	}
+}
+
+func contains(list []string, s string) bool {
+	for _, v := range list {
+		if v == s {
+			return true
+		}
+	}
+	return false
+}
+
+// NormalizeTarget parses a share target, PORT or HOST:PORT, and returns it as
+// host:port; a bare port means 127.0.0.1, since most shares are local services.
+func NormalizeTarget(s string) (string, error) {
+	host, port, err := splitAddr(s, "127.0.0.1", 1, false)
+	if err != nil {
+		return "", err
+	}
+	return net.JoinHostPort(host, strconv.Itoa(port)), nil
+}
+
+// NormalizeListen parses a connect listen address: empty (the agent picks),
+// PORT (on 127.0.0.1, so a forward is not exposed by accident) or HOST:PORT,
+// where an empty host means every interface and port 0 a free port.
+func NormalizeListen(s string) (string, error) {
+	if strings.TrimSpace(s) == "" {
+		return "", nil
+	}
+	host, port, err := splitAddr(s, "127.0.0.1", 0, true)
+	if err != nil {
+		return "", err
+	}
+	return net.JoinHostPort(host, strconv.Itoa(port)), nil
+}
+
+// normalizeBrokerListen is NormalizeListen for a broker: a bare port means
+// every interface.
+func normalizeBrokerListen(s string) (string, error) {
+	host, port, err := splitAddr(s, "", 0, true)
+	if err != nil {
+		return "", err
+	}
+	return net.JoinHostPort(host, strconv.Itoa(port)), nil
+}
+
+// splitAddr parses PORT or HOST:PORT. A bare port gets defHost; minPort is 0
+// or 1; emptyHost allows ":PORT".
+func splitAddr(s, defHost string, minPort int, emptyHost bool) (string, int, error) {
+	s = strings.TrimSpace(s)
+	var host, port string
+	if s != "" && strings.Trim(s, "0123456789") == "" {
+		host, port = defHost, s
+	} else {
+		var err error
+		if host, port, err = net.SplitHostPort(s); err != nil {
+			return "", 0, fmt.Errorf("%q is not PORT or HOST:PORT", s)
+		}
+		if host == "" && !emptyHost {
+			return "", 0, fmt.Errorf("%q has no host (write PORT for 127.0.0.1, or HOST:PORT)", s)
+		}
+		if err := checkHost(host); err != nil {
+			return "", 0, err
+		}
+	}
+	n, err := checkPort(port, minPort)
+	return host, n, err
+}
+
+func checkPort(port string, minPort int) (int, error) {
+	if port == "" || strings.Trim(port, "0123456789") != "" {
+		return 0, fmt.Errorf("port %q is not a number", port)
+	}
+	n, err := strconv.Atoi(port)
+	if err != nil || n < minPort || n > 65535 {
+		return 0, fmt.Errorf("port %s out of range (%d-65535)", port, minPort)
+	}
+	return n, nil
+}
+
+// checkHost rejects what cannot be a host name or IP literal, such as a URL.
+func checkHost(host string) error {
+	if strings.ContainsFunc(host, func(r rune) bool {
+		return unicode.IsSpace(r) || unicode.IsControl(r) || strings.ContainsRune("/@#?\\\"'[]", r)
+	}) {
+		return fmt.Errorf("host %q is not a host name or IP address", host)
+	}
+	return nil
+}
+
+// checkPublicAddr accepts host or host:port, the form agents will dial.
+func checkPublicAddr(s string) error {
+	if net.ParseIP(s) != nil {
+		return nil // a bare IPv6 literal has colons but no port
+	}
+	host := s
+	if strings.Contains(s, ":") {
+		h, port, err := net.SplitHostPort(s)
+		if err != nil {
+			return fmt.Errorf("%q is not HOST or HOST:PORT", s)
+		}
+		if _, err := checkPort(port, 1); err != nil {
+			return err
+		}
+		host = h
+	}
+	if host == "" {
+		return fmt.Errorf("%q has no host", s)
+	}
+	return checkHost(host)
+}

@@ -1,0 +1,220 @@
+package proto
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+)
+
+// Limits on message contents, beyond the frame limit.
+const (
+	MaxCandidates = 32
+	MaxAllow      = 256
+	maxString     = 512
+)
+
+// Error codes, carried in Error and Result, on which agents branch.
+const (
+	CodeUnauthorized = "unauthorized" // bad token or ticket: final, do not retry
+	CodeNotFound     = "not_found"    // sharer offline or share unknown
+	CodeRefused      = "refused"      // the sharer declined
+	CodeBadRequest   = "bad_request"
+	CodeLimit        = "limit" // a broker limit was hit; retry later
+	CodeTimeout      = "timeout"
+	CodeInternal     = "internal"
+)
+
+// Candidate is an address at which an agent may be reached.
+type Candidate struct {
+	Kind string `json:"kind"` // host, srflx, observed, relay
+	Addr string `json:"addr"` // ip:port
+}
+
+// Candidate kinds.
+const (
+	KindHost     = "host"
+	KindSrflx    = "srflx"
+	KindObserved = "observed" // the source address the broker saw
+	KindRelay    = "relay"
+)
+
+// Hello opens a control session. Sharers authenticate with the broker token;
+// a connector holding only a ticket sends none and may only Connect with an
+// admit key.
+type Hello struct {
+	Token   string `json:"token,omitempty"`
+	Version string `json:"version,omitempty"` // agent software version, for logs
+}
+
+// Welcome accepts a Hello.
+type Welcome struct {
+	AgentID  string `json:"agent_id"`      // as the broker saw it in TLS
+	Observed string `json:"observed_addr"` // the agent's source address
+	Version  string `json:"version,omitempty"`
+}
+
+// Error is fatal: the sender closes the connection after it.
+type Error struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
+
+func (e *Error) Error() string { return e.Code + ": " + e.Message }
+
+// Register announces a share. AdmitHash is the SHA-256 of the admit key of
+// the share's ticket, or empty for a share reachable only by Allow.
+type Register struct {
+	ID        uint64   `json:"id"`
+	Share     string   `json:"share"`
+	AdmitHash []byte   `json:"admit_hash,omitempty"`
+	Allow     []string `json:"allow,omitempty"`
+}
+
+// Unregister withdraws a share.
+type Unregister struct {
+	ID    uint64 `json:"id"`
+	Share string `json:"share"`
+}
+
+// Result answers a request by ID; Code is empty on success.
+type Result struct {
+	ID      uint64 `json:"id"`
+	Code    string `json:"code,omitempty"`
+	Message string `json:"message,omitempty"`
+}
+
+// Connect asks to be introduced to a sharer's share. Admit is the ticket's
+// admit key, or empty when the connector is allowed by identity.
+type Connect struct {
+	ID         uint64      `json:"id"`
+	Sharer     string      `json:"sharer"`
+	Share      string      `json:"share"`
+	Admit      []byte      `json:"admit,omitempty"`
+	Candidates []Candidate `json:"candidates,omitempty"`
+}
+
+// Intro tells a sharer that Connector wants Share, with its candidates.
+type Intro struct {
+	Intro      uint64      `json:"intro"`
+	Connector  string      `json:"connector"`
+	Share      string      `json:"share"`
+	Candidates []Candidate `json:"candidates,omitempty"`
+}
+
+// IntroReply is the sharer's answer to an Intro.
+type IntroReply struct {
+	Intro      uint64      `json:"intro"`
+	Candidates []Candidate `json:"candidates,omitempty"`
+	Port       uint16      `json:"port,omitempty"` // the target's port: the connector's default listen port
+	Code       string      `json:"code,omitempty"`
+	Message    string      `json:"message,omitempty"`
+}
+
+// ConnectReply answers Connect with the sharer's candidates, or an error.
+type ConnectReply struct {
+	ID         uint64      `json:"id"`
+	Candidates []Candidate `json:"candidates,omitempty"`
+	Port       uint16      `json:"port,omitempty"` // copied from IntroReply
+	Code       string      `json:"code,omitempty"`
+	Message    string      `json:"message,omitempty"`
+}
+
+// Ping asks for a Pong with the same nonce; it measures RTT and keeps NAT
+// mappings of the control connection alive.
+type Ping struct {
+	Nonce uint64 `json:"nonce"`
+}
+
+// Pong answers Ping.
+type Pong struct {
+	Nonce uint64 `json:"nonce"`
+}
+
+func (*Hello) Type() Type        { return TypeHello }
+func (*Welcome) Type() Type      { return TypeWelcome }
+func (*Error) Type() Type        { return TypeError }
+func (*Register) Type() Type     { return TypeRegister }
+func (*Unregister) Type() Type   { return TypeUnregister }
+func (*Result) Type() Type       { return TypeResult }
+func (*Connect) Type() Type      { return TypeConnect }
+func (*Intro) Type() Type        { return TypeIntro }
+func (*IntroReply) Type() Type   { return TypeIntroReply }
+func (*ConnectReply) Type() Type { return TypeConnectReply }
+func (*Ping) Type() Type         { return TypePing }
+func (*Pong) Type() Type         { return TypePong }
+
+func (m *Hello) validate() error   { return strs(m.Token, m.Version) }
+func (m *Welcome) validate() error { return strs(m.AgentID, m.Observed, m.Version) }
+func (m *Error) validate() error {
+	if m.Code == "" {
+		return errors.New("error without code")
+	}
+	return strs(m.Code, m.Message)
+}
+func (m *Register) validate() error {
+	if m.Share == "" {
+		return errors.New("register: empty share")
+	}
+	if len(m.AdmitHash) != 0 && len(m.AdmitHash) != 32 {
+		return fmt.Errorf("register: admit_hash of %d bytes, want 32", len(m.AdmitHash))
+	}
+	if len(m.Allow) > MaxAllow {
+		return fmt.Errorf("register: %d allowed agents, limit %d", len(m.Allow), MaxAllow)
+	}
+	return strs(append([]string{m.Share}, m.Allow...)...)
+}
+func (m *Unregister) validate() error { return strs(m.Share) }
+func (m *Result) validate() error     { return strs(m.Code, m.Message) }
+func (m *Connect) validate() error {
+	if m.Sharer == "" || m.Share == "" {
+		return errors.New("connect: empty sharer or share")
+	}
+	if len(m.Admit) != 0 && len(m.Admit) != 32 {
+		return fmt.Errorf("connect: admit of %d bytes, want 32", len(m.Admit))
+	}
+	return firstErr(strs(m.Sharer, m.Share), candidates(m.Candidates))
+}
+func (m *Intro) validate() error {
+	return firstErr(strs(m.Connector, m.Share), candidates(m.Candidates))
+}
+func (m *IntroReply) validate() error {
+	return firstErr(strs(m.Code, m.Message), candidates(m.Candidates))
+}
+func (m *ConnectReply) validate() error {
+	return firstErr(strs(m.Code, m.Message), candidates(m.Candidates))
+}
+func (*Ping) validate() error { return nil }
+func (*Pong) validate() error { return nil }
+
+func strs(ss ...string) error {
+	for _, s := range ss {
+		if len(s) > maxString {
+			return fmt.Errorf("string of %d bytes, limit %d", len(s), maxString)
+		}
+	}
+	return nil
+}
+
+func candidates(cs []Candidate) error {
+	if len(cs) > MaxCandidates {
+		return fmt.Errorf("%d candidates, limit %d", len(cs), MaxCandidates)
+	}
+	for _, c := range cs {
+		if _, err := netip.ParseAddrPort(c.Addr); err != nil {
+			return fmt.Errorf("candidate %q: %v", c.Addr, err)
+		}
+		if err := strs(c.Kind); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func firstErr(errs ...error) error {
+	for _, err := range errs {
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}

@@ -1,0 +1,10 @@
+package secure
+
+// Golden values of TestTicketGolden, computed independently of this package
+// (Python hmac/hashlib HKDF-SHA256, zlib.crc32, base64.b32encode) from the
+// format in the package doc.
+const (
+	goldenTicket = "pp1byytsmrogaxdelrrhi3tambqaaaqeayeaudaocajbifqydiob4ibceqtcqkrmfyydenbwha5dypybamcqocilbuhrceyvc4mrwhi7eerskjzjfmws6mjtgu3tsoz5hydo5sweqcbijbuirkgi5eesssljrgu4t2qkfjfgvcvkzlvqwk2lnof2xs7jcnhk4q"
+	goldenAdmit  = "2230668901e286faa3d136d81007df8f9e27bac71c803e8f18edb40e82a823f0"
+	goldenProof  = "b4d4083eca10215fac2ca664b11acbcc4deff111052c08139437c293750a1731"
+)

@@ -1,0 +1,211 @@
+package secure
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+)
+
+func newTicket(t testing.TB, broker, share string) Ticket {
+	t.Helper()
+	tk, err := NewTicket(broker, PinOf(mustX509(t)), newID(t).ID(), share)
+	if err != nil {
+		t.Fatalf("NewTicket(%q, %q): %v", broker, share, err)
+	}
+	return tk
+}
+
+func isTicketErr(err error) bool {
+	return errors.Is(err, ErrBadTicket) || errors.Is(err, ErrTicketVersion)
+}
+
+func TestTicketRoundTrip(t *testing.T) {
+	for _, tt := range []struct{ broker, share string }{
+		{"127.0.0.1:7000", "web"},
+		{"[::1]:7000", "ssh"},
+		{"[2001:db8::1]:1", "a"},
+		{"broker.example.com:65535", "0"},
+		{"b:7000", strings.Repeat("x", 63)},
+		{strings.Repeat("h", 250) + ":7000", "my-share_1.v2"},
+	} {
+		tk := newTicket(t, tt.broker, tt.share)
+		s := tk.String()
+		if !strings.HasPrefix(s, TicketPrefix) || s != strings.ToLower(s) {
+			t.Errorf("ticket %q: want %q and lowercase", s, TicketPrefix)
+		}
+		for _, in := range []string{
+			s,
+			" \t" + s + "\r\n",
+			TicketPrefix + strings.ToUpper(s[len(TicketPrefix):]),
+			// Tickets travel by phone, chat and QR code (whose alphanumeric
+			// mode is uppercase only): an all-uppercase ticket is the same ticket.
+			strings.ToUpper(s),
+		} {
+			got, err := ParseTicket(in)
+			if err != nil {
+				t.Errorf("ParseTicket(%.20q...): %v", in, err)
+				continue
+			}
+			if got != tk {
+				t.Errorf("ParseTicket(%.20q...) = %+v, want %+v", in, got, tk)
+			}
+		}
+	}
+}
+
+// TestTicketGolden pins the ticket format and key derivation: a change here
+// breaks every ticket already handed out, and tickets between versions.
+func TestTicketGolden(t *testing.T) {
+	var tk Ticket
+	tk.Broker = "192.0.2.1:7000"
+	tk.Share = "web"
+	for i := range 32 {
+		tk.Pin[i] = byte(i)
+		tk.Sharer[i] = byte(0x80 + i)
+		tk.Secret[i] = byte(0x40 + i)
+	}
+	const want = goldenTicket
+	if got := tk.String(); got != want {
+		t.Errorf("String() =\n%s\nwant\n%s", got, want)
+	}
+	got, err := ParseTicket(want)
+	if err != nil || got != tk {
+		t.Fatalf("ParseTicket(golden) = %+v, %v", got, err)
+	}
+	admit, proof := tk.AdmitKey(), tk.ProofKey()
+	if h := hex.EncodeToString(admit[:]); h != goldenAdmit {
+		t.Errorf("AdmitKey = %s, want %s", h, goldenAdmit)
+	}
+	if h := hex.EncodeToString(proof[:]); h != goldenProof {
+		t.Errorf("ProofKey = %s, want %s", h, goldenProof)
+	}
+}
+
+func TestTicketKeys(t *testing.T) {
+	a := newTicket(t, "127.0.0.1:7000", "web")
+	b := newTicket(t, "127.0.0.1:7000", "web")
+	if a.Secret == b.Secret {
+		t.Fatal("two tickets share a secret")
+	}
+	if a.AdmitKey() == a.ProofKey() {
+		t.Error("admit key equals proof key: the broker could prove the ticket to the sharer")
+	}
+	if a.AdmitKey() == b.AdmitKey() || a.ProofKey() == b.ProofKey() {
+		t.Error("two tickets derive the same key")
+	}
+	k := a.AdmitKey()
+	if a.AdmitHash() != sha256.Sum256(k[:]) {
+		t.Error("AdmitHash is not SHA-256 of AdmitKey")
+	}
+	if h := a.AdmitHash(); h == a.AdmitKey() || h == a.ProofKey() {
+		t.Error("AdmitHash equals a key")
+	}
+	p, err := ParseTicket(a.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.AdmitKey() != a.AdmitKey() || p.ProofKey() != a.ProofKey() {
+		t.Error("a parsed ticket derives other keys than the original")
+	}
+}
+
+func TestNewTicketInvalid(t *testing.T) {
+	pin, sharer := PinOf(mustX509(t)), newID(t).ID()
+	for _, tt := range []struct {
+		name, broker, share string
+		pin                 Pin
+		sharer              AgentID
+	}{
+		{"no port", "127.0.0.1", "web", pin, sharer},
+		{"no host", ":7000", "web", pin, sharer},
+		{"port 0", "h:0", "web", pin, sharer},
+		{"port 65536", "h:65536", "web", pin, sharer},
+		{"port name", "h:http", "web", pin, sharer},
+		{"unbracketed ipv6", "::1", "web", pin, sharer},
+		{"broker too long", strings.Repeat("h", 251) + ":7000", "web", pin, sharer},
+		{"empty share", "h:1", "", pin, sharer},
+		{"uppercase share", "h:1", "Web", pin, sharer},
+		{"share leading dash", "h:1", "-web", pin, sharer},
+		{"share with slash", "h:1", "a/b", pin, sharer},
+		{"share too long", "h:1", strings.Repeat("x", 64), pin, sharer},
+		{"zero pin", "h:1", "web", Pin{}, sharer},
+		{"zero sharer", "h:1", "web", pin, AgentID{}},
+	} {
+		if _, err := NewTicket(tt.broker, tt.pin, tt.sharer, tt.share); !errors.Is(err, ErrBadTicket) {
+			t.Errorf("%s: NewTicket = %v, want ErrBadTicket", tt.name, err)
+		}
+	}
+}
+
+// TestTicketSingleCharChange alters every character of a ticket into every
+// other character a typo or a transmission error could produce: each must be
+// refused, never parsed into some other (or the same) ticket.
+func TestTicketSingleCharChange(t *testing.T) {
+	for _, tt := range []struct{ broker, share string }{
+		{"127.0.0.1:7000", "web"}, // 119 bytes: the last character carries 3 unused bits
+		{"127.0.0.1:7000", "we"},  // 118 bytes: 1 unused bit
+		{"127.0.0.1:700", "web"},  // 118 bytes... and so on for the other remainders
+		{"10.0.0.1:7000", "web"},
+		{"10.0.0.1:700", "web"},
+	} {
+		s := newTicket(t, tt.broker, tt.share).String()
+		const repl = "abcdefghijklmnopqrstuvwxyz234567018ABZ= -_.\x00\xff"
+		var accepted []string
+		for i := range len(s) {
+			for _, c := range []byte(repl) {
+				if strings.EqualFold(string(c), s[i:i+1]) && !(i < len(TicketPrefix) && c != s[i]) {
+					continue // the same ticket: case does not matter after the prefix
+				}
+				mut := s[:i] + string(c) + s[i+1:]
+				if _, err := ParseTicket(mut); !isTicketErr(err) {
+					accepted = append(accepted, fmt.Sprintf("pos %d/%d %q->%q: %v", i, len(s), s[i], c, err))
+				}
+			}
+		}
+		if len(accepted) > 0 {
+			t.Errorf("ticket of %d chars: %d altered tickets not refused, e.g. %v", len(s), len(accepted), accepted[:min(5, len(accepted))])
+		}
+	}
+}
+
+func TestTicketTruncated(t *testing.T) {
+	s := newTicket(t, "[::1]:7000", "web").String()
+	for n := range len(s) {
+		if _, err := ParseTicket(s[:n]); !isTicketErr(err) {
+			t.Errorf("ticket cut to %d of %d characters: got %v, want a ticket error", n, len(s), err)
+		}
+	}
+	// Extra characters are as bad as missing ones.
+	for _, extra := range []string{"a", "aa", "aaaaaaaa", " x"} {
+		if _, err := ParseTicket(s + extra); !isTicketErr(err) {
+			t.Errorf("ticket + %q: got %v, want a ticket error", extra, err)
+		}
+	}
+}
+
+func TestTicketPrefix(t *testing.T) {
+	s := newTicket(t, "127.0.0.1:7000", "web").String()
+	body := s[len(TicketPrefix):]
+	for _, tt := range []struct {
+		in   string
+		want error
+	}{
+		{"pp2" + body, ErrTicketVersion},
+		{"pp0" + body, ErrTicketVersion},
+		{"ppx" + body, ErrTicketVersion},
+		{"pq1" + body, ErrBadTicket},
+		{"xx1" + body, ErrBadTicket},
+		{body, ErrBadTicket},
+		{"pp", ErrBadTicket},
+		{"pp1", ErrBadTicket},
+		{"", ErrBadTicket},
+		{"pp://tok@h:7000#pin", ErrTicketVersion}, // a broker URL pasted as a ticket
+	} {
+		if _, err := ParseTicket(tt.in); !errors.Is(err, tt.want) {
+			t.Errorf("ParseTicket(%.10q...) = %v, want %v", tt.in, err, tt.want)
+		}
+	}
+}

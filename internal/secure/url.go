@@ -1,0 +1,103 @@
+package secure
+
+import (
+	"crypto/sha256"
+	"crypto/subtle"
+	"crypto/x509"
+	"encoding/base64"
+	"fmt"
+	"net"
+	"net/url"
+	"strconv"
+	"strings"
+)
+
+// Pin is the SHA-256 of a certificate's DER SubjectPublicKeyInfo.
+type Pin [sha256.Size]byte
+
+// String returns the unpadded base64url form used in broker URLs.
+func (p Pin) String() string { return base64.RawURLEncoding.EncodeToString(p[:]) }
+
+// IsZero reports whether p is unset.
+func (p Pin) IsZero() bool { return p == Pin{} }
+
+// ParsePin parses the text form of a pin.
+func ParsePin(s string) (Pin, error) {
+	var p Pin
+	b, err := base64.RawURLEncoding.DecodeString(s)
+	if err != nil || len(b) != len(p) {
+		return p, fmt.Errorf("%w: pin must be 43 base64url characters", ErrBadBrokerURL)
+	}
+	copy(p[:], b)
+	return p, nil
+}
+
+// PinOf returns the pin of a certificate.
+func PinOf(cert *x509.Certificate) Pin { return sha256.Sum256(cert.RawSubjectPublicKeyInfo) }
+
+// Matches reports whether cert's public key is the pinned one, in constant time.
+func (p Pin) Matches(cert *x509.Certificate) bool {
+	got := PinOf(cert)
+	return subtle.ConstantTimeCompare(got[:], p[:]) == 1
+}
+
+// DefaultBrokerPort is the control port a broker URL without a port means.
+const DefaultBrokerPort = 7000
+
+// BrokerURL is pp://TOKEN@HOST:PORT#PIN: where a broker listens, the token
+// that admits agents to it, and the pin of its key.
+type BrokerURL struct {
+	Token string
+	Addr  string // host:port
+	Pin   Pin
+}
+
+// String returns the URL form.
+func (u BrokerURL) String() string {
+	return "pp://" + u.Token + "@" + u.Addr + "#" + u.Pin.String()
+}
+
+// Redacted returns the URL with the token hidden, for logs.
+func (u BrokerURL) Redacted() string {
+	return "pp://***@" + u.Addr + "#" + u.Pin.String()
+}
+
+// ParseBrokerURL parses pp://TOKEN@HOST[:PORT]#PIN.
+func ParseBrokerURL(s string) (BrokerURL, error) {
+	var u BrokerURL
+	s = strings.TrimSpace(s)
+	pu, err := url.Parse(s)
+	if err != nil {
+		return u, fmt.Errorf("%w: %v", ErrBadBrokerURL, err)
+	}
+	if pu.Scheme != "pp" {
+		return u, fmt.Errorf("%w: scheme must be pp:// (got %q)", ErrBadBrokerURL, pu.Scheme)
+	}
+	if pu.User == nil || pu.User.Username() == "" {
+		return u, fmt.Errorf("%w: missing token (pp://TOKEN@host:port#pin)", ErrBadBrokerURL)
+	}
+	if _, has := pu.User.Password(); has {
+		return u, fmt.Errorf("%w: token must not contain ':'", ErrBadBrokerURL)
+	}
+	if pu.Path != "" || pu.RawQuery != "" {
+		return u, fmt.Errorf("%w: unexpected path or query", ErrBadBrokerURL)
+	}
+	host, port := pu.Hostname(), pu.Port()
+	if host == "" {
+		return u, fmt.Errorf("%w: missing host", ErrBadBrokerURL)
+	}
+	if port == "" {
+		port = strconv.Itoa(DefaultBrokerPort)
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+		return u, fmt.Errorf("%w: port %q out of range", ErrBadBrokerURL, port)
+	}
+	if pu.Fragment == "" {
+		return u, fmt.Errorf("%w: missing #pin", ErrBadBrokerURL)
+	}
+	pin, err := ParsePin(pu.Fragment)
+	if err != nil {
+		return u, err
+	}
+	return BrokerURL{Token: pu.User.Username(), Addr: net.JoinHostPort(host, port), Pin: pin}, nil
+}
