@@ -330,9 +330,12 @@ func (b *brokerClient) run(ctx context.Context) error {
 }
 
 func (b *brokerClient) session(ctx context.Context, c *controlConn, bo *backoff.Backoff) error {
+	errc := make(chan error, 1)
+	go func() { errc <- c.serve(ctx) }() // replies to Register arrive through it
 	for _, s := range b.agent.sharesFor(b) {
 		if err := c.register(ctx, s); err != nil {
 			c.conn.Close()
+			<-errc
 			return err
 		}
 		b.log.WithField("share", s.name).Info("share online")
@@ -344,7 +347,7 @@ func (b *brokerClient) session(ctx context.Context, c *controlConn, bo *backoff.
 	b.cur = c
 	close(b.up)
 	b.mu.Unlock()
-	err := c.serve(ctx)
+	err := <-errc
 	b.mu.Lock()
 	b.cur = nil
 	b.up = make(chan struct{})

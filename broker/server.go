@@ -167,13 +167,19 @@ func (s *Server) Stats() Stats {
 }
 
 // Serve accepts connections from ln and serves each until ctx is done. It
-// closes ln and returns nil when ctx is done, after every session has ended.
+// closes ln and returns nil when ctx is done; if the listener fails, it ends
+// every session and returns the error. Either way it returns only after every
+// session has ended.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	ctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	defer func() {
+		ln.Close()
+		cancel()
+		wg.Wait()
+	}()
 	stop := context.AfterFunc(ctx, func() { ln.Close() })
 	defer stop()
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	defer ln.Close()
 	var delay time.Duration
 	for {
 		conn, err := ln.Accept()
@@ -233,7 +239,7 @@ func (s *Server) Accept(ctx context.Context, conn net.Conn) {
 		return
 	}
 	sess := newSession(s, tc, conn, id, log)
-	sess.run(ctx)
+	sess.run()
 }
 
 // checkToken compares in constant time, also in length (both are hashed).

@@ -112,6 +112,9 @@ func (d *decoder) value(n *yaml.Node, v reflect.Value, path string) {
 			d.fail(n, path, "cannot decode %s into a list", describe(n))
 			return
 		}
+		if len(n.Content) == 0 {
+			return // keep nil: "[]" and an absent key mean the same
+		}
 		s := reflect.MakeSlice(v.Type(), len(n.Content), len(n.Content))
 		for i, item := range n.Content {
 			d.value(item, s.Index(i), fmt.Sprintf("%s[%d]", path, i))

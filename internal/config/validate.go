@@ -193,10 +193,10 @@ var (
 
 func (l Log) validate(p *problems, at string) {
 	if !contains(logLevels, l.Level) {
-		p.add(at+".level", nil, "unknown level %q (want %s)", l.Level, strings.Join(logLevels, ", "))
+		p.add(at+".level", nil, "unknown level %s (want %s)", quote(l.Level), strings.Join(logLevels, ", "))
 	}
 	if !contains(logFormats, l.Format) {
-		p.add(at+".format", nil, "unknown format %q (want %s)", l.Format, strings.Join(logFormats, ", "))
+		p.add(at+".format", nil, "unknown format %s (want %s)", quote(l.Format), strings.Join(logFormats, ", "))
 	}
 }
 
@@ -253,10 +253,10 @@ func splitAddr(s, defHost string, minPort int, emptyHost bool) (string, int, err
 	} else {
 		var err error
 		if host, port, err = net.SplitHostPort(s); err != nil {
-			return "", 0, fmt.Errorf("%q is not PORT or HOST:PORT", s)
+			return "", 0, fmt.Errorf("%s is not PORT or HOST:PORT", quote(s))
 		}
 		if host == "" && !emptyHost {
-			return "", 0, fmt.Errorf("%q has no host (write PORT for 127.0.0.1, or HOST:PORT)", s)
+			return "", 0, fmt.Errorf("%s has no host (write PORT for 127.0.0.1, or HOST:PORT)", quote(s))
 		}
 		if err := checkHost(host); err != nil {
 			return "", 0, err
@@ -268,11 +268,11 @@ func splitAddr(s, defHost string, minPort int, emptyHost bool) (string, int, err
 
 func checkPort(port string, minPort int) (int, error) {
 	if port == "" || strings.Trim(port, "0123456789") != "" {
-		return 0, fmt.Errorf("port %q is not a number", port)
+		return 0, fmt.Errorf("port %s is not a number", quote(port))
 	}
 	n, err := strconv.Atoi(port)
 	if err != nil || n < minPort || n > 65535 {
-		return 0, fmt.Errorf("port %s out of range (%d-65535)", port, minPort)
+		return 0, fmt.Errorf("port %s out of range (%d-65535)", cut(port), minPort)
 	}
 	return n, nil
 }
@@ -282,7 +282,7 @@ func checkHost(host string) error {
 	if strings.ContainsFunc(host, func(r rune) bool {
 		return unicode.IsSpace(r) || unicode.IsControl(r) || strings.ContainsRune("/@#?\\\"'[]", r)
 	}) {
-		return fmt.Errorf("host %q is not a host name or IP address", host)
+		return fmt.Errorf("host %s is not a host name or IP address", quote(host))
 	}
 	return nil
 }
@@ -292,11 +292,14 @@ func checkPublicAddr(s string) error {
 	if net.ParseIP(s) != nil {
 		return nil // a bare IPv6 literal has colons but no port
 	}
+	if strings.Contains(s, "/") {
+		return fmt.Errorf("%s is not HOST or HOST:PORT", quote(s)) // likely a URL
+	}
 	host := s
 	if strings.Contains(s, ":") {
 		h, port, err := net.SplitHostPort(s)
 		if err != nil {
-			return fmt.Errorf("%q is not HOST or HOST:PORT", s)
+			return fmt.Errorf("%s is not HOST or HOST:PORT", quote(s))
 		}
 		if _, err := checkPort(port, 1); err != nil {
 			return err
@@ -304,7 +307,19 @@ func checkPublicAddr(s string) error {
 		host = h
 	}
 	if host == "" {
-		return fmt.Errorf("%q has no host", s)
+		return fmt.Errorf("%s has no host", quote(s))
 	}
 	return checkHost(host)
+}
+
+// quote quotes a value for a message, cut short: a long value in an address
+// field is likely a ticket pasted in the wrong place, and its secret should
+// not end up in logs.
+func quote(s string) string { return strconv.Quote(cut(s)) }
+
+func cut(s string) string {
+	if r := []rune(s); len(r) > 40 {
+		return string(r[:37]) + "..."
+	}
+	return s
 }

@@ -24,7 +24,8 @@
 //     a NAT (Cone, Symmetric) gets 10.0.k.0/24; a Firewall gets a routed
 //     public /28 out of 198.51.100.0/24 (the j-th firewall, j = 1, 2, ...,
 //     gets 198.51.100.16j/28). The router is .1 (or 16j+1); the routers
-//     and hosts below it follow in declaration order from .10 (from 16j+2).
+//     below it, then the hosts, follow in declaration order from .10 (from
+//     16j+2).
 //   - with Topology.IPv6, every segment also gets a /64 out of the
 //     documentation prefix 2001:db8::/32: the internet 2001:db8::/64, router k
 //     2001:db8:0:k::/64; a node whose IPv4 address ends in .N gets ::N

@@ -61,9 +61,11 @@ func New(t testing.TB, topo Topology, opts ...Option) *Lab {
 		if t.Failed() {
 			lab.logProcs(t)
 		}
+		start := time.Now()
 		if err := lab.Close(); err != nil {
 			t.Errorf("natlab: close: %v", err)
 		}
+		t.Logf("natlab: closed %q in %v", topo.Name, time.Since(start).Round(time.Millisecond))
 	})
 	return lab
 }
@@ -222,14 +224,14 @@ func (l *Lab) build(ctx context.Context) error {
 			}
 			lines = append(lines, "link set "+up+" up", "route add default via "+n.p.gw4.String())
 			if v6 {
-				lines = append(lines, "-6 route add default via "+n.p.gw6.String())
+				lines = append(lines, "route add default via "+n.p.gw6.String())
 			}
 		}
 		for _, r := range n.p.routes4 {
 			lines = append(lines, fmt.Sprintf("route add %s via %s", r.dst, r.via))
 		}
 		for _, r := range n.p.routes6 {
-			lines = append(lines, fmt.Sprintf("-6 route add %s via %s", r.dst, r.via))
+			lines = append(lines, fmt.Sprintf("route add %s via %s", r.dst, r.via))
 		}
 		return ipBatch(ctx, n.ns, lines)
 	}); err != nil {
@@ -250,8 +252,11 @@ func (l *Lab) build(ctx context.Context) error {
 		lk.start()
 	}
 	l.mu.Unlock()
-	// 6. Carrier: a veth or TAP passes nothing until the kernel has
-	// activated it, which happens asynchronously.
+	// 6. IPv6 uses an interface only once the kernel marks it running,
+	// which it does asynchronously (up to a second later); IPv4 does not wait.
+	if !v6 {
+		return nil
+	}
 	return l.parallel(func(n *Node) error {
 		deadline := time.Now().Add(5 * time.Second)
 		for {
@@ -265,7 +270,6 @@ func (l *Lab) build(ctx context.Context) error {
 			if time.Now().After(deadline) {
 				return fmt.Errorf("%s: links without carrier after 5s: %s", n.ns, out)
 			}
-			if os.Getenv("NATLAB_DEBUG") != "" { for _, ln := range strings.Split(string(out), "\n") { if strings.Contains(ln, "NO-CARRIER") { fmt.Fprintf(os.Stderr, "DBG %v %s %s\n", time.Now().Format("05.000"), n.ns, strings.Fields(ln)[1]) } } }
 			time.Sleep(5 * time.Millisecond)
 		}
 	})

@@ -6,7 +6,7 @@ import (
 
 	"go.uber.org/goleak"
 
-	"github.com/peerport/peerport/internal/natlab/probe"
+	probeprog "github.com/peerport/peerport/internal/natlab/probe"
 )
 
 // envProbe makes the test binary act as the probe program, so the lab tests
@@ -15,7 +15,7 @@ const envProbe = "NATLAB_TEST_PROBE"
 
 func TestMain(m *testing.M) {
 	if os.Getenv(envProbe) == "1" {
-		os.Exit(probe.Main(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
+		os.Exit(probeprog.Main(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
 	}
 	goleak.VerifyTestMain(m)
 }

@@ -12,11 +12,11 @@ type Placement string
 
 // Placements of Pair.
 const (
-	Public      Placement = "public"    // on the internet, no router
-	BehindCone  Placement = "cone"      // behind its own cone NAT gw-X
-	BehindSym   Placement = "symmetric" // behind its own symmetric NAT gw-X
-	BehindFW    Placement = "firewall"  // behind its own firewall gw-X (public address)
-	BehindCGN   Placement = "double"    // behind a cone home NAT gw-X behind a cone carrier NAT cgn-X
+	Public     Placement = "public"    // on the internet, no router
+	BehindCone Placement = "cone"      // behind its own cone NAT gw-X
+	BehindSym  Placement = "symmetric" // behind its own symmetric NAT gw-X
+	BehindFW   Placement = "firewall"  // behind its own firewall gw-X (public address)
+	BehindCGN  Placement = "double"    // behind a cone home NAT gw-X behind a cone carrier NAT cgn-X
 )
 
 var placements = []Placement{Public, BehindCone, BehindSym, BehindFW, BehindCGN}

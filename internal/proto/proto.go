@@ -109,6 +109,9 @@ func Encode(m Message) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("encode %T: %w", m, err)
 	}
+	if 2+len(body) > MaxMessageSize {
+		return nil, fmt.Errorf("encode %T: %w: %d bytes, limit %d", m, ErrTooLarge, 2+len(body), MaxMessageSize)
+	}
 	b := make([]byte, headerSize, headerSize+len(body))
 	binary.BigEndian.PutUint32(b, uint32(2+len(body)))
 	b[4], b[5] = Version, byte(m.Type())

@@ -86,12 +86,15 @@ func (t Ticket) String() string {
 // fails with an error wrapping ErrBadTicket or ErrTicketVersion.
 func ParseTicket(s string) (Ticket, error) {
 	var t Ticket
-	s = strings.TrimSpace(s)
+	s = strings.ToLower(strings.TrimSpace(s))
 	if len(s) < 3 || !strings.HasPrefix(s, "pp") {
 		return t, fmt.Errorf("%w: does not start with %q; copy the whole first line `agent share` printed", ErrBadTicket, TicketPrefix)
 	}
-	if s[:3] != TicketPrefix {
+	if s[:3] != TicketPrefix && s[2] >= '0' && s[2] <= '9' {
 		return t, fmt.Errorf("%w: %q (this build reads %q tickets; upgrade the agent)", ErrTicketVersion, s[:3], TicketPrefix)
+	}
+	if s[:3] != TicketPrefix {
+		return t, fmt.Errorf("%w: does not start with %q; copy the whole first line `agent share` printed", ErrBadTicket, TicketPrefix)
 	}
 	b, err := b32.DecodeString(strings.ToUpper(s[3:]))
 	if err != nil {
@@ -102,6 +105,11 @@ func ParseTicket(s string) (Ticket, error) {
 	}
 	body, sum := b[:len(b)-4], binary.BigEndian.Uint32(b[len(b)-4:])
 	if crc32.ChecksumIEEE(body) != sum {
+		return t, fmt.Errorf("%w: checksum mismatch (truncated or altered)", ErrBadTicket)
+	}
+	// base32 leaves unused bits in the last character: a text with them set
+	// decodes to the same bytes, so only the canonical text is a ticket.
+	if strings.ToLower(b32.EncodeToString(b)) != s[3:] {
 		return t, fmt.Errorf("%w: checksum mismatch (truncated or altered)", ErrBadTicket)
 	}
 	r := reader{b: body}

@@ -195,17 +195,20 @@ func TestTicketPrefix(t *testing.T) {
 	}{
 		{"pp2" + body, ErrTicketVersion},
 		{"pp0" + body, ErrTicketVersion},
-		{"ppx" + body, ErrTicketVersion},
+		{"ppx" + body, ErrBadTicket}, // a version is a digit; "pp:" is a pasted broker URL
 		{"pq1" + body, ErrBadTicket},
 		{"xx1" + body, ErrBadTicket},
 		{body, ErrBadTicket},
 		{"pp", ErrBadTicket},
 		{"pp1", ErrBadTicket},
 		{"", ErrBadTicket},
-		{"pp://tok@h:7000#pin", ErrTicketVersion}, // a broker URL pasted as a ticket
 	} {
 		if _, err := ParseTicket(tt.in); !errors.Is(err, tt.want) {
 			t.Errorf("ParseTicket(%.10q...) = %v, want %v", tt.in, err, tt.want)
 		}
+	}
+	// A broker URL pasted where a ticket belongs.
+	if _, err := ParseTicket("pp://tok@h:7000#pin"); !isTicketErr(err) {
+		t.Errorf("ParseTicket(broker URL) = %v, want a ticket error", err)
 	}
 }

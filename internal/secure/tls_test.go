@@ -4,48 +4,84 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"io"
 	"net"
 	"testing"
 	"time"
 )
 
-// handshake runs both sides of a TLS handshake over net.Pipe and returns the
-// two connections (closed at test end) and each side's error. A side that
-// fails closes its end, so the other side never waits forever.
-func handshake(t *testing.T, client, server *tls.Config) (cc, sc *tls.Conn, cerr, serr error) {
+// connPair returns two connected ends: over net.Pipe, or over loopback TCP.
+type connPair func(t *testing.T) (net.Conn, net.Conn)
+
+func pipePair(*testing.T) (net.Conn, net.Conn) { return net.Pipe() }
+
+func tcpPair(t *testing.T) (net.Conn, net.Conn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	type res struct {
+		c   net.Conn
+		err error
+	}
+	ch := make(chan res, 1)
+	go func() { c, err := ln.Accept(); ch <- res{c, err} }()
+	c1, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := <-ch
+	if r.err != nil {
+		c1.Close()
+		t.Fatal(r.err)
+	}
+	return c1, r.c
+}
+
+// handshake runs a full TLS handshake between client and server and one
+// byte from server to client after it: in TLS 1.3 the client finishes before
+// the server has checked the client certificate, and the server sends its
+// session tickets after; the byte settles both sides. Failure cases must use
+// tcpPair: over an unbuffered net.Pipe a side sending an alert while the
+// other is still writing its flight waits until the deadline.
+func handshake(t *testing.T, pair connPair, client, server *tls.Config) (cc, sc *tls.Conn, cerr, serr error) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	c1, c2 := net.Pipe()
+	c1, c2 := pair(t)
 	cc, sc = tls.Client(c1, client), tls.Server(c2, server)
-	t.Cleanup(func() { cc.Close(); sc.Close() })
+	// Closing the raw ends, not the TLS conns: a close_notify nobody reads
+	// would block on a net.Pipe.
+	t.Cleanup(func() { c1.Close(); c2.Close() })
 	done := make(chan error, 1)
 	go func() {
 		err := sc.HandshakeContext(ctx)
+		if err == nil {
+			_, err = sc.Write([]byte{1})
+		}
 		if err != nil {
-			sc.Close()
+			c2.Close()
 		}
 		done <- err
 	}()
 	cerr = cc.HandshakeContext(ctx)
+	if cerr == nil {
+		var b [1]byte
+		_, cerr = io.ReadFull(cc, b[:])
+	}
 	if cerr != nil {
-		cc.Close()
+		c1.Close()
 	}
 	serr = <-done
-	if cerr == nil && serr == nil {
-		// In TLS 1.3 the client finishes before the server has checked the
-		// client certificate; one round trip settles both sides.
-		go func() { _, err := sc.Write([]byte{1}); done <- err }()
-		var b [1]byte
-		if _, err := cc.Read(b[:]); err != nil {
-			cerr = err
-		}
-		if err := <-done; err != nil {
-			serr = err
-		}
-	}
 	return cc, sc, cerr, serr
 }
+
+var transports = []struct {
+	name string
+	pair connPair
+}{{"pipe", pipePair}, {"tcp", tcpPair}}
 
 func brokerCert(t *testing.T) tls.Certificate {
 	t.Helper()
@@ -84,8 +120,14 @@ func peerClient(t *testing.T, id *Identity, want AgentID) *tls.Config {
 }
 
 func TestControlHandshake(t *testing.T) {
+	for _, tr := range transports {
+		t.Run(tr.name, func(t *testing.T) { testControlHandshake(t, tr.pair) })
+	}
+}
+
+func testControlHandshake(t *testing.T, pair connPair) {
 	broker, agent := brokerCert(t), newID(t)
-	cc, sc, cerr, serr := handshake(t, controlClient(t, agent, PinOf(broker.Leaf)), ControlServerConfig(broker))
+	cc, sc, cerr, serr := handshake(t, pair, controlClient(t, agent, PinOf(broker.Leaf)), ControlServerConfig(broker))
 	if cerr != nil || serr != nil {
 		t.Fatalf("handshake: client %v, server %v", cerr, serr)
 	}
@@ -104,7 +146,7 @@ func TestControlHandshake(t *testing.T) {
 
 func TestControlPinMismatch(t *testing.T) {
 	broker, impostor := brokerCert(t), brokerCert(t)
-	_, _, cerr, serr := handshake(t, controlClient(t, newID(t), PinOf(broker.Leaf)), ControlServerConfig(impostor))
+	_, _, cerr, serr := handshake(t, tcpPair, controlClient(t, newID(t), PinOf(broker.Leaf)), ControlServerConfig(impostor))
 	if !errors.Is(cerr, ErrPinMismatch) {
 		t.Errorf("client: got %v, want ErrPinMismatch", cerr)
 	}
@@ -116,7 +158,7 @@ func TestControlPinMismatch(t *testing.T) {
 func TestControlServerNeedsClientCert(t *testing.T) {
 	broker := brokerCert(t)
 	anon := &tls.Config{InsecureSkipVerify: true, MinVersion: tls.VersionTLS13, NextProtos: []string{ALPNControl}}
-	if _, _, cerr, serr := handshake(t, anon, ControlServerConfig(broker)); serr == nil && cerr == nil {
+	if _, _, cerr, serr := handshake(t, tcpPair, anon, ControlServerConfig(broker)); serr == nil && cerr == nil {
 		t.Error("broker accepted an agent without a certificate")
 	}
 }
@@ -125,7 +167,7 @@ func TestTLS12Refused(t *testing.T) {
 	broker := brokerCert(t)
 	old := controlClient(t, newID(t), PinOf(broker.Leaf))
 	old.MinVersion, old.MaxVersion = tls.VersionTLS12, tls.VersionTLS12
-	if _, _, cerr, serr := handshake(t, old, ControlServerConfig(broker)); serr == nil || cerr == nil {
+	if _, _, cerr, serr := handshake(t, tcpPair, old, ControlServerConfig(broker)); serr == nil || cerr == nil {
 		t.Errorf("TLS 1.2 handshake: client %v, server %v; want both to fail", cerr, serr)
 	}
 }
@@ -138,15 +180,21 @@ func TestALPNSeparatesChannels(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, _, cerr, serr := handshake(t, controlClient(t, newID(t), PinOf(cert.Leaf)), peerServer(t, sharer))
+	_, _, cerr, serr := handshake(t, tcpPair, controlClient(t, newID(t), PinOf(cert.Leaf)), peerServer(t, sharer))
 	if cerr == nil || serr == nil {
 		t.Errorf("control client vs peer server: client %v, server %v; want both to fail", cerr, serr)
 	}
 }
 
 func TestPeerHandshake(t *testing.T) {
+	for _, tr := range transports {
+		t.Run(tr.name, func(t *testing.T) { testPeerHandshake(t, tr.pair) })
+	}
+}
+
+func testPeerHandshake(t *testing.T, pair connPair) {
 	sharer, connector := newID(t), newID(t)
-	cc, sc, cerr, serr := handshake(t, peerClient(t, connector, sharer.ID()), peerServer(t, sharer))
+	cc, sc, cerr, serr := handshake(t, pair, peerClient(t, connector, sharer.ID()), peerServer(t, sharer))
 	if cerr != nil || serr != nil {
 		t.Fatalf("handshake: client %v, server %v", cerr, serr)
 	}
@@ -164,7 +212,7 @@ func TestPeerHandshake(t *testing.T) {
 
 func TestPeerWrongSharer(t *testing.T) {
 	sharer, impostor := newID(t), newID(t)
-	_, _, cerr, serr := handshake(t, peerClient(t, newID(t), sharer.ID()), peerServer(t, impostor))
+	_, _, cerr, serr := handshake(t, tcpPair, peerClient(t, newID(t), sharer.ID()), peerServer(t, impostor))
 	if !errors.Is(cerr, ErrPinMismatch) {
 		t.Errorf("client: got %v, want ErrPinMismatch", cerr)
 	}
@@ -185,7 +233,7 @@ func TestProof(t *testing.T) {
 	other := newTicket(t, "127.0.0.1:7000", "web")
 
 	session := func() (client, server tls.ConnectionState) {
-		cc, sc, cerr, serr := handshake(t, peerClient(t, connector, sharer.ID()), peerServer(t, sharer))
+		cc, sc, cerr, serr := handshake(t, pipePair, peerClient(t, connector, sharer.ID()), peerServer(t, sharer))
 		if cerr != nil || serr != nil {
 			t.Fatalf("handshake: client %v, server %v", cerr, serr)
 		}

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"regexp"
 	"strconv"
 	"strings"
 )
@@ -41,6 +42,8 @@ func (p Pin) Matches(cert *x509.Certificate) bool {
 	return subtle.ConstantTimeCompare(got[:], p[:]) == 1
 }
 
+var tokenRE = regexp.MustCompile(`^[A-Za-z0-9._~-]+$`)
+
 // DefaultBrokerPort is the control port a broker URL without a port means.
 const DefaultBrokerPort = 7000
 
@@ -68,7 +71,8 @@ func ParseBrokerURL(s string) (BrokerURL, error) {
 	s = strings.TrimSpace(s)
 	pu, err := url.Parse(s)
 	if err != nil {
-		return u, fmt.Errorf("%w: %v", ErrBadBrokerURL, err)
+		// url's error quotes the whole input, token included: say less.
+		return u, fmt.Errorf("%w: not a URL of the form pp://TOKEN@HOST:PORT#PIN", ErrBadBrokerURL)
 	}
 	if pu.Scheme != "pp" {
 		return u, fmt.Errorf("%w: scheme must be pp:// (got %q)", ErrBadBrokerURL, pu.Scheme)
@@ -82,7 +86,13 @@ func ParseBrokerURL(s string) (BrokerURL, error) {
 	if pu.Path != "" || pu.RawQuery != "" {
 		return u, fmt.Errorf("%w: unexpected path or query", ErrBadBrokerURL)
 	}
+	if !tokenRE.MatchString(pu.User.Username()) {
+		return u, fmt.Errorf("%w: token may hold only A-Z a-z 0-9 - . _ ~", ErrBadBrokerURL)
+	}
 	host, port := pu.Hostname(), pu.Port()
+	if strings.ContainsAny(host, "%") || (strings.Contains(host, ":") && !strings.HasPrefix(pu.Host, "[")) {
+		return u, fmt.Errorf("%w: bad host %q (IPv6 goes in brackets, without a zone)", ErrBadBrokerURL, pu.Host)
+	}
 	if host == "" {
 		return u, fmt.Errorf("%w: missing host", ErrBadBrokerURL)
 	}

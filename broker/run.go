@@ -1,0 +1,141 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strconv"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/peerport/peerport/internal/secure"
+)
+
+// DefaultListen is where a broker listens unless told otherwise.
+const DefaultListen = ":7000"
+
+// Options are everything `broker` takes.
+type Options struct {
+	Listen     string // default ":7000"
+	PublicAddr string // host or host:port advertised in the URL; default: see Start
+	StateDir   string
+	Log        logrus.FieldLogger
+	Version    string
+	Limits     func(*Config) // optional: adjusts limits and timeouts before New
+}
+
+// Running is a started broker.
+type Running struct {
+	URL    secure.BrokerURL
+	Addr   net.Addr        // the bound listener address
+	Server *Server         // for Stats
+	Done   <-chan struct{} // closed when the broker has stopped
+	err    error
+}
+
+// Err is why the broker stopped: nil after ctx was done. Valid after Done.
+func (r *Running) Err() error {
+	select {
+	case <-r.Done:
+		return r.err
+	default:
+		return nil
+	}
+}
+
+// Start loads or creates the state, listens and serves in the background
+// until ctx is done. The URL's port is the bound one, so ":0" works. Its host
+// is PublicAddr if set, else the listener's host if specific, else the first
+// global unicast IPv4 address of an up, non-loopback interface, else 127.0.0.1.
+func Start(ctx context.Context, o Options) (*Running, error) {
+	if o.Listen == "" {
+		o.Listen = DefaultListen
+	}
+	if o.Log == nil {
+		l := logrus.New()
+		l.SetOutput(io.Discard)
+		o.Log = l
+	}
+	st, err := LoadOrCreateState(o.StateDir)
+	if err != nil {
+		return nil, err
+	}
+	cfg := Config{Token: st.Token, Cert: st.Cert, Log: o.Log, Version: o.Version}
+	if o.Limits != nil {
+		o.Limits(&cfg)
+	}
+	srv, err := New(cfg)
+	if err != nil {
+		return nil, err
+	}
+	var lc net.ListenConfig
+	ln, err := lc.Listen(ctx, "tcp", o.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("broker listen: %w", err)
+	}
+	addr, err := publicAddr(o.PublicAddr, ln.Addr())
+	if err != nil {
+		ln.Close()
+		return nil, err
+	}
+	done := make(chan struct{})
+	r := &Running{URL: st.URL(addr), Addr: ln.Addr(), Server: srv, Done: done}
+	srv.log.WithFields(logrus.Fields{"listen": ln.Addr().String(), "url": r.URL.Redacted()}).Info("broker listening")
+	go func() {
+		defer close(done)
+		r.err = srv.Serve(ctx, ln)
+	}()
+	return r, nil
+}
+
+func publicAddr(public string, bound net.Addr) (string, error) {
+	port := 0
+	var host net.IP
+	if ta, ok := bound.(*net.TCPAddr); ok {
+		port, host = ta.Port, ta.IP
+	}
+	if public != "" {
+		if h, p, err := net.SplitHostPort(public); err == nil {
+			if n, err := strconv.Atoi(p); err != nil || n < 1 || n > 65535 || h == "" {
+				return "", fmt.Errorf("public address %q: want host or host:port", public)
+			}
+			return public, nil
+		}
+		return net.JoinHostPort(public, strconv.Itoa(port)), nil
+	}
+	if host != nil && !host.IsUnspecified() {
+		return net.JoinHostPort(host.String(), strconv.Itoa(port)), nil
+	}
+	ip, err := firstGlobalIPv4()
+	if err != nil {
+		ip = net.IPv4(127, 0, 0, 1)
+	}
+	return net.JoinHostPort(ip.String(), strconv.Itoa(port)), nil
+}
+
+// firstGlobalIPv4 looks at the interfaces only: no packet is sent to find out.
+func firstGlobalIPv4() (net.IP, error) {
+	ifs, err := net.Interfaces()
+	if err != nil {
+		return nil, err
+	}
+	for _, ifc := range ifs {
+		if ifc.Flags&net.FlagUp == 0 || ifc.Flags&net.FlagLoopback != 0 {
+			continue
+		}
+		addrs, err := ifc.Addrs()
+		if err != nil {
+			continue
+		}
+		for _, a := range addrs {
+			if n, ok := a.(*net.IPNet); ok {
+				if ip4 := n.IP.To4(); ip4 != nil && ip4.IsGlobalUnicast() {
+					return ip4, nil
+				}
+			}
+		}
+	}
+	return nil, errors.New("no global unicast IPv4 address")
+}

@@ -1,0 +1,450 @@
+package broker
+
+import (
+	"crypto/sha256"
+	"crypto/subtle"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/peerport/peerport/internal/proto"
+	"github.com/peerport/peerport/internal/secure"
+)
+
+// session is one agent's control session, from its Hello to its end.
+type session struct {
+	srv   *Server
+	conn  net.Conn // the TLS connection messages travel on
+	raw   net.Conn // the connection under it, for lingering after an Error
+	id    secure.AgentID
+	guest bool // no token: may only Connect with an admit key, and Ping
+	log   logrus.FieldLogger
+	since time.Time
+
+	writeMu   sync.Mutex
+	done      chan struct{} // closed when the session is closed, for whatever reason
+	closeOnce sync.Once
+	pending   chan struct{} // one token per Connect in flight
+	wg        sync.WaitGroup
+
+	// Guarded by srv.mu.
+	shares map[string]*share
+	intros map[uint64]chan *proto.IntroReply // introductions waiting on this sharer
+}
+
+// share is one registered share.
+type share struct {
+	admitHash []byte // sha256 of the ticket's admit key; empty: reachable by allow only
+	allow     map[secure.AgentID]struct{}
+}
+
+func newSession(srv *Server, conn, raw net.Conn, id secure.AgentID, log logrus.FieldLogger) *session {
+	return &session{
+		srv:     srv,
+		conn:    conn,
+		raw:     raw,
+		id:      id,
+		log:     log.WithField("agent", id.Short()),
+		since:   srv.cfg.Now(),
+		done:    make(chan struct{}),
+		pending: make(chan struct{}, srv.cfg.MaxPendingIntros),
+		shares:  make(map[string]*share),
+		intros:  make(map[uint64]chan *proto.IntroReply),
+	}
+}
+
+// run reads the Hello, admits the agent and serves it until the connection
+// ends. The read deadline for the Hello is already set by the caller.
+func (s *session) run() {
+	defer s.close()
+	hello := s.readHello()
+	if hello == nil || !s.admit(hello) {
+		return
+	}
+	s.loop()
+	s.close()
+	s.leave()
+	s.wg.Wait()
+	s.log.WithField("duration", s.srv.cfg.Now().Sub(s.since).Round(time.Second).String()).Info("agent offline")
+}
+
+func (s *session) readHello() *proto.Hello {
+	m, err := proto.Read(s.conn, s.srv.cfg.MaxMessageSize)
+	if err != nil {
+		if isProtoErr(err) {
+			s.log.WithError(err).Warn("bad hello")
+			s.fail(proto.CodeBadRequest, err.Error())
+		} else {
+			s.log.WithError(err).Info("no hello")
+		}
+		return nil
+	}
+	h, ok := m.(*proto.Hello)
+	if !ok {
+		s.log.Warnf("%s before hello", typeName(m))
+		s.fail(proto.CodeBadRequest, fmt.Sprintf("expected hello, got %s", typeName(m)))
+		return nil
+	}
+	return h
+}
+
+// admit checks the token, enters the session in the registry (replacing an
+// older session of the same agent) and sends the Welcome.
+func (s *session) admit(h *proto.Hello) bool {
+	if h.Token != "" && !s.srv.checkToken(h.Token) {
+		s.log.Warn("wrong broker token")
+		s.fail(proto.CodeUnauthorized, "wrong broker token: check the broker URL (agent login)")
+		return false
+	}
+	s.guest = h.Token == ""
+	srv := s.srv
+	srv.mu.Lock()
+	var old *session
+	if !s.guest {
+		old = srv.agents[s.id]
+	}
+	if old == nil && srv.sessions >= srv.cfg.MaxAgents {
+		srv.mu.Unlock()
+		s.log.Warnf("refused: %d agents online, the limit", srv.cfg.MaxAgents)
+		s.fail(proto.CodeLimit, "broker is full; retry later")
+		return false
+	}
+	srv.sessions++
+	if s.guest {
+		srv.guests++
+	} else {
+		srv.agents[s.id] = s
+	}
+	srv.mu.Unlock()
+	if old != nil {
+		old.log.Info("replaced by a new session of the same agent")
+		old.close()
+	}
+	s.conn.SetDeadline(time.Time{})
+	obs := observed(s.raw.RemoteAddr())
+	if err := s.send(&proto.Welcome{AgentID: s.id.String(), Observed: obs, Version: srv.cfg.Version}); err != nil {
+		s.log.WithError(err).Info("welcome")
+		s.leave()
+		return false
+	}
+	s.log.WithFields(logrus.Fields{"guest": s.guest, "agent_version": h.Version}).Info("agent online")
+	return true
+}
+
+// leave removes the session and its shares from the registry. Introductions
+// waiting on it see done closed.
+func (s *session) leave() {
+	srv := s.srv
+	srv.mu.Lock()
+	defer srv.mu.Unlock()
+	srv.sessions--
+	if s.guest {
+		srv.guests--
+	} else if srv.agents[s.id] == s {
+		delete(srv.agents, s.id)
+	}
+	srv.shares -= len(s.shares)
+	clear(s.shares)
+	clear(s.intros)
+}
+
+func (s *session) loop() {
+	for {
+		s.conn.SetReadDeadline(time.Now().Add(s.srv.cfg.IdleTimeout))
+		m, err := proto.Read(s.conn, s.srv.cfg.MaxMessageSize)
+		if err != nil {
+			s.readFailed(err)
+			return
+		}
+		if !s.handle(m) {
+			return
+		}
+	}
+}
+
+func (s *session) readFailed(err error) {
+	var ne net.Error
+	switch {
+	case s.closed():
+		s.log.Debug("session closed")
+	case isProtoErr(err):
+		s.log.WithError(err).Warn("bad message; closing the session")
+		s.fail(proto.CodeBadRequest, err.Error())
+	case errors.As(err, &ne) && ne.Timeout():
+		s.log.Infof("no message for %v; dropping the session", s.srv.cfg.IdleTimeout)
+	case errors.Is(err, io.EOF):
+		s.log.Debug("agent closed the session")
+	default:
+		s.log.WithError(err).Info("session read failed")
+	}
+}
+
+// handle serves one message; false ends the session.
+func (s *session) handle(m proto.Message) bool {
+	switch m := m.(type) {
+	case *proto.Ping:
+		return s.send(&proto.Pong{Nonce: m.Nonce}) == nil
+	case *proto.Pong:
+		return true
+	case *proto.Register:
+		return s.send(s.register(m)) == nil
+	case *proto.Unregister:
+		return s.send(s.unregister(m)) == nil
+	case *proto.Connect:
+		return s.connect(m)
+	case *proto.IntroReply:
+		s.introReply(m)
+		return true
+	default:
+		s.log.Warnf("unexpected %s; closing the session", typeName(m))
+		s.fail(proto.CodeBadRequest, fmt.Sprintf("unexpected %s message from an agent", typeName(m)))
+		return false
+	}
+}
+
+const guestRefusal = "this session has no broker token, so it can only connect with a ticket; to share, log in with the broker URL (agent login)"
+
+func (s *session) register(m *proto.Register) *proto.Result {
+	if s.guest {
+		return &proto.Result{ID: m.ID, Code: proto.CodeUnauthorized, Message: guestRefusal}
+	}
+	if err := secure.ValidShareName(m.Share); err != nil {
+		return &proto.Result{ID: m.ID, Code: proto.CodeBadRequest, Message: err.Error()}
+	}
+	sh := &share{admitHash: slices.Clone(m.AdmitHash), allow: make(map[secure.AgentID]struct{}, len(m.Allow))}
+	for i, a := range m.Allow {
+		id, err := secure.ParseAgentID(a)
+		if err != nil {
+			return &proto.Result{ID: m.ID, Code: proto.CodeBadRequest, Message: fmt.Sprintf("allow[%d]: %v", i, err)}
+		}
+		sh.allow[id] = struct{}{}
+	}
+	srv := s.srv
+	srv.mu.Lock()
+	_, exists := s.shares[m.Share]
+	if !exists && len(s.shares) >= srv.cfg.MaxSharesPerAgent {
+		srv.mu.Unlock()
+		return &proto.Result{ID: m.ID, Code: proto.CodeLimit, Message: fmt.Sprintf("this broker allows at most %d shares per agent", srv.cfg.MaxSharesPerAgent)}
+	}
+	s.shares[m.Share] = sh
+	if !exists {
+		srv.shares++
+	}
+	srv.mu.Unlock()
+	s.log.WithFields(logrus.Fields{"share": m.Share, "ticket": len(sh.admitHash) > 0, "allow": len(sh.allow)}).Info("share registered")
+	return &proto.Result{ID: m.ID}
+}
+
+// unregister is idempotent: withdrawing an unknown share succeeds.
+func (s *session) unregister(m *proto.Unregister) *proto.Result {
+	if s.guest {
+		return &proto.Result{ID: m.ID, Code: proto.CodeUnauthorized, Message: guestRefusal}
+	}
+	srv := s.srv
+	srv.mu.Lock()
+	if _, ok := s.shares[m.Share]; ok {
+		delete(s.shares, m.Share)
+		srv.shares--
+	}
+	srv.mu.Unlock()
+	s.log.WithField("share", m.Share).Info("share withdrawn")
+	return &proto.Result{ID: m.ID}
+}
+
+// connect runs the introduction in its own goroutine: it waits on another
+// agent, and the session must keep reading meanwhile (it may be that agent).
+func (s *session) connect(m *proto.Connect) bool {
+	select {
+	case s.pending <- struct{}{}:
+	default:
+		return s.send(&proto.ConnectReply{ID: m.ID, Code: proto.CodeLimit,
+			Message: fmt.Sprintf("more than %d introductions in flight on this session; retry later", s.srv.cfg.MaxPendingIntros)}) == nil
+	}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		defer func() { <-s.pending }()
+		if rep := s.srv.introduce(s, m); rep != nil {
+			s.send(rep)
+		}
+	}()
+	return true
+}
+
+func (s *session) introReply(m *proto.IntroReply) {
+	s.srv.mu.Lock()
+	ch, ok := s.intros[m.Intro]
+	delete(s.intros, m.Intro)
+	s.srv.mu.Unlock()
+	if !ok {
+		s.log.WithField("intro", m.Intro).Debug("reply to an unknown or expired introduction")
+		return
+	}
+	ch <- m // buffered, and the entry is gone: never blocks
+}
+
+// introduce checks the connector c may reach the share, passes its Connect to
+// the sharer and returns the answer for c, or nil when c is gone.
+func (srv *Server) introduce(c *session, m *proto.Connect) *proto.ConnectReply {
+	fail := func(code, format string, args ...any) *proto.ConnectReply {
+		return &proto.ConnectReply{ID: m.ID, Code: code, Message: fmt.Sprintf(format, args...)}
+	}
+	sharerID, err := secure.ParseAgentID(m.Sharer)
+	if err != nil {
+		return fail(proto.CodeBadRequest, "sharer: %v", err)
+	}
+	log := c.log.WithFields(logrus.Fields{"sharer": sharerID.Short(), "share": m.Share})
+
+	srv.mu.Lock()
+	sharer := srv.agents[sharerID]
+	if sharer == nil {
+		srv.mu.Unlock()
+		log.Info("introduction: sharer not online")
+		return fail(proto.CodeNotFound, "sharer %s is not online", sharerID.Short())
+	}
+	if !c.mayConnect(sharer.shares[m.Share], m.Admit) {
+		srv.mu.Unlock()
+		log.Warn("introduction refused: ticket not valid for this share")
+		return fail(proto.CodeUnauthorized, "ticket not valid for this share")
+	}
+	srv.nextIntro++
+	id := srv.nextIntro
+	ch := make(chan *proto.IntroReply, 1)
+	sharer.intros[id] = ch
+	srv.mu.Unlock()
+	defer func() {
+		srv.mu.Lock()
+		delete(sharer.intros, id)
+		srv.mu.Unlock()
+	}()
+	log = log.WithField("intro", id)
+
+	intro := &proto.Intro{Intro: id, Connector: c.id.String(), Share: m.Share, Candidates: m.Candidates}
+	if err := sharer.send(intro); err != nil {
+		log.WithError(err).Info("introduction: sharer went offline")
+		return fail(proto.CodeNotFound, "sharer %s went offline", sharerID.Short())
+	}
+	t := time.NewTimer(srv.cfg.IntroTimeout)
+	defer t.Stop()
+	select {
+	case r := <-ch:
+		if r.Code != "" {
+			log.WithField("code", r.Code).Info("introduction declined by the sharer")
+			msg := r.Message
+			if msg == "" {
+				msg = "the sharer declined the connection"
+			}
+			return fail(r.Code, "%s", msg)
+		}
+		srv.introductions.Add(1)
+		log.WithField("candidates", len(r.Candidates)).Info("introduced")
+		return &proto.ConnectReply{ID: m.ID, Candidates: r.Candidates, Port: r.Port}
+	case <-sharer.done:
+		log.Info("introduction: sharer went offline")
+		return fail(proto.CodeNotFound, "sharer %s went offline", sharerID.Short())
+	case <-t.C:
+		log.Warnf("introduction: sharer did not answer within %v", srv.cfg.IntroTimeout)
+		return fail(proto.CodeTimeout, "sharer %s did not answer within %v", sharerID.Short(), srv.cfg.IntroTimeout)
+	case <-c.done:
+		return nil
+	}
+}
+
+// mayConnect: the ticket's admit key, or (for members) the connector's own
+// identity on the share's allow list. An unknown share is refused like a bad
+// ticket, so share names cannot be probed.
+func (c *session) mayConnect(sh *share, admit []byte) bool {
+	if sh == nil {
+		return false
+	}
+	if len(admit) > 0 && len(sh.admitHash) == sha256.Size {
+		h := sha256.Sum256(admit)
+		if subtle.ConstantTimeCompare(h[:], sh.admitHash) == 1 {
+			return true
+		}
+	}
+	if c.guest {
+		return false
+	}
+	_, ok := sh.allow[c.id]
+	return ok
+}
+
+// send writes one message. A failed write breaks the TLS stream for good, so
+// it closes the session.
+func (s *session) send(m proto.Message) error {
+	s.writeMu.Lock()
+	defer s.writeMu.Unlock()
+	s.conn.SetWriteDeadline(time.Now().Add(writeTimeout))
+	if err := proto.Write(s.conn, m); err != nil {
+		s.close()
+		return fmt.Errorf("send %s: %w", typeName(m), err)
+	}
+	return nil
+}
+
+// fail sends a final Error, then reads (and drops) what the agent still sends
+// for a moment, so that closing does not reset the connection under the Error.
+func (s *session) fail(code, msg string) {
+	if len(msg) > 500 {
+		msg = msg[:500]
+	}
+	if s.send(&proto.Error{Code: code, Message: msg}) != nil {
+		return
+	}
+	s.writeMu.Lock()
+	type closeWriter interface{ CloseWrite() error }
+	if cw, ok := s.conn.(closeWriter); ok {
+		cw.CloseWrite()
+	}
+	if cw, ok := s.raw.(closeWriter); ok && s.raw != s.conn {
+		cw.CloseWrite()
+	}
+	s.writeMu.Unlock()
+	s.raw.SetReadDeadline(time.Now().Add(lingerTimeout))
+	io.CopyN(io.Discard, s.raw, lingerBytes)
+	s.close()
+}
+
+func (s *session) close() {
+	s.closeOnce.Do(func() {
+		close(s.done)
+		s.raw.Close()
+	})
+}
+
+func (s *session) closed() bool {
+	select {
+	case <-s.done:
+		return true
+	default:
+		return false
+	}
+}
+
+func isProtoErr(err error) bool {
+	return errors.Is(err, proto.ErrTooLarge) || errors.Is(err, proto.ErrMalformed) ||
+		errors.Is(err, proto.ErrVersion) || errors.Is(err, proto.ErrUnknownType)
+}
+
+func typeName(m proto.Message) string {
+	return strings.ToLower(strings.TrimPrefix(fmt.Sprintf("%T", m), "*proto."))
+}
+
+// observed is the agent's source address as ip:port, or empty when the
+// connection has none (net.Pipe).
+func observed(a net.Addr) string {
+	ap, err := netip.ParseAddrPort(a.String())
+	if err != nil {
+		return ""
+	}
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()).String()
+}

@@ -1,0 +1,132 @@
+package e2e
+
+import (
+	"crypto/tls"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/peerport/peerport/internal/secure"
+)
+
+func TestWrongTokenRefused(t *testing.T) {
+	w := newWorld(t)
+	u, err := secure.ParseBrokerURL(w.brokerURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.Token = "not-the-token"
+	_, stderr, err := run(t, bins.agent, "--state-dir", t.TempDir(), "login", u.String())
+	if err == nil || !strings.Contains(stderr, "wrong broker token") {
+		t.Fatalf("login with a wrong token: err %v, stderr %q; want a refusal naming the token", err, stderr)
+	}
+	p := start(t, "sharer", bins.agent, "--state-dir", t.TempDir(), "share", "8080", "--broker", u.String())
+	if err := p.wait(30 * time.Second); err == nil {
+		t.Fatal("share with a wrong token exited 0")
+	}
+	if s := p.stderr.String(); !strings.Contains(s, "wrong broker token") || strings.Count(strings.TrimSpace(s), "\n") > 20 {
+		t.Fatalf("stderr %q: want the wrong-token error", s)
+	}
+}
+
+func TestWrongPinRefused(t *testing.T) {
+	w := newWorld(t)
+	u, _ := secure.ParseBrokerURL(w.brokerURL)
+	u.Pin[0] ^= 1
+	_, stderr, err := run(t, bins.agent, "--state-dir", t.TempDir(), "login", u.String())
+	if err == nil || !strings.Contains(stderr, "does not match pin") {
+		t.Fatalf("login with a wrong pin: err %v, stderr %q", err, stderr)
+	}
+}
+
+func TestBadTicketsRefused(t *testing.T) {
+	w := newWorld(t)
+	_, ticket := w.share(echoServer(t))
+	tampered := []byte(ticket)
+	i := len(tampered) / 2
+	tampered[i] = map[bool]byte{true: 'b', false: 'a'}[tampered[i] == 'a']
+	tests := []struct{ name, ticket, want string }{
+		{"tampered", string(tampered), "malformed ticket"},
+		{"truncated", ticket[:len(ticket)-5], "malformed ticket"},
+		{"garbage", "hello", "malformed ticket"},
+		{"future version", "pp9" + ticket[3:], "unsupported ticket version"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, stderr, err := run(t, bins.agent, "--state-dir", t.TempDir(), "connect", tc.ticket)
+			if err == nil || !strings.Contains(stderr, tc.want) || strings.Count(strings.TrimSpace(stderr), "\n") != 0 {
+				t.Fatalf("err %v, stderr %q; want one line with %q", err, stderr, tc.want)
+			}
+		})
+	}
+}
+
+// TestTicketForOtherShare: a ticket re-pointed at another share of the same
+// sharer (valid checksum, same secret) is refused.
+func TestTicketForOtherShare(t *testing.T) {
+	w := newWorld(t)
+	_, ticket := w.share(echoServer(t), "--name", "x")
+	tk, err := secure.ParseTicket(ticket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A second share "y" of the same agent, in a second process with the
+	// same identity would replace the first at the broker; so check both
+	// refusals: share y unknown to this sharer, and the broker's check.
+	tk.Share = "y"
+	p := start(t, "connector", bins.agent, "--state-dir", w.connDir, "connect", tk.String(), "--listen", "127.0.0.1:0")
+	if err := p.wait(30 * time.Second); err == nil {
+		t.Fatal("connect with a ticket re-pointed at share y exited 0")
+	}
+	if s := p.stderr.String(); !strings.Contains(s, "not valid") {
+		t.Fatalf("stderr %q: want the broker's refusal", s)
+	}
+}
+
+// TestGarbageOnControlPort: bytes that are not TLS, and TLS without our
+// protocol, do not disturb the broker or the sessions it holds.
+func TestGarbageOnControlPort(t *testing.T) {
+	w := newWorld(t)
+	_, ticket := w.share(echoServer(t))
+	u, _ := secure.ParseBrokerURL(w.brokerURL)
+	payloads := [][]byte{
+		[]byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n"),
+		make([]byte, 1<<16),
+		[]byte{0x16, 0x03, 0x01, 0xff, 0xff, 0x01},
+	}
+	for _, p := range payloads {
+		c, err := net.Dial("tcp", u.Addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Write(p)
+		c.SetReadDeadline(time.Now().Add(15 * time.Second))
+		c.Read(make([]byte, 1024))
+		c.Close()
+	}
+	// TLS with no client certificate.
+	c, err := tls.Dial("tcp", u.Addr, &tls.Config{InsecureSkipVerify: true, MinVersion: tls.VersionTLS13})
+	if err == nil {
+		c.SetReadDeadline(time.Now().Add(15 * time.Second))
+		c.Read(make([]byte, 1))
+		c.Close()
+	}
+	_, addr := w.connect(ticket)
+	echoCheck(t, addr, 1<<20)
+}
+
+func TestStateFilesPrivate(t *testing.T) {
+	w := newWorld(t)
+	for _, f := range []string{secure.IdentityFile, "broker.url"} {
+		fi, err := os.Stat(filepath.Join(w.sharerDir, f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fi.Mode().Perm() != 0o600 {
+			t.Errorf("%s has mode %v, want 0600", f, fi.Mode().Perm())
+		}
+	}
+}

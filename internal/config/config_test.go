@@ -1,0 +1,597 @@
+package config
+
+import (
+	"errors"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+
+	"github.com/peerport/peerport/internal/secure"
+)
+
+// creds are real identities, a broker URL and a ticket for test configs.
+type creds struct {
+	id, id2, broker, ticket string
+}
+
+func newCreds(t testing.TB) creds {
+	t.Helper()
+	a, err := secure.NewIdentity()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := secure.NewIdentity()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pin secure.Pin
+	pin[0], pin[31] = 1, 2
+	tk, err := secure.NewTicket("broker.example.com:7000", pin, a.ID(), "web")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return creds{
+		id:     a.ID().String(),
+		id2:    b.ID().String(),
+		broker: "pp://tok@broker.example.com:7000#" + pin.String(),
+		ticket: tk.String(),
+	}
+}
+
+// expand fills {ID}, {ID2}, {BROKER} and {TICKET} into a test YAML.
+func (c creds) expand(s string) string {
+	return strings.NewReplacer("{ID}", c.id, "{ID2}", c.id2, "{BROKER}", c.broker, "{TICKET}", c.ticket, "{ALTERED}", c.altered()).Replace(s)
+}
+
+// altered is the ticket with one character changed.
+func (c creds) altered() string {
+	b := []byte(c.ticket)
+	i := len(b) / 2
+	if b[i] == 'a' {
+		b[i] = 'b'
+	} else {
+		b[i] = 'a'
+	}
+	return string(b)
+}
+
+// errLines splits a joined error into its lines.
+func errLines(err error) []string {
+	if err == nil {
+		return nil
+	}
+	return strings.Split(err.Error(), "\n")
+}
+
+func TestParseAgentErrors(t *testing.T) {
+	c := newCreds(t)
+	tests := []struct {
+		name string
+		yaml string
+		want []string
+	}{
+		{"unknown top-level key", "broker: \"\"\nstate_dir: x\nsharez: []\n",
+			[]string{`agent.yaml:3: unknown field "sharez"`}},
+		{"unknown nested key", "shares:\n  - name: web\n    nme: x\n    target: 80\n",
+			[]string{`agent.yaml:3: shares[0]: unknown field "nme"`}},
+		{"duplicate key", "log:\n  level: info\n  level: debug\n",
+			[]string{`agent.yaml:3: log: duplicate field "level" (first at line 2)`}},
+		{"merge key", "base: &b {level: info}\n",
+			[]string{`agent.yaml:1: unknown field "base"`}},
+		{"merge key refused", "log:\n  <<: {level: info}\n",
+			[]string{`agent.yaml:2: log: merge keys (<<) are not supported; put an anchor on the value instead`}},
+		{"seq into string", "shares:\n  - target: 80\n\n    name:\n      - a\n",
+			[]string{`agent.yaml:5: shares[0].name: cannot decode !!seq into string`}},
+		{"map into list", "shares:\n  name: web\n",
+			[]string{`agent.yaml:2: shares: cannot decode !!map into a list`}},
+		{"scalar into mapping", "log: loud\n",
+			[]string{"agent.yaml:1: log: cannot decode !!str `loud` into a mapping"}},
+		{"root not a mapping", "- a\n- b\n",
+			[]string{`agent.yaml:1: cannot decode !!seq into a mapping`}},
+		{"every decode error at once", "sharez: 1\nlog: [x]\nconnects: {}\n",
+			[]string{
+				`agent.yaml:1: unknown field "sharez"`,
+				`agent.yaml:2: log: cannot decode !!seq into a mapping`,
+				`agent.yaml:3: connects: cannot decode !!map into a list`,
+			}},
+		{"syntax error", "shares:\n  - name: web\n   target: 80\n",
+			[]string{`agent.yaml:1: did not find expected '-' indicator`}},
+		{"unclosed flow", "log: {level: info\n",
+			[]string{`agent.yaml:1: did not find expected ',' or '}'`}},
+		{"tab indentation", "log:\n\tlevel: info\n",
+			[]string{`agent.yaml:2: found character that cannot start any token`}},
+		{"two documents", "log: {level: info}\n---\nlog: {level: info}\n",
+			[]string{`agent.yaml:2: more than one YAML document (---); put one configuration in a file`}},
+
+		{"bad broker URL", "broker: http://x\n",
+			[]string{`agent.yaml:1: broker: malformed broker URL: scheme must be pp:// (got "http")`}},
+		{"bad log level and format", "log:\n  level: loud\n  format: xml\n",
+			[]string{
+				`agent.yaml:2: log.level: unknown level "loud" (want trace, debug, info, warn, error)`,
+				`agent.yaml:3: log.format: unknown format "xml" (want text, json)`,
+			}},
+		{"share name and target required", "shares:\n  - allow: []\n",
+			[]string{
+				`agent.yaml:2: shares[0].name: required`,
+				`agent.yaml:2: shares[0].target: required (PORT or HOST:PORT)`,
+			}},
+		{"bad share name", "shares:\n  - name: Web\n    target: 80\n",
+			[]string{`agent.yaml:2: shares[0].name: share name "Web": use 1-63 of a-z 0-9 . _ - starting with a letter or digit`}},
+		{"duplicate share name", "shares:\n  - name: web\n    target: 80\n  - name: web\n    target: 81\n",
+			[]string{`agent.yaml:4: shares[1].name: duplicate share name "web" (also shares[0])`}},
+		{"target port out of range", "shares:\n  - name: web\n    target: 70000\n",
+			[]string{`agent.yaml:3: shares[0].target: port 70000 out of range (1-65535)`}},
+		{"target port zero", "shares:\n  - name: web\n    target: \"localhost:0\"\n",
+			[]string{`agent.yaml:3: shares[0].target: port 0 out of range (1-65535)`}},
+		{"target without host", "shares:\n  - name: web\n    target: \":80\"\n",
+			[]string{`agent.yaml:3: shares[0].target: ":80" has no host (write PORT for 127.0.0.1, or HOST:PORT)`}},
+		{"target not an address", "shares:\n  - name: web\n    target: localhost\n",
+			[]string{`agent.yaml:3: shares[0].target: "localhost" is not PORT or HOST:PORT`}},
+		{"target named port", "shares:\n  - name: web\n    target: localhost:http\n",
+			[]string{`agent.yaml:3: shares[0].target: port "http" is not a number`}},
+		{"target URL", "shares:\n  - name: web\n    target: http://x:80\n",
+			[]string{`agent.yaml:3: shares[0].target: "http://x:80" is not PORT or HOST:PORT`}},
+		{"bad allow ID", "shares:\n  - name: web\n    target: 80\n    allow:\n      - {ID}\n      - nope\n",
+			[]string{"agent.yaml:6: shares[0].allow[1]: malformed agent ID: want 52 base32 characters, as printed by `agent id`"}},
+
+		{"connect with nothing", "connects:\n  - listen: 9000\n",
+			[]string{`agent.yaml:2: connects[0]: set ticket, or peer and share`}},
+		{"connect with ticket and peer", "broker: {BROKER}\nconnects:\n  - ticket: {TICKET}\n    peer: {ID}\n    share: web\n",
+			[]string{`agent.yaml:3: connects[0]: set either ticket, or peer and share; not both`}},
+		{"bad ticket", "connects:\n  - ticket: pp1abc\n",
+			[]string{`agent.yaml:2: connects[0].ticket: malformed ticket: too short`}},
+		{"altered ticket", "connects:\n  - ticket: {ALTERED}\n",
+			[]string{`agent.yaml:2: connects[0].ticket: malformed ticket: checksum mismatch (truncated or altered)`}},
+		{"future ticket", "connects:\n  - ticket: pp9abc\n",
+			[]string{`agent.yaml:2: connects[0].ticket: unsupported ticket version: "pp9" (this build reads "pp1" tickets; upgrade the agent)`}},
+		{"peer without share", "broker: {BROKER}\nconnects:\n  - peer: {ID}\n",
+			[]string{`agent.yaml:3: connects[0].share: required with peer (the share name on that peer)`}},
+		{"share without peer", "broker: {BROKER}\nconnects:\n  - share: web\n",
+			[]string{`agent.yaml:3: connects[0].peer: required with share (the agent ID of the sharer)`}},
+		{"bad peer and share", "broker: {BROKER}\nconnects:\n  - peer: bob\n    share: -x\n",
+			[]string{
+				"agent.yaml:3: connects[0].peer: malformed agent ID: want 52 base32 characters, as printed by `agent id`",
+				`agent.yaml:4: connects[0].share: share name "-x": use 1-63 of a-z 0-9 . _ - starting with a letter or digit`,
+			}},
+		{"team connect needs broker", "connects:\n  - peer: {ID}\n    share: web\n",
+			[]string{`agent.yaml:2: connects[0]: connecting by peer and share needs broker set (only a ticket carries its broker)`}},
+		{"listen port out of range", "connects:\n  - ticket: {TICKET}\n  - ticket: {TICKET}\n    listen: 70000\n",
+			[]string{`agent.yaml:4: connects[1].listen: port 70000 out of range (0-65535)`}},
+		{"listen garbage", "connects:\n  - ticket: {TICKET}\n    listen: \"[::1]\"\n",
+			[]string{`agent.yaml:3: connects[0].listen: "[::1]" is not PORT or HOST:PORT`}},
+		{"duplicate listen", "connects:\n  - ticket: {TICKET}\n    listen: 9000\n  - ticket: {TICKET}\n    listen: 127.0.0.1:9000\n",
+			[]string{`agent.yaml:5: connects[1].listen: address 127.0.0.1:9000 clashes with connects[0].listen`}},
+		{"listen clashes with wildcard", "connects:\n  - ticket: {TICKET}\n    listen: \":9000\"\n  - ticket: {TICKET}\n    listen: 9000\n",
+			[]string{`agent.yaml:5: connects[1].listen: address 127.0.0.1:9000 clashes with connects[0].listen`}},
+		{"every validation problem at once", "broker: pp://x\nlog: {level: x}\nshares:\n  - name: web\n    target: 0\nconnects:\n  - {}\n",
+			[]string{
+				`agent.yaml:1: broker: malformed broker URL: missing token (pp://TOKEN@host:port#pin)`,
+				`agent.yaml:2: log.level: unknown level "x" (want trace, debug, info, warn, error)`,
+				`agent.yaml:5: shares[0].target: port 0 out of range (1-65535)`,
+				`agent.yaml:7: connects[0]: set ticket, or peer and share`,
+			}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := ParseAgent("agent.yaml", []byte(c.expand(tt.yaml)))
+			if err == nil {
+				t.Fatalf("no error; config %+v", got)
+			}
+			if got != nil {
+				t.Errorf("config %+v returned with an error", got)
+			}
+			if !errors.Is(err, ErrInvalid) {
+				t.Errorf("error does not wrap ErrInvalid: %v", err)
+			}
+			if g := errLines(err); !reflect.DeepEqual(g, tt.want) {
+				t.Errorf("error:\n  %s\nwant:\n  %s", strings.Join(g, "\n  "), strings.Join(tt.want, "\n  "))
+			}
+		})
+	}
+}
+
+func TestParseAgentValid(t *testing.T) {
+	c := newCreds(t)
+	tests := []struct {
+		name string
+		yaml string
+		want Agent
+	}{
+		{"empty file", "", Agent{Log: Log{Level: "info", Format: "text"}}},
+		{"only comments", "# nothing here\n", Agent{Log: Log{Level: "info", Format: "text"}}},
+		{"null document", "~\n", Agent{Log: Log{Level: "info", Format: "text"}}},
+		{"null sections", "log:\nshares:\nconnects: []\n", Agent{Log: Log{Level: "info", Format: "text"}}},
+		{"full", `
+broker: {BROKER}
+state_dir: /var/lib/peerport
+log: {level: debug, format: json}
+shares:
+  - name: web
+    target: 8080
+    allow: [{ID2}]
+  - name: db
+    target: "[::1]:5432"
+  - name: api
+    target: api.internal:443
+connects:
+  - ticket: {TICKET}
+  - ticket: {TICKET}
+    listen: 9000
+  - peer: {ID}
+    share: web
+    listen: ":9001"
+  - ticket: {TICKET}
+    listen: 0
+  - ticket: {TICKET}
+    listen: 127.0.0.1:0
+`, Agent{
+			Broker:   c.broker,
+			StateDir: "/var/lib/peerport",
+			Log:      Log{Level: "debug", Format: "json"},
+			Shares: []Share{
+				{Name: "web", Target: "127.0.0.1:8080", Allow: []string{c.id2}},
+				{Name: "db", Target: "[::1]:5432"},
+				{Name: "api", Target: "api.internal:443"},
+			},
+			Connects: []Connect{
+				{Ticket: c.ticket},
+				{Ticket: c.ticket, Listen: "127.0.0.1:9000"},
+				{Peer: c.id, Share: "web", Listen: ":9001"},
+				{Ticket: c.ticket, Listen: "127.0.0.1:0"},
+				{Ticket: c.ticket, Listen: "127.0.0.1:0"},
+			},
+		}},
+		{"anchors and aliases", "shares:\n  - name: a\n    target: 1\n    allow: &team [{ID}, {ID2}]\n  - name: b\n    target: 2\n    allow: *team\n",
+			Agent{Log: Log{Level: "info", Format: "text"}, Shares: []Share{
+				{Name: "a", Target: "127.0.0.1:1", Allow: []string{c.id, c.id2}},
+				{Name: "b", Target: "127.0.0.1:2", Allow: []string{c.id, c.id2}},
+			}}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			want := tt.want
+			got, err := ParseAgent("agent.yaml", []byte(c.expand(tt.yaml)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(*got, want) {
+				t.Errorf("got  %+v\nwant %+v", *got, want)
+			}
+			if err := got.Validate(); err != nil {
+				t.Errorf("parsed config does not validate again: %v", err)
+			}
+			roundTripAgent(t, got)
+		})
+	}
+}
+
+func roundTripAgent(t *testing.T, c *Agent) {
+	t.Helper()
+	out, err := yaml.Marshal(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	back, err := ParseAgent("round-trip.yaml", out)
+	if err != nil {
+		t.Fatalf("re-parse of marshalled config: %v\n%s", err, out)
+	}
+	if !reflect.DeepEqual(back, c) {
+		t.Errorf("round trip changed the config:\n got  %+v\n want %+v", back, c)
+	}
+}
+
+func defaultBroker() Broker {
+	return Broker{
+		Listen: ":7000",
+		Log:    Log{Level: "info", Format: "text"},
+		Limits: BrokerLimits{
+			MaxAgents:         100000,
+			MaxSharesPerAgent: 64,
+			MaxPendingIntros:  64,
+			MaxMessageBytes:   65536,
+			HandshakeTimeout:  10 * time.Second,
+			IdleTimeout:       90 * time.Second,
+			IntroTimeout:      10 * time.Second,
+		},
+	}
+}
+
+func TestParseBroker(t *testing.T) {
+	custom := defaultBroker()
+	custom.Listen = "127.0.0.1:7443"
+	custom.PublicAddr = "broker.example.com:443"
+	custom.StateDir = "/var/lib/broker"
+	custom.Log = Log{Level: "warn", Format: "json"}
+	custom.Limits.MaxAgents = 10
+	custom.Limits.IdleTimeout = 2 * time.Minute
+	bare := defaultBroker()
+	bare.Listen = ":7001"
+	v6 := defaultBroker()
+	v6.PublicAddr = "2001:db8::1"
+
+	tests := []struct {
+		name string
+		yaml string
+		want Broker
+	}{
+		{"empty", "", defaultBroker()},
+		{"zero limits mean defaults", "limits: {max_agents: 0, idle_timeout: 0s}\n", defaultBroker()},
+		{"bare listen port", "listen: 7001\n", bare},
+		{"bare IPv6 public addr", "public_addr: \"2001:db8::1\"\n", v6},
+		{"custom", `
+listen: 127.0.0.1:7443
+public_addr: broker.example.com:443
+state_dir: /var/lib/broker
+log: {level: warn, format: json}
+limits:
+  max_agents: 10
+  idle_timeout: 2m
+`, custom},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := ParseBroker("broker.yaml", []byte(tt.yaml))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(*got, tt.want) {
+				t.Errorf("got  %+v\nwant %+v", *got, tt.want)
+			}
+			out, err := yaml.Marshal(got)
+			if err != nil {
+				t.Fatal(err)
+			}
+			back, err := ParseBroker("round-trip.yaml", out)
+			if err != nil {
+				t.Fatalf("re-parse: %v\n%s", err, out)
+			}
+			if !reflect.DeepEqual(back, got) {
+				t.Errorf("round trip changed the config:\n got  %+v\n want %+v", back, got)
+			}
+		})
+	}
+}
+
+func TestParseBrokerErrors(t *testing.T) {
+	tests := []struct {
+		name string
+		yaml string
+		want []string
+	}{
+		{"unknown key", "listen: :7000\nlimit: {}\n",
+			[]string{`broker.yaml:2: unknown field "limit"`}},
+		{"unknown limit", "limits:\n  max_agent: 1\n",
+			[]string{`broker.yaml:2: limits: unknown field "max_agent"`}},
+		{"string into int", "limits:\n  max_agents: lots\n",
+			[]string{"broker.yaml:2: limits.max_agents: cannot decode !!str `lots` into int"}},
+		{"duration without unit", "limits:\n  idle_timeout: 90\n",
+			[]string{"broker.yaml:2: limits.idle_timeout: cannot decode !!int `90` into time.Duration (write a duration with a unit, e.g. 10s, 1m30s)"}},
+		{"bad duration", "limits:\n  idle_timeout: soon\n",
+			[]string{"broker.yaml:2: limits.idle_timeout: cannot decode !!str `soon` into time.Duration (write a duration with a unit, e.g. 10s, 1m30s)"}},
+		{"bad listen", "listen: \"localhost\"\n",
+			[]string{`broker.yaml:1: listen: "localhost" is not PORT or HOST:PORT`}},
+		{"listen port out of range", "listen: \":65536\"\n",
+			[]string{`broker.yaml:1: listen: port 65536 out of range (0-65535)`}},
+		{"public addr URL", "public_addr: https://broker.example.com\n",
+			[]string{`broker.yaml:1: public_addr: "https://broker.example.com" is not HOST or HOST:PORT`}},
+		{"public addr port", "public_addr: \"x:0\"\n",
+			[]string{`broker.yaml:1: public_addr: port 0 out of range (1-65535)`}},
+		{"public addr no host", "public_addr: \":7000\"\n",
+			[]string{`broker.yaml:1: public_addr: ":7000" has no host`}},
+		{"public addr with user", "public_addr: tok@host\n",
+			[]string{`broker.yaml:1: public_addr: host "tok@host" is not a host name or IP address`}},
+		{"limits out of range", `
+log: {format: yaml}
+limits:
+  max_agents: -1
+  max_shares_per_agent: 100000
+  max_pending_intros: -5
+  max_message_bytes: 100
+  handshake_timeout: -1s
+  idle_timeout: -90s
+  intro_timeout: -1ms
+`, []string{
+			`broker.yaml:2: log.format: unknown format "yaml" (want text, json)`,
+			`broker.yaml:4: limits.max_agents: -1 out of range (1-10000000)`,
+			`broker.yaml:5: limits.max_shares_per_agent: 100000 out of range (1-10000)`,
+			`broker.yaml:6: limits.max_pending_intros: -5 out of range (1-10000)`,
+			`broker.yaml:7: limits.max_message_bytes: 100 out of range (1024-1048576)`,
+			`broker.yaml:8: limits.handshake_timeout: must be positive (got -1s)`,
+			`broker.yaml:9: limits.idle_timeout: must be positive (got -1m30s)`,
+			`broker.yaml:10: limits.intro_timeout: must be positive (got -1ms)`,
+		}},
+		{"message size too large", "limits: {max_message_bytes: 2000000}\n",
+			[]string{`broker.yaml:1: limits.max_message_bytes: 2000000 out of range (1024-1048576)`}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := ParseBroker("broker.yaml", []byte(tt.yaml))
+			if err == nil {
+				t.Fatalf("no error; config %+v", got)
+			}
+			if !errors.Is(err, ErrInvalid) {
+				t.Errorf("error does not wrap ErrInvalid: %v", err)
+			}
+			if g := errLines(err); !reflect.DeepEqual(g, tt.want) {
+				t.Errorf("error:\n  %s\nwant:\n  %s", strings.Join(g, "\n  "), strings.Join(tt.want, "\n  "))
+			}
+		})
+	}
+}
+
+// A config built in code has no file: messages carry only the field path.
+func TestValidateInCode(t *testing.T) {
+	a := &Agent{
+		Shares:   []Share{{Name: "web", Target: "8080"}},
+		Connects: []Connect{{Peer: "x", Share: "web", Listen: "70000"}},
+	}
+	a.SetDefaults()
+	want := []string{
+		"connects[0].peer: malformed agent ID: want 52 base32 characters, as printed by `agent id`",
+		"connects[0]: connecting by peer and share needs broker set (only a ticket carries its broker)",
+		"connects[0].listen: port 70000 out of range (0-65535)",
+	}
+	err := a.Validate()
+	if g := errLines(err); !reflect.DeepEqual(g, want) {
+		t.Errorf("error:\n  %s\nwant:\n  %s", strings.Join(g, "\n  "), strings.Join(want, "\n  "))
+	}
+	if !errors.Is(err, ErrInvalid) || !errors.Is(err, secure.ErrBadAgentID) {
+		t.Errorf("error should match ErrInvalid and secure.ErrBadAgentID: %v", err)
+	}
+	var ce *Error
+	if !errors.As(err, &ce) || ce.Path != "connects[0].peer" || ce.Line != 0 || ce.File != "" {
+		t.Errorf("errors.As *Error = %+v", ce)
+	}
+	if a.Shares[0].Target != "127.0.0.1:8080" {
+		t.Errorf("SetDefaults left target %q", a.Shares[0].Target)
+	}
+
+	b := &Broker{}
+	if err := b.Validate(); err == nil {
+		t.Error("Broker.Validate without SetDefaults accepted zero limits")
+	}
+	b.SetDefaults()
+	if err := b.Validate(); err != nil {
+		t.Errorf("defaults do not validate: %v", err)
+	}
+	if !reflect.DeepEqual(*b, defaultBroker()) {
+		t.Errorf("SetDefaults = %+v", *b)
+	}
+}
+
+func TestErrorCauses(t *testing.T) {
+	_, err := ParseAgent("a.yaml", []byte("connects:\n  - ticket: pp1aaaa\n"))
+	if !errors.Is(err, secure.ErrBadTicket) {
+		t.Errorf("bad ticket error %v does not wrap secure.ErrBadTicket", err)
+	}
+	_, err = ParseAgent("a.yaml", []byte("broker: pp://x@y\n"))
+	if !errors.Is(err, secure.ErrBadBrokerURL) {
+		t.Errorf("bad broker error %v does not wrap secure.ErrBadBrokerURL", err)
+	}
+}
+
+func TestLoad(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name string, data []byte) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+
+	good := write("agent.yaml", []byte("log: {level: debug}\n"))
+	a, err := LoadAgent(good)
+	if err != nil || a.Log.Level != "debug" {
+		t.Fatalf("LoadAgent = %+v, %v", a, err)
+	}
+	bad := write("bad.yaml", []byte("log:\n  level: loud\n"))
+	if _, err := LoadAgent(bad); err == nil || err.Error() != bad+`:2: log.level: unknown level "loud" (want trace, debug, info, warn, error)` {
+		t.Errorf("LoadAgent(bad) = %v", err)
+	}
+	b, err := LoadBroker(write("broker.yaml", []byte("listen: 127.0.0.1:0\n")))
+	if err != nil || b.Listen != "127.0.0.1:0" {
+		t.Fatalf("LoadBroker = %+v, %v", b, err)
+	}
+
+	missing := filepath.Join(dir, "nope.yaml")
+	for _, load := range []func(string) error{
+		func(p string) error { _, err := LoadAgent(p); return err },
+		func(p string) error { _, err := LoadBroker(p); return err },
+	} {
+		err := load(missing)
+		if !errors.Is(err, fs.ErrNotExist) || !errors.Is(err, ErrInvalid) {
+			t.Errorf("missing file: %v should match fs.ErrNotExist and ErrInvalid", err)
+		}
+		if want := missing + ": cannot read: no such file or directory"; err == nil || err.Error() != want {
+			t.Errorf("missing file: %v, want %s", err, want)
+		}
+	}
+
+	// Exactly at the cap is read (and here fails to parse); one byte more is refused unread.
+	atCap := write("cap.yaml", []byte(strings.Repeat("#", MaxFileSize)))
+	if _, err := LoadAgent(atCap); err != nil {
+		t.Errorf("file of exactly MaxFileSize: %v", err)
+	}
+	big := write("big.yaml", []byte(strings.Repeat("#", MaxFileSize+1)))
+	if _, err := LoadAgent(big); err == nil || err.Error() != big+": file is larger than 1024 KiB; is this the right file?" {
+		t.Errorf("big file: %v", err)
+	}
+	if _, err := ParseBroker("big.yaml", make([]byte, MaxFileSize+1)); !errors.Is(err, ErrInvalid) {
+		t.Errorf("ParseBroker of a big buffer: %v", err)
+	}
+}
+
+// Aliases can expand a small file into a huge one; decoding must stay bounded.
+func TestAliasBomb(t *testing.T) {
+	var b strings.Builder
+	b.WriteString("a: &a [x, x, x, x, x, x, x, x, x, x]\nshares:\n")
+	for i := range 20000 {
+		b.WriteString("  - {name: s")
+		b.WriteString(strings.Repeat("x", i%3))
+		b.WriteString(", allow: *a}\n")
+	}
+	_, err := ParseAgent("bomb.yaml", []byte(b.String()))
+	if err == nil {
+		t.Fatal("alias bomb accepted")
+	}
+	if !strings.Contains(err.Error(), "more than 100000 values (aliases expanding too far?)") {
+		t.Errorf("error does not name the cap: %.300s", err)
+	}
+}
+
+func TestNormalizeTarget(t *testing.T) {
+	tests := []struct{ in, want, err string }{
+		{"8080", "127.0.0.1:8080", ""},
+		{" 8080\n", "127.0.0.1:8080", ""},
+		{"1", "127.0.0.1:1", ""},
+		{"65535", "127.0.0.1:65535", ""},
+		{"localhost:22", "localhost:22", ""},
+		{"10.0.0.5:5432", "10.0.0.5:5432", ""},
+		{"[::1]:80", "[::1]:80", ""},
+		{"[fe80::1%eth0]:80", "[fe80::1%eth0]:80", ""},
+		{"0", "", "port 0 out of range (1-65535)"},
+		{"65536", "", "port 65536 out of range (1-65535)"},
+		{"99999999999999999999999", "", "port 99999999999999999999999 out of range (1-65535)"},
+		{"host:" + strings.Repeat("9", 50), "", "port " + strings.Repeat("9", 37) + "... out of range (1-65535)"},
+		{strings.Repeat("x", 50), "", `"` + strings.Repeat("x", 37) + `..." is not PORT or HOST:PORT`},
+		{"", "", `"" is not PORT or HOST:PORT`},
+		{"-1", "", `"-1" is not PORT or HOST:PORT`},
+		{":80", "", `":80" has no host (write PORT for 127.0.0.1, or HOST:PORT)`},
+		{"host:", "", `port "" is not a number`},
+		{"host:+80", "", `port "+80" is not a number`},
+		{"::1", "", `"::1" is not PORT or HOST:PORT`},
+		{"a b:80", "", `host "a b" is not a host name or IP address`},
+	}
+	for _, tt := range tests {
+		got, err := NormalizeTarget(tt.in)
+		if got != tt.want || (err == nil) != (tt.err == "") || (err != nil && err.Error() != tt.err) {
+			t.Errorf("NormalizeTarget(%q) = %q, %v; want %q, %s", tt.in, got, err, tt.want, tt.err)
+		}
+	}
+}
+
+func TestNormalizeListen(t *testing.T) {
+	tests := []struct{ in, want, err string }{
+		{"", "", ""},
+		{"9000", "127.0.0.1:9000", ""},
+		{"0", "127.0.0.1:0", ""},
+		{":9000", ":9000", ""},
+		{"0.0.0.0:9000", "0.0.0.0:9000", ""},
+		{"[::]:0", "[::]:0", ""},
+		{"70000", "", "port 70000 out of range (0-65535)"},
+		{"localhost", "", `"localhost" is not PORT or HOST:PORT`},
+	}
+	for _, tt := range tests {
+		got, err := NormalizeListen(tt.in)
+		if got != tt.want || (err == nil) != (tt.err == "") || (err != nil && err.Error() != tt.err) {
+			t.Errorf("NormalizeListen(%q) = %q, %v; want %q, %s", tt.in, got, err, tt.want, tt.err)
+		}
+	}
+}

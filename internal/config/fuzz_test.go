@@ -1,0 +1,58 @@
+package config
+
+import (
+	"errors"
+	"reflect"
+	"testing"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// checkParsed holds for any input: an error wraps ErrInvalid; a config that
+// loads validates again and survives a marshal round trip unchanged.
+func checkParsed[T any](t *testing.T, c *T, err error, parse func(string, []byte) (*T, error), validate func(*T) error) {
+	if err != nil {
+		if c != nil {
+			t.Fatalf("config returned with error %v", err)
+		}
+		if !errors.Is(err, ErrInvalid) {
+			t.Fatalf("error does not wrap ErrInvalid: %v", err)
+		}
+		return
+	}
+	if err := validate(c); err != nil {
+		t.Fatalf("loaded config does not validate again: %v", err)
+	}
+	out, err := yaml.Marshal(c)
+	if err != nil {
+		t.Fatalf("marshal: %v", err)
+	}
+	back, err := parse("round-trip.yaml", out)
+	if err != nil {
+		t.Fatalf("re-parse: %v\n%s", err, out)
+	}
+	if !reflect.DeepEqual(back, c) {
+		t.Fatalf("round trip changed the config:\n got  %+v\n want %+v", back, c)
+	}
+}
+
+func FuzzParseAgent(f *testing.F) {
+	agentDoc, _ := exampleDocs(f)
+	f.Add(agentDoc)
+	f.Add([]byte("shares:\n  - name: web\n    target: 8080\nconnects:\n  - ticket: pp1abc\n    listen: 9000\n"))
+	f.Add([]byte("a: &a [x, y]\nshares: [{name: a, target: 1, allow: *a}]\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		c, err := ParseAgent("fuzz.yaml", data)
+		checkParsed(t, c, err, ParseAgent, (*Agent).Validate)
+	})
+}
+
+func FuzzParseBroker(f *testing.F) {
+	_, brokerDoc := exampleDocs(f)
+	f.Add(brokerDoc)
+	f.Add([]byte("listen: 7000\npublic_addr: \"[::1]:7000\"\nlimits: {idle_timeout: 1h, max_agents: 0}\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		c, err := ParseBroker("fuzz.yaml", data)
+		checkParsed(t, c, err, ParseBroker, (*Broker).Validate)
+	})
+}
