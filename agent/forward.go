@@ -101,25 +101,50 @@ func newForward(a *Agent, c ConnectSpec) *forward {
 	return f
 }
 
-// run opens the local listener and serves it. Without an explicit listen
-// address it first reaches the sharer, to learn the target's port.
+// run opens the local listener and serves it. With an explicit listen
+// address it listens at once; without one it first reaches the sharer, to
+// learn the target's port. Either way a final refusal (a ticket the broker
+// does not accept) ends the forward instead of leaving a listener that can
+// never work.
 func (f *forward) run(ctx context.Context) error {
-	listen := f.spec.Listen
-	if listen == "" {
-		port, err := f.firstSession(ctx)
-		if err != nil {
-			return err
+	var ln net.Listener
+	if f.spec.Listen != "" {
+		var err error
+		if ln, err = net.Listen("tcp", f.spec.Listen); err != nil {
+			return fmt.Errorf("listen for share %s: %w", f.share, err)
 		}
-		listen = net.JoinHostPort("127.0.0.1", strconv.Itoa(int(port)))
+		f.announce(ln)
+		f.a.spawn(func() { f.accept(ctx, ln) })
 	}
-	ln, err := net.Listen("tcp", listen)
-	if err != nil && f.spec.Listen == "" {
-		f.log.WithError(err).Infof("%s taken; listening on a free port", listen)
-		ln, err = net.Listen("tcp", "127.0.0.1:0")
-	}
+	port, err := f.firstSession(ctx)
 	if err != nil {
-		return fmt.Errorf("listen for share %s: %w", f.share, err)
+		if ln != nil {
+			ln.Close()
+		}
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
 	}
+	if ln != nil {
+		return nil // accept runs until ctx ends
+	}
+	if port == 0 {
+		return fmt.Errorf("share %s: the sharer did not say its port; pass --listen", f.share)
+	}
+	listen := net.JoinHostPort("127.0.0.1", strconv.Itoa(int(port)))
+	if ln, err = net.Listen("tcp", listen); err != nil {
+		f.log.WithError(err).Infof("%s taken; listening on a free port", listen)
+		if ln, err = net.Listen("tcp", "127.0.0.1:0"); err != nil {
+			return fmt.Errorf("listen for share %s: %w", f.share, err)
+		}
+	}
+	f.announce(ln)
+	f.accept(ctx, ln)
+	return nil
+}
+
+func (f *forward) announce(ln net.Listener) {
 	f.mu.Lock()
 	f.listen = ln.Addr().String()
 	f.mu.Unlock()
@@ -127,15 +152,19 @@ func (f *forward) run(ctx context.Context) error {
 		f.a.opts.OnListen(f.spec, ln.Addr())
 	}
 	f.log.WithField("listen", ln.Addr().String()).Info("forwarding")
+}
+
+// accept serves ln until ctx ends or ln is closed.
+func (f *forward) accept(ctx context.Context, ln net.Listener) {
 	stop := context.AfterFunc(ctx, func() { ln.Close() })
 	defer stop()
 	for {
 		c, err := ln.Accept()
 		if err != nil {
-			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
-				return nil
+			if ctx.Err() == nil && !errors.Is(err, net.ErrClosed) {
+				f.log.WithError(err).Error("accept failed; forward stopped")
 			}
-			return fmt.Errorf("accept: %w", err)
+			return
 		}
 		f.a.spawn(func() { f.serve(ctx, c) })
 	}
@@ -155,9 +184,6 @@ func (f *forward) firstSession(ctx context.Context) (uint16, error) {
 			return rep, err
 		})
 		if err == nil {
-			if port == 0 {
-				return 0, fmt.Errorf("share %s: sharer did not say its port; pass --listen", f.share)
-			}
 			return port, nil
 		}
 		if errors.Is(err, ErrUnauthorized) || ctx.Err() != nil {

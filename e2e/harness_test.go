@@ -282,3 +282,5 @@ func eventually(t testing.TB, d time.Duration, what string, cond func() bool) {
 }
 
 func contains(s, sub string) bool { return strings.Contains(s, sub) }
+
+func writeFileMode(path, s string) error { return os.WriteFile(path, []byte(s), 0o600) }

@@ -41,6 +41,11 @@ const (
 
 // Config returns the yamux configuration of every peer session, logging to log.
 func Config(log logrus.FieldLogger) *yamux.Config {
+	if log == nil {
+		l := logrus.New()
+		l.SetOutput(io.Discard)
+		log = l
+	}
 	c := yamux.DefaultConfig()
 	c.AcceptBacklog = MaxStreams
 	c.EnableKeepAlive = true
