@@ -130,3 +130,24 @@ func TestStateFilesPrivate(t *testing.T) {
 		}
 	}
 }
+
+// TestConfigErrors: a bad agent.yaml is refused with one line per problem,
+// each naming file, line and field; nothing starts.
+func TestConfigErrors(t *testing.T) {
+	dir := t.TempDir()
+	tests := []struct{ name, yaml, want string }{
+		{"unknown key", "shares:\n  - name: web\n    targett: 8080\n", `agent.yaml:3: shares[0]: unknown field "targett"`},
+		{"wrong type", "shares:\n  - name: [web]\n    target: 8080\n", "agent.yaml:2: shares[0].name: cannot decode !!seq into string"},
+		{"bad port", "connects:\n  - peer: " + strings.Repeat("a", 52) + "\n    share: web\n    listen: 127.0.0.1:70000\n", "agent.yaml:4: connects[0].listen:"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			path := filepath.Join(dir, "agent.yaml")
+			writeFile(t, path, tc.yaml)
+			_, stderr, err := run(t, bins.agent, "--state-dir", t.TempDir(), "up", "-c", path)
+			if err == nil || !strings.Contains(stderr, tc.want) || strings.Contains(stderr, "goroutine ") {
+				t.Fatalf("err %v, stderr:\n%s\nwant a line containing %q", err, stderr, tc.want)
+			}
+		})
+	}
+}

@@ -72,11 +72,19 @@ func newRoot() *cobra.Command {
 	return root
 }
 
+// exactlyOne accepts one argument and shows the usage line otherwise.
+func exactlyOne(cmd *cobra.Command, args []string) error {
+	if len(args) != 1 {
+		return fmt.Errorf("usage: %s (see %s --help)", cmd.UseLine(), cmd.CommandPath())
+	}
+	return nil
+}
+
 func loginCmd(g *globals) *cobra.Command {
 	return &cobra.Command{
 		Use:   "login BROKER_URL",
 		Short: "Check a broker URL and save it in the state dir",
-		Args:  cobra.ExactArgs(1),
+		Args:  exactlyOne,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			dir, log, id, err := g.setup()
 			if err != nil {
@@ -109,7 +117,7 @@ func shareCmd(g *globals) *cobra.Command {
 		Long: "Share a TCP target. The first line on stdout is the ticket, nothing else;\n" +
 			"progress goes to stderr. With no broker configured (no --broker, no `agent login`),\n" +
 			"an embedded broker runs inside this process and the ticket points at it.",
-		Args: cobra.ExactArgs(1),
+		Args: exactlyOne,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			dir, log, id, err := g.setup()
 			if err != nil {
@@ -189,7 +197,7 @@ func connectCmd(g *globals) *cobra.Command {
 	c := &cobra.Command{
 		Use:   "connect TICKET",
 		Short: "Forward a local port to a share; prints the local address as the first line of stdout",
-		Args:  cobra.ExactArgs(1),
+		Args:  exactlyOne,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			dir, log, id, err := g.setup()
 			if err != nil {

@@ -28,4 +28,3 @@ func New(w io.Writer, level, format string) (*logrus.Logger, error) {
 	}
 	return l, nil
 }
-
