@@ -82,6 +82,7 @@ type Agent struct {
 	forwards  []*forward
 	wg        sync.WaitGroup
 	ctx       context.Context
+	fail      context.CancelCauseFunc // ends Run with a final error
 }
 
 type share struct {
@@ -149,7 +150,7 @@ func (a *Agent) ID() secure.AgentID { return a.id.ID() }
 func (a *Agent) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	a.ctx = ctx
+	a.ctx, a.fail = ctx, cancel
 	a.started = time.Now()
 
 	admin, err := a.listenAdmin()
@@ -168,7 +169,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		for _, s := range a.shares {
 			s.broker = b
 		}
-		a.spawn(func() { a.announceShares(ctx, cancel, b) })
+		a.spawn(func() { a.announceShares(ctx, b) })
 	}
 	for _, c := range a.opts.Connects {
 		f := newForward(a, c)
@@ -212,7 +213,11 @@ func (a *Agent) broker(u secure.BrokerURL) *brokerClient {
 	}
 	b := newBrokerClient(a, u)
 	a.brokers[key] = b
-	a.spawn(func() { b.run(a.ctx) })
+	a.spawn(func() {
+		if err := b.run(a.ctx); err != nil && a.ctx.Err() == nil {
+			a.fail(fmt.Errorf("broker %s refused this agent: %w", u.Addr, err))
+		}
+	})
 	return b
 }
 
@@ -226,26 +231,15 @@ func (a *Agent) brokerFor(t *secure.Ticket) *brokerClient {
 	return a.broker(secure.BrokerURL{Addr: t.Broker, Pin: t.Pin})
 }
 
-// announceShares reports each share's ticket once the broker has it, and
-// ends the agent if the broker refuses us for good.
-func (a *Agent) announceShares(ctx context.Context, cancel context.CancelCauseFunc, b *brokerClient) {
+// announceShares reports each share's ticket once the broker has it.
+func (a *Agent) announceShares(ctx context.Context, b *brokerClient) {
 	if _, err := b.conn(ctx); err != nil {
-		if ctx.Err() == nil {
-			cancel(fmt.Errorf("broker %s refused this agent: %w; check the broker URL (agent login)", b.url.Addr, err))
-		}
-		return
+		return // a final refusal ends the agent through b.run
 	}
 	for _, s := range a.shares {
 		if a.opts.OnTicket != nil {
 			a.opts.OnTicket(s.name, *s.ticket)
 		}
-	}
-	b.mu.Lock()
-	done := b.up
-	b.mu.Unlock()
-	select { // a later final refusal still ends the agent
-	case <-ctx.Done():
-	case <-done:
 	}
 }
 

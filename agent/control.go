@@ -297,7 +297,9 @@ func newBrokerClient(a *Agent, u secure.BrokerURL) *brokerClient {
 		log: a.log.WithFields(logrus.Fields{"component": "control", "broker": u.Addr})}
 }
 
-// run keeps the session up until ctx ends or the broker refuses us for good.
+// run keeps the session up until ctx ends or the broker refuses us for good:
+// a wrong token, or a key that is not the pinned one (a wrong URL or someone
+// in the middle), is final; anything else is retried with backoff.
 func (b *brokerClient) run(ctx context.Context) error {
 	bo := backoff.Backoff{Base: 500 * time.Millisecond, Cap: 30 * time.Second, Stable: time.Minute}
 	for ctx.Err() == nil {
@@ -312,7 +314,7 @@ func (b *brokerClient) run(ctx context.Context) error {
 		}
 		b.mu.Lock()
 		b.lastErr = err
-		if errors.Is(err, ErrUnauthorized) {
+		if errors.Is(err, ErrUnauthorized) || errors.Is(err, secure.ErrPinMismatch) {
 			b.fatal = err
 			close(b.up) // wake waiters; they see fatal
 			b.mu.Unlock()

@@ -171,20 +171,25 @@ func (f *forward) accept(ctx context.Context, ln net.Listener) {
 }
 
 // firstSession introduces and dials until the session is up, retrying what
-// may pass (sharer offline, broker down) and giving up on what cannot.
+// may pass (sharer offline, broker down) and giving up on what cannot. Each
+// forward makes its own introduction, even when a session to the sharer is
+// already up: that checks its own ticket and learns its own share's port.
 func (f *forward) firstSession(ctx context.Context) (uint16, error) {
 	bo := backoff.Backoff{Base: 500 * time.Millisecond, Cap: 15 * time.Second}
 	for {
-		var port uint16
-		_, err := f.a.session(ctx, f.peer, func(ctx context.Context) (*proto.ConnectReply, error) {
-			rep, err := f.intro(ctx)
-			if rep != nil {
-				port = rep.Port
-			}
-			return rep, err
-		})
+		rep, err := f.intro(ctx)
 		if err == nil {
-			return port, nil
+			fresh := rep
+			_, err = f.a.session(ctx, f.peer, func(ctx context.Context) (*proto.ConnectReply, error) {
+				if r := fresh; r != nil { // dial on the introduction just made
+					fresh = nil
+					return r, nil
+				}
+				return f.intro(ctx)
+			})
+		}
+		if err == nil {
+			return rep.Port, nil
 		}
 		if errors.Is(err, ErrUnauthorized) || ctx.Err() != nil {
 			return 0, fmt.Errorf("share %s: %w", f.share, err)

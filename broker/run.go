@@ -10,6 +10,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/peerport/peerport/internal/nat"
 	"github.com/peerport/peerport/internal/secure"
 )
 
@@ -24,6 +25,13 @@ type Options struct {
 	Log        logrus.FieldLogger
 	Version    string
 	Limits     func(*Config) // optional: adjusts limits and timeouts before New
+
+	// STUNListen are the STUN server's addresses, each served on UDP and
+	// TCP. Nil: nat.DefaultAddrs of Listen's host (ports 3478 and 3479, on
+	// both addresses where the machine has two), and a failure to bind them
+	// is logged, not fatal. NoSTUN turns the STUN server off.
+	STUNListen []string
+	NoSTUN     bool
 }
 
 // Running is a started broker.
@@ -32,6 +40,7 @@ type Running struct {
 	Addr   net.Addr        // the bound listener address
 	Server *Server         // for Stats
 	Done   <-chan struct{} // closed when the broker has stopped
+	STUN   []string        // bound STUN addresses (UDP and TCP each); none when off
 	err    error
 }
 
@@ -80,14 +89,58 @@ func Start(ctx context.Context, o Options) (*Running, error) {
 		ln.Close()
 		return nil, err
 	}
+	stun, err := listenSTUN(ctx, o)
+	if err != nil {
+		ln.Close()
+		return nil, err
+	}
 	done := make(chan struct{})
 	r := &Running{URL: st.URL(addr), Addr: ln.Addr(), Server: srv, Done: done}
 	srv.log.WithFields(logrus.Fields{"listen": ln.Addr().String(), "url": r.URL.Redacted()}).Info("broker listening")
+	sctx, stopSTUN := context.WithCancel(ctx)
+	stunDone := make(chan struct{})
+	if stun != nil {
+		r.STUN = stun.Addrs()
+		slog := o.Log.WithField("component", "stun")
+		slog.WithField("listen", r.STUN).Info("STUN listening")
+		go func() {
+			defer close(stunDone)
+			if err := nat.NewServer(nat.ServerConfig{Log: slog}).Serve(sctx, stun); err != nil {
+				slog.WithError(err).Warn("STUN server stopped")
+			}
+		}()
+	} else {
+		close(stunDone)
+	}
 	go func() {
 		defer close(done)
 		r.err = srv.Serve(ctx, ln)
+		stopSTUN()
+		<-stunDone
 	}()
 	return r, nil
+}
+
+// listenSTUN binds the STUN sockets; nil when off or, with the default
+// addresses, when they cannot be bound (another broker may hold them).
+func listenSTUN(ctx context.Context, o Options) (*nat.Listeners, error) {
+	if o.NoSTUN {
+		return nil, nil
+	}
+	addrs := o.STUNListen
+	if addrs == nil {
+		host, _, _ := net.SplitHostPort(o.Listen)
+		addrs = nat.DefaultAddrs(host)
+	}
+	ls, err := nat.Listen(ctx, addrs)
+	if err != nil {
+		if o.STUNListen == nil {
+			o.Log.WithError(err).Warn("STUN server not started; agents cannot tell their NAT type from this broker")
+			return nil, nil
+		}
+		return nil, fmt.Errorf("broker: %w", err)
+	}
+	return ls, nil
 }
 
 func publicAddr(public string, bound net.Addr) (string, error) {

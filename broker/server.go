@@ -21,8 +21,10 @@ import (
 
 // Defaults of Config.
 const (
-	DefaultHandshakeTimeout  = 10 * time.Second
-	DefaultIdleTimeout       = 90 * time.Second // agents Ping every 20s
+	DefaultHandshakeTimeout = 10 * time.Second
+	DefaultIdleTimeout      = 90 * time.Second // agents Ping every 20s
+	// MaxSessionsPerAgent bounds the member sessions of one identity.
+	MaxSessionsPerAgent      = 16
 	DefaultIntroTimeout      = 10 * time.Second
 	DefaultMaxAgents         = 100000
 	DefaultMaxSharesPerAgent = 64
@@ -127,8 +129,8 @@ type Server struct {
 	tokenHash [sha256.Size]byte
 
 	mu        sync.Mutex
-	agents    map[secure.AgentID]*session // member sessions, by agent ID
-	sessions  int                         // members and guests, for MaxAgents
+	agents    map[secure.AgentID][]*session // member sessions by agent ID, oldest first
+	sessions  int                           // members and guests, for MaxAgents
 	guests    int
 	shares    int
 	nextIntro uint64
@@ -155,7 +157,7 @@ func New(cfg Config) (*Server, error) {
 		log:       cfg.Log.WithField("component", "broker"),
 		tls:       secure.ControlServerConfig(cfg.Cert),
 		tokenHash: sha256.Sum256([]byte(cfg.Token)),
-		agents:    make(map[secure.AgentID]*session),
+		agents:    make(map[secure.AgentID][]*session),
 	}, nil
 }
 

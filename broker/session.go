@@ -96,8 +96,11 @@ func (s *session) readHello() *proto.Hello {
 	return h
 }
 
-// admit checks the token, enters the session in the registry (replacing an
-// older session of the same agent) and sends the Welcome.
+// admit checks the token, enters the session in the registry and sends the
+// Welcome. One identity may hold several sessions: two `agent share`
+// processes of one state dir, or a sharer reconnecting while its old session
+// has not timed out yet. Introductions go to the newest session holding the
+// share, so neither knocks the other off.
 func (s *session) admit(h *proto.Hello) bool {
 	if h.Token != "" && !s.srv.checkToken(h.Token) {
 		s.log.Warn("wrong broker token")
@@ -107,27 +110,26 @@ func (s *session) admit(h *proto.Hello) bool {
 	s.guest = h.Token == ""
 	srv := s.srv
 	srv.mu.Lock()
-	var old *session
-	if !s.guest {
-		old = srv.agents[s.id]
-	}
-	if old == nil && srv.sessions >= srv.cfg.MaxAgents {
+	known := len(srv.agents[s.id]) > 0
+	if !known && srv.sessions >= srv.cfg.MaxAgents {
 		srv.mu.Unlock()
 		s.log.Warnf("refused: %d agents online, the limit", srv.cfg.MaxAgents)
 		s.fail(proto.CodeLimit, "broker is full; retry later")
+		return false
+	}
+	if !s.guest && len(srv.agents[s.id]) >= MaxSessionsPerAgent {
+		srv.mu.Unlock()
+		s.log.Warnf("refused: %d sessions of this agent online, the limit", MaxSessionsPerAgent)
+		s.fail(proto.CodeLimit, "too many sessions of this agent identity; use separate state dirs")
 		return false
 	}
 	srv.sessions++
 	if s.guest {
 		srv.guests++
 	} else {
-		srv.agents[s.id] = s
+		srv.agents[s.id] = append(srv.agents[s.id], s)
 	}
 	srv.mu.Unlock()
-	if old != nil {
-		old.log.Info("replaced by a new session of the same agent")
-		old.close()
-	}
 	s.conn.SetDeadline(time.Time{})
 	obs := observed(s.raw.RemoteAddr())
 	if err := s.send(&proto.Welcome{AgentID: s.id.String(), Observed: obs, Version: srv.cfg.Version}); err != nil {
@@ -148,8 +150,13 @@ func (s *session) leave() {
 	srv.sessions--
 	if s.guest {
 		srv.guests--
-	} else if srv.agents[s.id] == s {
-		delete(srv.agents, s.id)
+	} else {
+		rest := slices.DeleteFunc(srv.agents[s.id], func(o *session) bool { return o == s })
+		if len(rest) == 0 {
+			delete(srv.agents, s.id)
+		} else {
+			srv.agents[s.id] = rest
+		}
 	}
 	srv.shares -= len(s.shares)
 	clear(s.shares)
@@ -304,11 +311,18 @@ func (srv *Server) introduce(c *session, m *proto.Connect) *proto.ConnectReply {
 	log := c.log.WithFields(logrus.Fields{"sharer": sharerID.Short(), "share": m.Share})
 
 	srv.mu.Lock()
-	sharer := srv.agents[sharerID]
-	if sharer == nil {
+	sessions := srv.agents[sharerID]
+	if len(sessions) == 0 {
 		srv.mu.Unlock()
 		log.Info("introduction: sharer not online")
 		return fail(proto.CodeNotFound, "sharer %s is not online", sharerID.Short())
+	}
+	sharer := sessions[len(sessions)-1]
+	for i := len(sessions) - 1; i >= 0; i-- {
+		if sessions[i].shares[m.Share] != nil {
+			sharer = sessions[i]
+			break
+		}
 	}
 	if !c.mayConnect(sharer.shares[m.Share], m.Admit) {
 		srv.mu.Unlock()

@@ -24,9 +24,9 @@ type rogue struct {
 	ln    net.Listener
 	id    *secure.Identity // its key, as broker and as a would-be peer
 	url   secure.BrokerURL
-	cands []proto.Candidate // what it answers every Connect with
 
 	mu         sync.Mutex
+	cands      []proto.Candidate // what it answers every Connect with
 	admitHash  map[string][]byte // share -> what the sharer registered
 	sharer     *tls.Conn
 	introReply chan *proto.IntroReply
@@ -104,7 +104,10 @@ func (r *rogue) serve(c *tls.Conn) {
 			r.mu.Unlock()
 			r.send(c, &proto.Result{ID: m.ID})
 		case *proto.Connect:
-			r.send(c, &proto.ConnectReply{ID: m.ID, Candidates: r.cands, Port: 9})
+			r.mu.Lock()
+			cands := r.cands
+			r.mu.Unlock()
+			r.send(c, &proto.ConnectReply{ID: m.ID, Candidates: cands, Port: 9})
 		case *proto.IntroReply:
 			r.introReply <- m
 		case *proto.Ping:
@@ -145,7 +148,9 @@ func TestBrokerSwapsSharerKey(t *testing.T) {
 			}()
 		}
 	}()
+	r.mu.Lock()
 	r.cands = []proto.Candidate{{Kind: proto.KindHost, Addr: impostor.Addr().String()}}
+	r.mu.Unlock()
 
 	sharer, _ := secure.NewIdentity() // the sharer the ticket names; the rogue cannot hold its key
 	tk, err := secure.NewTicket(r.url.Addr, r.url.Pin, sharer.ID(), "web")

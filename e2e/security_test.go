@@ -40,6 +40,10 @@ func TestWrongPinRefused(t *testing.T) {
 	if err == nil || !strings.Contains(stderr, "does not match pin") {
 		t.Fatalf("login with a wrong pin: err %v, stderr %q", err, stderr)
 	}
+	p := start(t, "sharer", bins.agent, "--state-dir", t.TempDir(), "share", "8080", "--broker", u.String())
+	if err := p.wait(30 * time.Second); err == nil || !strings.Contains(p.stderr.String(), "does not match pin") {
+		t.Fatalf("share with a wrong pin: err %v; want a final error naming the pin", err)
+	}
 }
 
 func TestBadTicketsRefused(t *testing.T) {

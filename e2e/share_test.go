@@ -5,12 +5,14 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/peerport/peerport/agent"
 	"github.com/peerport/peerport/internal/secure"
 )
 
@@ -205,5 +207,60 @@ func TestTwoAgentsOneMachine(t *testing.T) {
 		if len(st.Agents) != 1 || st.Agents[0].ID != strings.TrimSpace(id) {
 			t.Errorf("status of %s: %+v, want only agent %s", dir, st.Agents, id)
 		}
+	}
+}
+
+// TestOneStateDirManyProcesses: one identity in several processes — two
+// `agent share` and an `agent connect` to each, all from one state dir, as
+// one user in three terminals does — all keep working side by side.
+func TestOneStateDirManyProcesses(t *testing.T) {
+	w := newWorld(t)
+	_, t1 := w.share(echoServer(t), "--name", "one")
+	_, t2 := w.share(echoServer(t), "--name", "two")
+	for _, tk := range []string{t1, t2} {
+		p := start(t, "connector", bins.agent, "--state-dir", w.sharerDir, "connect", tk, "--listen", "0")
+		addr := p.firstLine()
+		echoCheck(t, addr, 1<<20)
+	}
+	_, addr := w.connect(t1) // and from another state dir
+	echoCheck(t, addr, 1<<20)
+}
+
+// TestUpTwoConnectsOneSharer: two forwards to two shares of one sharer,
+// neither with a listen address, share one peer session and each learns
+// its own share's port.
+func TestUpTwoConnectsOneSharer(t *testing.T) {
+	w := newWorld(t)
+	a, b := echoServer(t), echoServer(t)
+	cfg := filepath.Join(t.TempDir(), "agent.yaml")
+	writeFile(t, cfg, "shares:\n  - name: a\n    target: "+a+"\n  - name: b\n    target: "+b+"\n")
+	sh := start(t, "sharer", bins.agent, "--state-dir", w.sharerDir, "up", "-c", cfg)
+	var tickets []string
+	eventually(t, 20*time.Second, "two tickets", func() bool {
+		tickets = ticketRE.FindAllString(sh.stderr.String(), -1)
+		return len(tickets) == 2
+	})
+	cfg2 := filepath.Join(t.TempDir(), "agent.yaml")
+	writeFile(t, cfg2, "connects:\n  - ticket: "+strings.TrimPrefix(tickets[0], "ticket: ")+"\n  - ticket: "+strings.TrimPrefix(tickets[1], "ticket: ")+"\n")
+	start(t, "connector", bins.agent, "--state-dir", w.connDir, "up", "-c", cfg2)
+	var st []agent.ConnectStatus
+	eventually(t, 20*time.Second, "both forwards listening", func() bool {
+		s := status(t, w.connDir)
+		if len(s.Agents) != 1 {
+			return false
+		}
+		st = st[:0]
+		for _, c := range s.Agents[0].Connects {
+			if c.Listen != "" {
+				st = append(st, c)
+			}
+		}
+		return len(st) == 2
+	})
+	for _, c := range st {
+		echoCheck(t, c.Listen, 1<<20)
+	}
+	if peers := status(t, w.connDir).Agents[0].Peers; len(peers) != 1 {
+		t.Errorf("%d peer sessions to one sharer, want 1", len(peers))
 	}
 }

@@ -69,12 +69,12 @@ func (a logAdapter) Printf(f string, v ...any) { a.l.Debugf(f, v...) }
 
 // Client starts the connector's side of a session over conn.
 func Client(conn net.Conn, log logrus.FieldLogger) (*yamux.Session, error) {
-	return yamux.Client(conn, Config(log))
+	return yamux.Client(newCoalesceConn(conn), Config(log))
 }
 
 // Server starts the sharer's side of a session over conn.
 func Server(conn net.Conn, log logrus.FieldLogger) (*yamux.Session, error) {
-	return yamux.Server(conn, Config(log))
+	return yamux.Server(newCoalesceConn(conn), Config(log))
 }
 
 // HeaderVersion is the stream header version this build writes.

@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"syscall"
 	"text/tabwriter"
 	"time"
@@ -29,13 +30,33 @@ var version = "dev"
 
 func main() {
 	agent.Version = version
+	stopProfile := cpuProfile()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := newRoot().ExecuteContext(ctx)
 	stop()
+	stopProfile()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "agent: "+err.Error())
 		os.Exit(1)
 	}
+}
+
+// cpuProfile writes a CPU profile to $PEERPORT_CPUPROFILE until the agent
+// exits; a hidden switch for the benchmarks (bench/), not a user feature.
+func cpuProfile() func() {
+	path := os.Getenv("PEERPORT_CPUPROFILE")
+	if path == "" {
+		return func() {}
+	}
+	f, err := os.Create(path)
+	if err == nil {
+		err = pprof.StartCPUProfile(f)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "agent: cpu profile:", err)
+		return func() {}
+	}
+	return func() { pprof.StopCPUProfile(); f.Close() }
 }
 
 // globals are the flags every subcommand takes, before or after its name.
@@ -160,7 +181,7 @@ func shareCmd(g *globals) *cobra.Command {
 	}
 	f := c.Flags()
 	f.StringVar(&name, "name", "", "share name (default: the target's port)")
-	f.StringVar(&brokerURL, "broker", "", "broker URL (default: the one saved by `agent login`, else an embedded broker)")
+	f.StringVar(&brokerURL, "broker", "", "broker URL (default: the one saved by agent login, else an embedded broker)")
 	f.StringArrayVar(&allow, "allow", nil, "agent ID that may connect by identity, without a ticket (repeatable)")
 	f.StringVar(&embedListen, "embedded-listen", ":0", "listen address of the embedded broker")
 	f.StringVar(&publicAddr, "public-addr", "", "host the embedded broker advertises in tickets (default: this host's first address)")
@@ -206,6 +227,9 @@ func connectCmd(g *globals) *cobra.Command {
 			t, err := secure.ParseTicket(args[0])
 			if err != nil {
 				return err
+			}
+			if listen, err = config.NormalizeListen(listen); err != nil {
+				return fmt.Errorf("--listen: %w", err)
 			}
 			u, err := agent.LoadBroker(dir)
 			if err != nil {

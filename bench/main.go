@@ -1,0 +1,211 @@
+// Command bench measures peerport end to end and prints every figure beside
+// a baseline measured in the same run (raw TCP on the same path), as a ratio:
+// these machines are noisy, and only ratios travel (DESIGN §7).
+//
+//	go run ./bench                 # loopback, everything (~3 min)
+//	go run ./bench -lab            # also over the NAT lab at 0, 20, 50 ms RTT (root)
+//	go run ./bench -only throughput,latency -rounds 5
+//
+// It builds the agent and broker (no -race), runs a broker, sharers and
+// connectors as separate processes on 127.0.0.1, drives them with iperf3 and
+// its own sockets, prints a table and JSON, and writes bench/RESULTS.md.
+// Everything is bounded in count and time and talks only to loopback (or to
+// the lab's namespaces).
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"syscall"
+	"time"
+)
+
+type options struct {
+	rounds       int
+	seconds      int
+	pings        int
+	streams      []int
+	muxStreams   []int
+	brokerAgents int
+	introSecs    int
+	lab          bool
+	only         map[string]bool
+	results      string
+	profileDir   string
+}
+
+func main() {
+	if len(os.Args) > 2 && os.Args[1] == "-mux-streams-child" {
+		muxStreamsChild(os.Args[2])
+		return
+	}
+	var o options
+	var only, streams, muxStreams string
+	flag.IntVar(&o.rounds, "rounds", 3, "interleaved rounds of each throughput figure (median reported)")
+	flag.IntVar(&o.seconds, "t", 4, "seconds per iperf3 run")
+	flag.IntVar(&o.pings, "pings", 4000, "1-byte round trips per latency figure")
+	flag.StringVar(&streams, "streams", "1000", "idle streams through the agents (comma list; the sharer admits at most 1024 per connector)")
+	flag.StringVar(&muxStreams, "mux-streams", "1000,10000", "idle streams on a bare mux session (comma list)")
+	flag.IntVar(&o.brokerAgents, "broker-agents", 10000, "control clients registered at the broker")
+	flag.IntVar(&o.introSecs, "intro-seconds", 3, "seconds of sustained introductions")
+	flag.BoolVar(&o.lab, "lab", false, "also run throughput and latency over the NAT lab (needs root)")
+	flag.StringVar(&only, "only", "", "comma list of parts: throughput,latency,connect,memory,mux,broker,lab (default all but lab)")
+	flag.StringVar(&o.results, "results", "bench/RESULTS.md", "markdown file for the results (empty: none)")
+	flag.StringVar(&o.profileDir, "cpuprofile-dir", "", "write agent CPU profiles of the throughput runs here")
+	flag.Parse()
+	o.streams, o.muxStreams = ints(streams), ints(muxStreams)
+	if only != "" {
+		o.only = map[string]bool{}
+		for _, p := range strings.Split(only, ",") {
+			o.only[strings.TrimSpace(p)] = true
+		}
+		if o.only["lab"] {
+			o.lab = true
+		}
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Minute)
+	defer cancel()
+	if err := run(ctx, o); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+func (o options) want(part string) bool {
+	if o.only == nil {
+		return part != "lab" || o.lab
+	}
+	return o.only[part]
+}
+
+func ints(s string) []int {
+	var out []int
+	for _, f := range strings.Split(s, ",") {
+		var n int
+		if _, err := fmt.Sscan(strings.TrimSpace(f), &n); err == nil && n > 0 {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+// Figure is one measured value beside its same-run baseline.
+type Figure struct {
+	Part     string  `json:"part"`
+	Name     string  `json:"name"`
+	Value    float64 `json:"value"`
+	Unit     string  `json:"unit"`
+	Baseline float64 `json:"baseline,omitempty"` // 0: none
+	BaseName string  `json:"baseline_name,omitempty"`
+	Ratio    float64 `json:"ratio,omitempty"` // value / baseline
+	Target   string  `json:"target,omitempty"`
+	Note     string  `json:"note,omitempty"`
+}
+
+// Report is what one run prints and saves.
+type Report struct {
+	Date    string   `json:"date"`
+	Machine Machine  `json:"machine"`
+	Figures []Figure `json:"figures"`
+}
+
+type Machine struct {
+	CPUs   int    `json:"nproc"`
+	CPU    string `json:"cpu"`
+	Kernel string `json:"kernel"`
+	Go     string `json:"go"`
+}
+
+func machine() Machine {
+	m := Machine{CPUs: runtime.NumCPU(), Go: runtime.Version()}
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, l := range strings.Split(string(b), "\n") {
+			if k, v, ok := strings.Cut(l, ":"); ok && strings.TrimSpace(k) == "model name" {
+				m.CPU = strings.TrimSpace(v)
+				break
+			}
+		}
+	}
+	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
+		m.Kernel = strings.TrimSpace(string(b))
+	}
+	return m
+}
+
+func (r *Report) add(f Figure) {
+	if f.Baseline != 0 && f.Ratio == 0 {
+		f.Ratio = f.Value / f.Baseline
+	}
+	r.Figures = append(r.Figures, f)
+	fmt.Fprintf(os.Stderr, "  %-40s %s\n", f.Part+": "+f.Name, fmtFigure(f))
+}
+
+func fmtFigure(f Figure) string {
+	s := fmt.Sprintf("%.4g %s", f.Value, f.Unit)
+	if f.Baseline != 0 {
+		s += fmt.Sprintf("  (%s %.4g %s, %.2fx)", f.BaseName, f.Baseline, f.Unit, f.Ratio)
+	}
+	return s
+}
+
+func run(ctx context.Context, o options) error {
+	root, err := moduleRoot()
+	if err != nil {
+		return err
+	}
+	tmp, err := os.MkdirTemp("", "peerport-bench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(tmp)
+	fmt.Fprintln(os.Stderr, "building agent and broker (no -race)...")
+	bin, err := build(ctx, root, filepath.Join(tmp, "bin"))
+	if err != nil {
+		return err
+	}
+	rep := &Report{Date: time.Now().UTC().Format(time.RFC3339), Machine: machine()}
+	w := &world{ctx: ctx, bin: bin, tmp: tmp, o: o}
+	defer w.stopAll()
+	if err := w.up(); err != nil {
+		return err
+	}
+	steps := []struct {
+		part string
+		fn   func(*Report) error
+	}{
+		{"throughput", w.throughput},
+		{"latency", w.latency},
+		{"connect", w.connectTime},
+		{"memory", w.memory},
+		{"mux", w.muxMemory},
+		{"broker", w.brokerCapacity},
+		{"lab", func(r *Report) error { return labBench(ctx, o, bin, r) }},
+	}
+	for _, s := range steps {
+		if !o.want(s.part) {
+			continue
+		}
+		fmt.Fprintf(os.Stderr, "== %s\n", s.part)
+		if err := s.fn(rep); err != nil {
+			return fmt.Errorf("%s: %w", s.part, err)
+		}
+	}
+	printTable(os.Stdout, rep)
+	js, _ := json.MarshalIndent(rep, "", "  ")
+	fmt.Println(string(js))
+	if o.results != "" {
+		if err := writeResults(filepath.Join(root, strings.TrimPrefix(o.results, root)), rep, js); err != nil {
+			return err
+		}
+	}
+	return nil
+}

@@ -1,0 +1,49 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"text/tabwriter"
+)
+
+func printTable(w io.Writer, r *Report) {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "part\tfigure\tvalue\tbaseline (same run)\tratio\ttarget")
+	for _, f := range r.Figures {
+		base, ratio := "-", "-"
+		if f.Baseline != 0 {
+			base = fmt.Sprintf("%.4g %s (%s)", f.Baseline, f.Unit, f.BaseName)
+			ratio = fmt.Sprintf("%.2fx", f.Ratio)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%.4g %s\t%s\t%s\t%s\n", f.Part, f.Name, f.Value, f.Unit, base, ratio, f.Target)
+	}
+	tw.Flush()
+}
+
+// writeResults saves the table, the machine and the JSON as markdown.
+func writeResults(path string, r *Report, js []byte) error {
+	var b strings.Builder
+	m := r.Machine
+	fmt.Fprintf(&b, "# Benchmark results\n\nLast run of `go run ./bench` (see bench/main.go for flags). Every figure is\n"+
+		"beside its baseline measured in the same run; compare ratios, not absolute values.\n\n")
+	fmt.Fprintf(&b, "- date: %s\n- machine: %d CPUs, %s, kernel %s\n- go: %s\n\n", r.Date, m.CPUs, m.CPU, m.Kernel, m.Go)
+	b.WriteString("| part | figure | value | baseline (same run) | ratio | target |\n|---|---|---|---|---|---|\n")
+	for _, f := range r.Figures {
+		base, ratio := "-", "-"
+		if f.Baseline != 0 {
+			base = fmt.Sprintf("%.4g %s (%s)", f.Baseline, f.Unit, f.BaseName)
+			ratio = fmt.Sprintf("%.2fx", f.Ratio)
+		}
+		fmt.Fprintf(&b, "| %s | %s | %.4g %s | %s | %s | %s |\n", f.Part, f.Name, f.Value, f.Unit, base, ratio, f.Target)
+	}
+	b.WriteString("\nNotes:\n\n")
+	for _, f := range r.Figures {
+		if f.Note != "" {
+			fmt.Fprintf(&b, "- %s, %s: %s\n", f.Part, f.Name, f.Note)
+		}
+	}
+	fmt.Fprintf(&b, "\n```json\n%s\n```\n", js)
+	return os.WriteFile(path, []byte(b.String()), 0o644)
+}

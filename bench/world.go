@@ -1,0 +1,463 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"sync"
+	"time"
+)
+
+// world is a broker, two sharers (iperf3 and a 1-byte echo) and a connector
+// to each, all processes on 127.0.0.1.
+type world struct {
+	ctx context.Context
+	bin binaries
+	tmp string
+	o   options
+
+	mu    sync.Mutex
+	procs []*proc
+
+	brokerURL          string
+	brokerProc         *proc
+	iperfAddr          string // direct
+	echoAddr           string // direct
+	iperfTun, echoTun  string // through the tunnel
+	echoTicket         string
+	echoShare, echoCon *proc
+	echoLn             net.Listener
+}
+
+func (w *world) start(name string, env []string, bin string, args ...string) (*proc, error) {
+	p, err := startProc(name, env, bin, args...)
+	if err != nil {
+		return nil, err
+	}
+	w.mu.Lock()
+	w.procs = append(w.procs, p)
+	w.mu.Unlock()
+	return p, nil
+}
+
+func (w *world) stopAll() {
+	w.mu.Lock()
+	ps := w.procs
+	w.procs = nil
+	w.mu.Unlock()
+	var wg sync.WaitGroup
+	for _, p := range ps {
+		wg.Add(1)
+		go func() { defer wg.Done(); p.stop() }()
+	}
+	wg.Wait()
+	if w.echoLn != nil {
+		w.echoLn.Close()
+	}
+}
+
+func (w *world) dir(name string) string {
+	d := filepath.Join(w.tmp, name)
+	os.MkdirAll(d, 0o700)
+	return d
+}
+
+func freePort() (int, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port, nil
+}
+
+// echoServer echoes every connection until ln closes.
+func echoServer(ln net.Listener) {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		go func() {
+			defer c.Close()
+			io.Copy(c, c)
+		}()
+	}
+}
+
+func (w *world) profileEnv(name string) []string {
+	if w.o.profileDir == "" {
+		return nil
+	}
+	os.MkdirAll(w.o.profileDir, 0o755)
+	p, _ := filepath.Abs(filepath.Join(w.o.profileDir, name+".pprof"))
+	return []string{"PEERPORT_CPUPROFILE=" + p}
+}
+
+// share logs a sharer in and starts it; it returns the ticket.
+func (w *world) share(name, target string) (*proc, string, error) {
+	dir := w.dir(name)
+	if _, err := runOut(w.ctx, 30*time.Second, nil, w.bin.agent, "--state-dir", dir, "login", w.brokerURL); err != nil {
+		return nil, "", err
+	}
+	p, err := w.start(name, w.profileEnv(name), w.bin.agent, "--state-dir", dir, "share", target, "--name", name)
+	if err != nil {
+		return nil, "", err
+	}
+	t, err := p.firstLine(w.ctx)
+	return p, t, err
+}
+
+func (w *world) connect(name, ticket string) (*proc, string, error) {
+	p, err := w.start(name, w.profileEnv(name), w.bin.agent, "--state-dir", w.dir(name), "connect", ticket, "--listen", "127.0.0.1:0")
+	if err != nil {
+		return nil, "", err
+	}
+	a, err := p.firstLine(w.ctx)
+	return p, a, err
+}
+
+func (w *world) up() error {
+	var err error
+	if w.echoLn, err = net.Listen("tcp", "127.0.0.1:0"); err != nil {
+		return err
+	}
+	go echoServer(w.echoLn)
+	w.echoAddr = w.echoLn.Addr().String()
+	port, err := freePort()
+	if err != nil {
+		return err
+	}
+	w.iperfAddr = "127.0.0.1:" + strconv.Itoa(port)
+	if _, err := w.start("iperf3-server", nil, "iperf3", "-s", "-B", "127.0.0.1", "-p", strconv.Itoa(port)); err != nil {
+		return err
+	}
+	if w.brokerProc, err = w.start("broker", nil, w.bin.broker, "--listen", "127.0.0.1:0", "--state-dir", w.dir("broker"),
+		"--public-addr", "127.0.0.1", "--log-level", "warn"); err != nil {
+		return err
+	}
+	if w.brokerURL, err = w.brokerProc.firstLine(w.ctx); err != nil {
+		return err
+	}
+	_, it, err := w.share("iperf", w.iperfAddr)
+	if err != nil {
+		return err
+	}
+	if _, w.iperfTun, err = w.connect("iperf-connector", it); err != nil {
+		return err
+	}
+	if w.echoShare, w.echoTicket, err = w.share("echo", w.echoAddr); err != nil {
+		return err
+	}
+	w.echoCon, w.echoTun, err = w.connect("echo-connector", w.echoTicket)
+	return err
+}
+
+// iperf runs one iperf3 client and returns the received rate in Gbit/s.
+func (w *world) iperf(addr string, streams int) (float64, error) {
+	host, port, _ := net.SplitHostPort(addr)
+	return iperfRun(w.ctx, nil, host, port, w.o.seconds, streams)
+}
+
+func iperfRun(ctx context.Context, prefix []string, host, port string, secs, streams int) (float64, error) {
+	args := append(append([]string{}, prefix...), "iperf3", "-c", host, "-p", port, "-t", strconv.Itoa(secs), "-P", strconv.Itoa(streams), "-J")
+	out, err := runOut(ctx, time.Duration(secs+30)*time.Second, nil, args[0], args[1:]...)
+	var r struct {
+		Error string `json:"error"`
+		End   struct {
+			SumReceived struct {
+				BitsPerSecond float64 `json:"bits_per_second"`
+			} `json:"sum_received"`
+		} `json:"end"`
+	}
+	if jerr := json.Unmarshal(out, &r); jerr != nil {
+		if err == nil {
+			err = jerr
+		}
+		return 0, err
+	}
+	if r.Error != "" {
+		return 0, errors.New("iperf3: " + r.Error)
+	}
+	return r.End.SumReceived.BitsPerSecond / 1e9, nil
+}
+
+func median(v []float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
+	s := slices.Clone(v)
+	slices.Sort(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+// throughput interleaves direct and tunnel iperf3 runs and reports medians.
+func (w *world) throughput(r *Report) error {
+	return throughputFigures(r, "throughput", "", w.o.rounds, func(direct bool, n int) (float64, error) {
+		if direct {
+			return w.iperf(w.iperfAddr, n)
+		}
+		return w.iperf(w.iperfTun, n)
+	})
+}
+
+func throughputFigures(r *Report, part, suffix string, rounds int, measure func(direct bool, streams int) (float64, error)) error {
+	for _, n := range []int{1, 8} {
+		var raw, tun []float64
+		for i := range rounds {
+			for _, direct := range []bool{i%2 == 0, i%2 != 0} { // alternate who goes first
+				g, err := measure(direct, n)
+				if err != nil {
+					return fmt.Errorf("%d streams, direct=%v: %w", n, direct, err)
+				}
+				if direct {
+					raw = append(raw, g)
+				} else {
+					tun = append(tun, g)
+				}
+			}
+		}
+		target := ">= 0.35x"
+		if n == 8 {
+			target = ">= 0.40x"
+		}
+		if suffix != "" {
+			target = ""
+			if n == 1 && suffix == "50ms RTT" {
+				target = ">= 0.9x"
+			}
+		}
+		name := fmt.Sprintf("iperf3 %d stream(s)", n)
+		if suffix != "" {
+			name += ", " + suffix
+		}
+		r.add(Figure{Part: part, Name: name, Value: median(tun), Unit: "Gbit/s", Baseline: median(raw),
+			BaseName: "raw TCP", Target: target, Note: fmt.Sprintf("median of %d interleaved rounds; tunnel %v raw %v", rounds, round2(tun), round2(raw))})
+	}
+	return nil
+}
+
+func round2(v []float64) []float64 {
+	out := make([]float64, len(v))
+	for i, x := range v {
+		out[i] = float64(int(x*100+0.5)) / 100
+	}
+	return out
+}
+
+// pingPong measures n 1-byte round trips on c.
+func pingPong(c net.Conn, n int) ([]time.Duration, error) {
+	c.SetDeadline(time.Now().Add(2 * time.Minute))
+	if tc, ok := c.(*net.TCPConn); ok {
+		tc.SetNoDelay(true)
+	}
+	b := []byte{'x'}
+	out := make([]time.Duration, 0, n)
+	for range n {
+		t := time.Now()
+		if _, err := c.Write(b); err != nil {
+			return nil, err
+		}
+		if _, err := io.ReadFull(c, b); err != nil {
+			return nil, err
+		}
+		out = append(out, time.Since(t))
+	}
+	return out, nil
+}
+
+func pct(d []time.Duration, p float64) float64 {
+	s := slices.Clone(d)
+	slices.Sort(s)
+	i := min(int(float64(len(s))*p), len(s)-1)
+	return float64(s[i].Microseconds())
+}
+
+func (w *world) latency(r *Report) error {
+	return latencyFigures(r, "latency", "", w.o.pings, func(direct bool) (net.Conn, error) {
+		if direct {
+			return net.DialTimeout("tcp", w.echoAddr, 10*time.Second)
+		}
+		return net.DialTimeout("tcp", w.echoTun, 10*time.Second)
+	})
+}
+
+// latencyFigures interleaves blocks of round trips on a tunnel and a direct
+// connection.
+func latencyFigures(r *Report, part, suffix string, pings int, dial func(direct bool) (net.Conn, error)) error {
+	tc, err := dial(false)
+	if err != nil {
+		return err
+	}
+	defer tc.Close()
+	rc, err := dial(true)
+	if err != nil {
+		return err
+	}
+	defer rc.Close()
+	const block = 250
+	var tun, raw []time.Duration
+	if _, err := pingPong(tc, 50); err != nil { // warm up: stream open, TLS records sized
+		return err
+	}
+	if _, err := pingPong(rc, 50); err != nil {
+		return err
+	}
+	for len(tun) < pings {
+		n := min(block, pings-len(tun))
+		t, err := pingPong(tc, n)
+		if err != nil {
+			return err
+		}
+		d, err := pingPong(rc, n)
+		if err != nil {
+			return err
+		}
+		tun, raw = append(tun, t...), append(raw, d...)
+	}
+	sfx := ""
+	if suffix != "" {
+		sfx = ", " + suffix
+	}
+	note := "1-byte ping-pong, interleaved blocks; target is on added latency (tunnel - raw <= 1.5x raw at p50, <= 3x at p99)"
+	t50, r50, t99, r99 := pct(tun, .5), pct(raw, .5), pct(tun, .99), pct(raw, .99)
+	f50 := Figure{Part: part, Name: "round trip p50" + sfx, Value: t50, Unit: "µs", Baseline: r50, BaseName: "raw TCP", Note: note}
+	f99 := Figure{Part: part, Name: "round trip p99" + sfx, Value: t99, Unit: "µs", Baseline: r99, BaseName: "raw TCP", Note: note}
+	if suffix == "" {
+		f50.Target, f99.Target = "<= 2.5x", "<= 4x"
+	}
+	r.add(f50)
+	r.add(f99)
+	return nil
+}
+
+// connectTime times `agent connect` from process start to the first byte
+// echoed through it, against a raw dial and echo.
+func (w *world) connectTime(r *Report) error {
+	var tun, raw []float64
+	for i := range 5 {
+		t0 := time.Now()
+		c, err := net.DialTimeout("tcp", w.echoAddr, 10*time.Second)
+		if err != nil {
+			return err
+		}
+		_, err = pingPong(c, 1)
+		c.Close()
+		if err != nil {
+			return err
+		}
+		raw = append(raw, float64(time.Since(t0).Microseconds())/1000)
+
+		t0 = time.Now()
+		p, addr, err := w.connect(fmt.Sprintf("connect-time-%d", i), w.echoTicket)
+		if err != nil {
+			return err
+		}
+		c, err = net.DialTimeout("tcp", addr, 10*time.Second)
+		if err == nil {
+			_, err = pingPong(c, 1)
+			c.Close()
+		}
+		d := time.Since(t0)
+		p.stop()
+		if err != nil {
+			return fmt.Errorf("first byte through a new connector: %w\n%s", err, p.stderr.String())
+		}
+		tun = append(tun, float64(d.Microseconds())/1000)
+	}
+	r.add(Figure{Part: "connect", Name: "agent connect to first byte (direct)", Value: median(tun), Unit: "ms",
+		Baseline: median(raw), BaseName: "raw dial+echo",
+		Note: "median of 5; includes process start, broker introduction, peer TLS and stream open. Relay: not built yet"})
+	return nil
+}
+
+// memory reports the RSS of the idle echo sharer and connector, then per
+// open idle stream through them.
+func (w *world) memory(r *Report) error {
+	time.Sleep(time.Second)
+	for _, p := range []*proc{w.echoShare, w.echoCon} {
+		v, err := rss(p.pid())
+		if err != nil {
+			return err
+		}
+		r.add(Figure{Part: "memory", Name: "idle " + p.name + " RSS", Value: float64(v) / (1 << 20), Unit: "MiB",
+			Target: "< 20 MiB", Note: "peer session up, no stream open"})
+	}
+	for _, n := range w.o.streams {
+		if err := w.streamMemory(r, n); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (w *world) streamMemory(r *Report, n int) error {
+	before := map[*proc]int64{}
+	for _, p := range []*proc{w.echoShare, w.echoCon} {
+		v, err := rss(p.pid())
+		if err != nil {
+			return err
+		}
+		before[p] = v
+	}
+	conns := make([]net.Conn, n)
+	defer func() {
+		for _, c := range conns {
+			if c != nil {
+				c.Close()
+			}
+		}
+	}()
+	sem := make(chan struct{}, 32)
+	errc := make(chan error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			c, err := net.DialTimeout("tcp", w.echoTun, 10*time.Second)
+			if err != nil {
+				errc <- err
+				return
+			}
+			conns[i] = c
+			if _, err := pingPong(c, 1); err != nil {
+				errc <- fmt.Errorf("stream %d: %w", i, err)
+			}
+			c.SetDeadline(time.Time{})
+		}()
+	}
+	wg.Wait()
+	close(errc)
+	if err := <-errc; err != nil {
+		return err
+	}
+	time.Sleep(time.Second)
+	for _, p := range []*proc{w.echoShare, w.echoCon} {
+		v, err := rss(p.pid())
+		if err != nil {
+			return err
+		}
+		r.add(Figure{Part: "memory", Name: fmt.Sprintf("RSS per idle stream, %s, %d streams", p.name, n),
+			Value: float64(v-before[p]) / float64(n) / 1024, Unit: "KiB", Target: "< 8 KiB",
+			Note: "RSS growth / streams; each stream is also a TCP connection and two copy goroutines in the agent"})
+	}
+	for i, c := range conns {
+		c.Close()
+		conns[i] = nil
+	}
+	time.Sleep(time.Second) // let the agents close the streams before the next figure
+	return nil
+}
