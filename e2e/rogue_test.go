@@ -20,10 +20,10 @@ import (
 // enough for agents to log in, then lies (candidates pointing at itself) and
 // tries to use what it sees (admit hashes, admit keys, candidates).
 type rogue struct {
-	t     *testing.T
-	ln    net.Listener
-	id    *secure.Identity // its key, as broker and as a would-be peer
-	url   secure.BrokerURL
+	t   *testing.T
+	ln  net.Listener
+	id  *secure.Identity // its key, as broker and as a would-be peer
+	url secure.BrokerURL
 
 	mu         sync.Mutex
 	cands      []proto.Candidate // what it answers every Connect with
