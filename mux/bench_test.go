@@ -80,9 +80,15 @@ func benchTLSPair(tb testing.TB) (net.Conn, net.Conn) {
 
 // benchSessions returns a session pair over TLS; plain skips the package's
 // wrapping (coalescing) to compare against bare yamux.
-func benchSessions(tb testing.TB, plain bool) (*yamux.Session, *yamux.Session) {
+type streamer interface {
+	Open() (net.Conn, error)
+	Accept() (net.Conn, error)
+	Close() error
+}
+
+func benchSessions(tb testing.TB, plain bool) (streamer, streamer) {
 	c1, c2 := benchTLSPair(tb)
-	var cs, ss *yamux.Session
+	var cs, ss streamer
 	var err error
 	if plain {
 		cs, err = yamux.Client(c1, Config(nil))
@@ -90,9 +96,9 @@ func benchSessions(tb testing.TB, plain bool) (*yamux.Session, *yamux.Session) {
 			ss, err = yamux.Server(c2, Config(nil))
 		}
 	} else {
-		cs, err = Client(c1, nil)
+		cs, err = NewClient(c1, nil)
 		if err == nil {
-			ss, err = Server(c2, nil)
+			ss, err = NewServer(c2, nil)
 		}
 	}
 	if err != nil {
@@ -110,7 +116,7 @@ func benchCopy(b *testing.B, plain bool, streams int) {
 	var wg sync.WaitGroup
 	go func() {
 		for {
-			st, err := ss.AcceptStream()
+			st, err := ss.Accept()
 			if err != nil {
 				return
 			}
@@ -127,7 +133,7 @@ func benchCopy(b *testing.B, plain bool, streams int) {
 	b.ResetTimer()
 	var wwg sync.WaitGroup
 	for range streams {
-		st, err := cs.OpenStream()
+		st, err := cs.Open()
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -73,6 +73,16 @@ func (l *Listeners) Close() error {
 // Serve answers on every socket of l until ctx is done and returns when all
 // of them have stopped; the first failure is returned.
 func (s *Server) Serve(ctx context.Context, l *Listeners) error {
+	// Every socket is known before the first answer, so OTHER-ADDRESS and
+	// CHANGE-REQUEST see them all from the start.
+	s.mu.Lock()
+	for _, pc := range l.UDP {
+		s.udp[addrPortOf(pc.LocalAddr())] = pc
+	}
+	for _, ln := range l.TCP {
+		s.tcp[addrPortOf(ln.Addr())] = true
+	}
+	s.mu.Unlock()
 	var wg sync.WaitGroup
 	errc := make(chan error, len(l.UDP)+len(l.TCP))
 	for _, pc := range l.UDP {
