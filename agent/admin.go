@@ -47,6 +47,8 @@ type BrokerStatus struct {
 	RTTMillis  float64 `json:"rtt_ms"`
 	Reconnects int     `json:"reconnects"`
 	LastError  string  `json:"last_error,omitempty"`
+	NAT        string  `json:"nat,omitempty"`     // this side's NAT type as discovery saw it through this broker
+	Verdict    string  `json:"verdict,omitempty"` // "direct likely" or "relay needed"
 }
 
 // ShareStatus is one share.
@@ -85,9 +87,11 @@ type PeerStatus struct {
 	BytesIn   int64         `json:"bytes_in"`
 	BytesOut  int64         `json:"bytes_out"`
 	Since     time.Time     `json:"since"`
-	PunchMS   int64         `json:"punch_ms"` // from introduction to the session up (connector side)
-	Attempts  int           `json:"attempts"`
+	PunchMS   int64         `json:"punch_ms"` // hole punch, from the first SYN to the agreed connection
+	Attempts  int           `json:"attempts"` // dial attempts across all candidates
 	Pair      CandidatePair `json:"candidate_pair"`
+	LocalNAT  string        `json:"nat"`      // this side's NAT type when the path was made
+	PeerNAT   string        `json:"peer_nat"` // the peer's, as it reported
 }
 
 // Status returns a snapshot of the agent.
@@ -122,7 +126,7 @@ func (a *Agent) Status() AgentStatus {
 			Remote: ps.tls.RemoteAddr().String(), Local: ps.tls.LocalAddr().String(),
 			RTTMillis: millis(time.Duration(ps.rtt.Load())), Streams: ps.sess.NumStreams(),
 			BytesIn: ps.stats.bytesIn.Load(), BytesOut: ps.stats.bytesOut.Load(), Since: ps.since,
-			PunchMS: ps.punch.Milliseconds(), Attempts: ps.attempts, Pair: ps.pair})
+			PunchMS: ps.punch.Milliseconds(), Attempts: ps.attempts, Pair: ps.pair, LocalNAT: ps.localNAT, PeerNAT: ps.peerNAT})
 	}
 	sort.Slice(st.Brokers, func(i, j int) bool { return st.Brokers[i].Addr < st.Brokers[j].Addr })
 	sort.Slice(st.Shares, func(i, j int) bool { return st.Shares[i].Name < st.Shares[j].Name })

@@ -52,9 +52,7 @@ type Options struct {
 	Broker   *secure.BrokerURL
 	Shares   []ShareSpec
 	Connects []ConnectSpec
-	// PeerListen is where the sharer accepts peer connections; default ":0".
-	PeerListen string
-	Log        logrus.FieldLogger
+	Log      logrus.FieldLogger
 
 	// OnTicket is called once a share is registered with the broker, with
 	// the ticket that reaches it.
@@ -71,18 +69,15 @@ type Agent struct {
 
 	started time.Time
 	shares  map[string]*share
-	peerLn  net.Listener
 
-	mu        sync.Mutex
-	brokers   map[string]*brokerClient // by broker address and pin
-	sessions  map[sessionKey]*peerSession
-	dialing   map[secure.AgentID]*dialCall
-	expected  map[secure.AgentID]time.Time // connectors introduced by a broker
-	observedA string                       // our address as a broker saw it
-	forwards  []*forward
-	wg        sync.WaitGroup
-	ctx       context.Context
-	fail      context.CancelCauseFunc // ends Run with a final error
+	mu       sync.Mutex
+	brokers  map[string]*brokerClient // by broker address and pin
+	sessions map[sessionKey]*peerSession
+	dialing  map[secure.AgentID]*dialCall
+	forwards []*forward
+	wg       sync.WaitGroup
+	ctx      context.Context
+	fail     context.CancelCauseFunc // ends Run with a final error
 }
 
 type share struct {
@@ -102,9 +97,6 @@ func New(opts Options) (*Agent, error) {
 		l := logrus.New()
 		opts.Log = l
 	}
-	if opts.PeerListen == "" {
-		opts.PeerListen = ":0"
-	}
 	a := &Agent{
 		opts:     opts,
 		id:       opts.Identity,
@@ -113,7 +105,6 @@ func New(opts Options) (*Agent, error) {
 		brokers:  map[string]*brokerClient{},
 		sessions: map[sessionKey]*peerSession{},
 		dialing:  map[secure.AgentID]*dialCall{},
-		expected: map[secure.AgentID]time.Time{},
 	}
 	if len(opts.Shares) > 0 && opts.Broker == nil {
 		return nil, errors.New("sharing needs a broker: run `agent login BROKER_URL`, pass --broker, or let `agent share` embed one")
@@ -158,13 +149,6 @@ func (a *Agent) Run(ctx context.Context) error {
 		return err
 	}
 	if len(a.shares) > 0 {
-		ln, err := net.Listen("tcp", a.opts.PeerListen)
-		if err != nil {
-			admin.Close()
-			return fmt.Errorf("peer listener: %w", err)
-		}
-		a.peerLn = ln
-		a.spawn(func() { a.acceptPeers(ctx, ln) })
 		b := a.broker(*a.opts.Broker)
 		for _, s := range a.shares {
 			s.broker = b
@@ -184,9 +168,6 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	<-ctx.Done()
 	admin.Close()
-	if a.peerLn != nil {
-		a.peerLn.Close()
-	}
 	a.closeSessions()
 	a.wg.Wait()
 	if err := context.Cause(ctx); err != nil && !errors.Is(err, context.Canceled) {
@@ -253,51 +234,28 @@ func (a *Agent) sharesFor(b *brokerClient) []*share {
 	return out
 }
 
-func (a *Agent) observed(addr string) {
-	a.mu.Lock()
-	a.observedA = addr
-	a.mu.Unlock()
-}
-
-// expectWindow is how long an introduced connector may take to dial in.
-const expectWindow = time.Minute
-
-// onIntro answers a broker's introduction of a connector to one of our shares.
-func (a *Agent) onIntro(in *proto.Intro) *proto.IntroReply {
+// onIntro answers a broker's introduction of a connector to one of our
+// shares. An introduction without candidates only asks for the share's port
+// (a forward learning where to listen on a session that is already up).
+func (a *Agent) onIntro(ctx context.Context, b *brokerClient, in *proto.Intro) *proto.IntroReply {
 	rep := &proto.IntroReply{Intro: in.Intro}
 	log := a.log.WithFields(logrus.Fields{"share": in.Share, "peer": shortID(in.Connector)})
 	s, ok := a.shares[in.Share]
 	connector, err := secure.ParseAgentID(in.Connector)
-	if !ok || err != nil || a.peerLn == nil {
+	if !ok || err != nil {
 		rep.Code, rep.Message = proto.CodeRefused, "no such share"
 		log.Warn("introduction refused: no such share")
 		return rep
 	}
-	a.mu.Lock()
-	a.expected[connector] = time.Now().Add(expectWindow)
-	obs := a.observedA
-	a.mu.Unlock()
-	rep.Candidates = hostCandidates(a.peerLn.Addr(), obs)
 	if _, p, err := net.SplitHostPort(s.Target); err == nil {
 		n, _ := strconv.ParseUint(p, 10, 16)
 		rep.Port = uint16(n)
 	}
-	log.WithField("candidates", len(rep.Candidates)).Info("introduced")
-	return rep
-}
-
-// isExpected reports whether a broker introduced id recently.
-func (a *Agent) isExpected(id secure.AgentID) bool {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	now := time.Now()
-	for k, until := range a.expected {
-		if now.After(until) {
-			delete(a.expected, k)
-		}
+	if len(in.Candidates) > 0 {
+		a.punchForIntro(ctx, b, in, connector, rep)
 	}
-	_, ok := a.expected[id]
-	return ok
+	log.WithFields(logrus.Fields{"candidates": len(rep.Candidates), "peer_nat": natType(in.NAT)}).Info("introduced")
+	return rep
 }
 
 func shortID(s string) string {

@@ -13,6 +13,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/peerport/peerport/internal/backoff"
+	"github.com/peerport/peerport/internal/nat"
 	"github.com/peerport/peerport/internal/proto"
 	"github.com/peerport/peerport/internal/secure"
 )
@@ -290,6 +291,8 @@ type brokerClient struct {
 	lastErr   error
 	reconnect int
 	fatal     error
+	stun      []string    // the broker's STUN servers, resolved
+	report    *nat.Report // NAT discovery over those, nil until it ran
 }
 
 func newBrokerClient(a *Agent, u secure.BrokerURL) *brokerClient {
@@ -305,7 +308,7 @@ func (b *brokerClient) run(ctx context.Context) error {
 	for ctx.Err() == nil {
 		c, err := dialControl(ctx, b.agent.id, b.url, b.log)
 		if err == nil {
-			c.onIntro = b.agent.onIntro
+			c.onIntro = func(in *proto.Intro) *proto.IntroReply { return b.agent.onIntro(ctx, b, in) }
 			c.maxSize = proto.MaxMessageSize
 			err = b.session(ctx, c, &bo)
 		}
@@ -343,13 +346,21 @@ func (b *brokerClient) session(ctx context.Context, c *controlConn, bo *backoff.
 		b.log.WithField("share", s.name).Info("share online")
 	}
 	bo.Connected(time.Now())
-	b.agent.observed(c.welcome.Observed)
 	b.log.WithField("observed", c.welcome.Observed).Info("connected to broker")
+	dctx, stopDiscover := context.WithCancel(ctx)
+	discovered := make(chan struct{})
 	b.mu.Lock()
 	b.cur = c
+	b.stun = stunServers(c.welcome.STUN, b.url.Addr)
 	close(b.up)
 	b.mu.Unlock()
+	go func() {
+		defer close(discovered)
+		b.discover(dctx, b.stun)
+	}()
 	err := <-errc
+	stopDiscover()
+	<-discovered
 	b.mu.Lock()
 	b.cur = nil
 	b.up = make(chan struct{})
@@ -384,6 +395,16 @@ func (b *brokerClient) conn(ctx context.Context) (*controlConn, error) {
 	}
 }
 
+// rttMillis is the last measured control RTT.
+func (b *brokerClient) rttMillis() float64 {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.cur == nil {
+		return 0
+	}
+	return millis(time.Duration(b.cur.rtt.Load()))
+}
+
 func (b *brokerClient) status() BrokerStatus {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -394,6 +415,10 @@ func (b *brokerClient) status() BrokerStatus {
 	}
 	if b.lastErr != nil {
 		st.LastError = b.lastErr.Error()
+	}
+	if b.report != nil {
+		st.NAT = b.report.Type
+		st.Verdict = b.report.Verdict
 	}
 	return st
 }

@@ -2,12 +2,14 @@ package agent
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/yamux"
@@ -170,26 +172,24 @@ func (f *forward) accept(ctx context.Context, ln net.Listener) {
 	}
 }
 
-// firstSession introduces and dials until the session is up, retrying what
-// may pass (sharer offline, broker down) and giving up on what cannot. Each
-// forward makes its own introduction, even when a session to the sharer is
-// already up: that checks its own ticket and learns its own share's port.
+// firstSession introduces and punches until the session is up, retrying
+// what may pass (sharer offline, broker down, a failed punch) and giving up
+// on what cannot (a ticket the broker refuses). When a session to the
+// sharer is already up (another forward made it), an introduction without
+// candidates still checks this forward's own ticket and learns its port.
 func (f *forward) firstSession(ctx context.Context) (uint16, error) {
 	bo := backoff.Backoff{Base: 500 * time.Millisecond, Cap: 15 * time.Second}
 	for {
-		rep, err := f.intro(ctx)
-		if err == nil {
-			fresh := rep
-			_, err = f.a.session(ctx, f.peer, func(ctx context.Context) (*proto.ConnectReply, error) {
-				if r := fresh; r != nil { // dial on the introduction just made
-					fresh = nil
-					return r, nil
-				}
-				return f.intro(ctx)
-			})
+		var port atomic.Uint32
+		_, err := f.a.session(ctx, f.peer, f.dialer(&port))
+		if err == nil && port.Load() == 0 {
+			var rep *proto.ConnectReply
+			if rep, err = f.intro(ctx, nil, nil, 0); err == nil {
+				port.Store(uint32(rep.Port))
+			}
 		}
 		if err == nil {
-			return rep.Port, nil
+			return uint16(port.Load()), nil
 		}
 		if errors.Is(err, ErrUnauthorized) || ctx.Err() != nil {
 			return 0, fmt.Errorf("share %s: %w", f.share, err)
@@ -203,13 +203,28 @@ func (f *forward) firstSession(ctx context.Context) (uint16, error) {
 	}
 }
 
-// intro asks the broker to introduce us to the sharer.
-func (f *forward) intro(ctx context.Context) (*proto.ConnectReply, error) {
-	c, err := f.a.brokerFor(f.spec.Ticket).conn(ctx)
+func (f *forward) broker() *brokerClient { return f.a.brokerFor(f.spec.Ticket) }
+
+// dialer makes this forward's peer channel; port, when set, receives the
+// share's port from the introduction.
+func (f *forward) dialer(port *atomic.Uint32) dialFunc {
+	return func(ctx context.Context) (*tls.Conn, punchOutcome, error) {
+		c, out, rep, err := f.a.dialSharer(ctx, f.broker(), f.peer, f.intro)
+		if rep != nil && port != nil {
+			port.Store(uint32(rep.Port))
+		}
+		return c, out, err
+	}
+}
+
+// intro asks the broker to introduce us to the sharer with our punch
+// candidates; with none, it only checks the ticket and learns the port.
+func (f *forward) intro(ctx context.Context, cands []proto.Candidate, n *proto.NAT, rtt float64) (*proto.ConnectReply, error) {
+	c, err := f.broker().conn(ctx)
 	if err != nil {
 		return nil, err
 	}
-	req := &proto.Connect{Sharer: f.peer.String(), Share: f.share}
+	req := &proto.Connect{Sharer: f.peer.String(), Share: f.share, Candidates: cands, NAT: n, RTTMillis: rtt}
 	if t := f.spec.Ticket; t != nil {
 		k := t.AdmitKey()
 		req.Admit = k[:]
@@ -227,7 +242,7 @@ func (f *forward) setErr(err error) {
 func (f *forward) serve(ctx context.Context, c net.Conn) {
 	log := f.log.WithField("client", c.RemoteAddr().String())
 	wctx, cancel := context.WithTimeout(ctx, peerWait)
-	ps, err := f.a.session(wctx, f.peer, f.intro)
+	ps, err := f.a.session(wctx, f.peer, f.dialer(nil))
 	cancel()
 	if err != nil {
 		f.setErr(err)

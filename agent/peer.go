@@ -3,10 +3,7 @@ package agent
 import (
 	"context"
 	"crypto/tls"
-	"errors"
 	"fmt"
-	"net"
-	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -14,21 +11,15 @@ import (
 	"github.com/hashicorp/yamux"
 	"github.com/sirupsen/logrus"
 
-	"github.com/peerport/peerport/internal/proto"
 	"github.com/peerport/peerport/internal/secure"
 	"github.com/peerport/peerport/mux"
 )
 
 const (
 	peerHandshakeTimeout = 10 * time.Second
-	peerDialTimeout      = 5 * time.Second
-	// dialStagger spaces the start of dials to successive candidates, as
-	// Happy Eyeballs does: the preferred (LAN) candidate gets a head start
-	// without a dead candidate costing its full timeout.
-	dialStagger    = 150 * time.Millisecond
-	rttEvery       = 15 * time.Second
-	maxPeerStreams = 1024 // concurrent streams a connector may hold open at a sharer
-	maxSessions    = 256
+	rttEvery             = 15 * time.Second
+	maxPeerStreams       = 1024 // concurrent streams a connector may hold open at a sharer
+	maxSessions          = 256
 )
 
 // Roles in a peer session, from this agent's point of view.
@@ -54,6 +45,8 @@ type peerSession struct {
 	punch    time.Duration
 	attempts int
 	pair     CandidatePair
+	localNAT string
+	peerNAT  string
 	rtt      atomic.Int64
 	stats    counters
 
@@ -178,26 +171,19 @@ func (a *Agent) closeSessions() {
 	}
 }
 
-// acceptPeers is the sharer's peer listener.
-func (a *Agent) acceptPeers(ctx context.Context, ln net.Listener) {
-	cfg, err := secure.PeerServerConfig(a.id)
-	if err != nil {
-		a.log.WithError(err).Error("peer tls config")
-		return
-	}
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			if ctx.Err() == nil && !errors.Is(err, net.ErrClosed) {
-				a.log.WithError(err).Error("peer listener failed")
-			}
-			return
-		}
-		a.spawn(func() { a.servePeer(ctx, tls.Server(c, cfg)) })
+// setOutcome records how the path was made.
+func (ps *peerSession) setOutcome(out punchOutcome) {
+	ps.localNAT, ps.peerNAT = out.localNAT, out.peerNAT
+	if r := out.res; r != nil {
+		ps.punch, ps.attempts = r.Elapsed, r.Attempts
+		ps.pair = CandidatePair{Local: r.Local.String(), Remote: r.Remote.String(), Kind: string(r.Candidate.Kind)}
 	}
 }
 
-func (a *Agent) servePeer(ctx context.Context, c *tls.Conn) {
+// servePeer is the sharer's side of a punched peer channel: only the
+// connector the broker introduced may complete it, and each of its streams
+// still has to prove a ticket or be allowed.
+func (a *Agent) servePeer(ctx context.Context, c *tls.Conn, want secure.AgentID, out punchOutcome) {
 	log := a.log.WithFields(logrus.Fields{"component": "peer", "remote": c.RemoteAddr().String()})
 	hctx, cancel := context.WithTimeout(ctx, peerHandshakeTimeout)
 	err := c.HandshakeContext(hctx)
@@ -208,20 +194,14 @@ func (a *Agent) servePeer(ctx context.Context, c *tls.Conn) {
 		return
 	}
 	peer, err := secure.PeerID(c.ConnectionState())
-	if err != nil || c.ConnectionState().NegotiatedProtocol != secure.ALPNPeer {
-		log.Info("peer refused: no identity or wrong protocol")
-		c.Close()
-		return
-	}
-	if !a.isExpected(peer) {
-		// Only a connector the broker introduced may dial in; it still has
-		// to prove a ticket or be allowed for each stream.
-		log.WithField("peer", peer.Short()).Warn("peer refused: not introduced by the broker")
+	if err != nil || c.ConnectionState().NegotiatedProtocol != secure.ALPNPeer || peer != want {
+		log.WithField("peer", peer.Short()).Warn("peer refused: not the connector the broker introduced")
 		c.Close()
 		return
 	}
 	ps, err := newPeerSession(sessionKey{peer, roleSharer}, c, a.log.WithField("component", "peer"))
 	if err == nil {
+		ps.setOutcome(out)
 		err = a.addSession(ps)
 	}
 	if err != nil {
@@ -256,9 +236,12 @@ type dialCall struct {
 	err  error
 }
 
-// session returns the live session to sharer, dialing candidates once when
-// there is none. intro performs the introduction through the broker.
-func (a *Agent) session(ctx context.Context, sharer secure.AgentID, intro func(context.Context) (*proto.ConnectReply, error)) (*peerSession, error) {
+// dialFunc makes a peer channel to a sharer: introduction, punch, TLS.
+type dialFunc func(context.Context) (*tls.Conn, punchOutcome, error)
+
+// session returns the live session to sharer, dialing once when there is
+// none; concurrent callers share that one dial.
+func (a *Agent) session(ctx context.Context, sharer secure.AgentID, dial dialFunc) (*peerSession, error) {
 	key := sessionKey{sharer, roleConnector}
 	a.mu.Lock()
 	if ps := a.sessions[key]; ps != nil && !ps.sess.IsClosed() {
@@ -270,7 +253,7 @@ func (a *Agent) session(ctx context.Context, sharer secure.AgentID, intro func(c
 		call = &dialCall{done: make(chan struct{})}
 		a.dialing[sharer] = call
 		a.spawn(func() {
-			call.ps, call.err = a.dialSharer(a.ctx, sharer, intro)
+			call.ps, call.err = a.newConnectorSession(a.ctx, sharer, dial)
 			a.mu.Lock()
 			delete(a.dialing, sharer)
 			a.mu.Unlock()
@@ -293,103 +276,26 @@ type CandidatePair struct {
 	Kind   string `json:"kind"`
 }
 
-func (a *Agent) dialSharer(ctx context.Context, sharer secure.AgentID, intro func(context.Context) (*proto.ConnectReply, error)) (*peerSession, error) {
-	start := time.Now()
-	rep, err := intro(ctx)
-	if err != nil {
-		return nil, err
-	}
-	cfg, err := secure.PeerClientConfig(a.id, sharer)
-	if err != nil {
-		return nil, err
-	}
-	c, cand, attempts, err := raceDial(ctx, rep.Candidates, cfg)
+func (a *Agent) newConnectorSession(ctx context.Context, sharer secure.AgentID, dial dialFunc) (*peerSession, error) {
+	c, out, err := dial(ctx)
 	if err != nil {
 		return nil, err
 	}
 	ps, err := newPeerSession(sessionKey{sharer, roleConnector}, c, a.log.WithField("component", "peer"))
 	if err == nil {
+		ps.setOutcome(out)
 		err = a.addSession(ps)
 	}
 	if err != nil {
 		c.Close()
 		return nil, err
 	}
-	ps.punch, ps.attempts = time.Since(start), attempts
-	ps.pair = CandidatePair{Local: c.LocalAddr().String(), Remote: cand.Addr, Kind: cand.Kind}
-	ps.log.WithFields(logrus.Fields{"ms": ps.punch.Milliseconds(), "candidate": cand.Kind, "attempts": attempts}).Info("peer session up")
+	ps.log.WithFields(logrus.Fields{"punch_ms": ps.punch.Milliseconds(), "candidate": ps.pair.Kind, "attempts": ps.attempts,
+		"nat": ps.localNAT, "peer_nat": ps.peerNAT}).Info("peer session up")
 	a.spawn(func() { ps.keepRTT(ctx) })
 	a.spawn(func() {
 		<-ps.sess.CloseChan()
 		a.removeSession(ps)
 	})
 	return ps, nil
-}
-
-// raceDial dials every candidate, each starting dialStagger after the one
-// before, and keeps the first that completes a TLS handshake proving the
-// sharer's key. A candidate whose key is wrong fails alone: another machine
-// on a LAN address is not an error, a broker that swaps keys everywhere is.
-func raceDial(ctx context.Context, cands []proto.Candidate, cfg *tls.Config) (*tls.Conn, proto.Candidate, int, error) {
-	if len(cands) == 0 {
-		return nil, proto.Candidate{}, 0, errors.New("sharer sent no candidate address")
-	}
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	type result struct {
-		c    *tls.Conn
-		cand proto.Candidate
-		err  error
-	}
-	results := make(chan result, len(cands))
-	for i, cand := range cands {
-		go func() {
-			select {
-			case <-ctx.Done():
-				results <- result{cand: cand, err: ctx.Err()}
-				return
-			case <-time.After(time.Duration(i) * dialStagger):
-			}
-			c, err := dialPeer(ctx, cand, cfg)
-			results <- result{c, cand, err}
-		}()
-	}
-	var errs []error
-	var won *result
-	for range cands {
-		r := <-results
-		switch {
-		case r.err != nil:
-			errs = append(errs, fmt.Errorf("%s %s: %w", r.cand.Kind, r.cand.Addr, r.err))
-		case won == nil:
-			won = &r
-			cancel()
-		default:
-			r.c.Close()
-		}
-	}
-	if won == nil {
-		return nil, proto.Candidate{}, len(cands), fmt.Errorf("no candidate reached the sharer: %w", errors.Join(errs...))
-	}
-	return won.c, won.cand, len(cands), nil
-}
-
-func dialPeer(ctx context.Context, cand proto.Candidate, cfg *tls.Config) (*tls.Conn, error) {
-	ap, err := netip.ParseAddrPort(cand.Addr)
-	if err != nil {
-		return nil, err
-	}
-	d := net.Dialer{Timeout: peerDialTimeout, KeepAlive: 15 * time.Second}
-	raw, err := d.DialContext(ctx, "tcp", ap.String())
-	if err != nil {
-		return nil, err
-	}
-	c := tls.Client(raw, cfg)
-	hctx, cancel := context.WithTimeout(ctx, peerHandshakeTimeout)
-	defer cancel()
-	if err := c.HandshakeContext(hctx); err != nil {
-		raw.Close()
-		return nil, fmt.Errorf("tls: %w", err)
-	}
-	return c, nil
 }

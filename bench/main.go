@@ -3,14 +3,12 @@
 // these machines are noisy, and only ratios travel (DESIGN §7).
 //
 //	go run ./bench                 # loopback, everything (~3 min)
-//	go run ./bench -lab            # also over the NAT lab at 0, 20, 50 ms RTT (root)
 //	go run ./bench -only throughput,latency -rounds 5
 //
 // It builds the agent and broker (no -race), runs a broker, sharers and
 // connectors as separate processes on 127.0.0.1, drives them with iperf3 and
 // its own sockets, prints a table and JSON, and writes bench/RESULTS.md.
-// Everything is bounded in count and time and talks only to loopback (or to
-// the lab's namespaces).
+// Everything is bounded in count and time and talks only to loopback.
 package main
 
 import (
@@ -35,7 +33,6 @@ type options struct {
 	muxStreams   []int
 	brokerAgents int
 	introSecs    int
-	lab          bool
 	only         map[string]bool
 	results      string
 	profileDir   string
@@ -55,8 +52,7 @@ func main() {
 	flag.StringVar(&muxStreams, "mux-streams", "1000,10000", "idle streams on a bare mux session (comma list)")
 	flag.IntVar(&o.brokerAgents, "broker-agents", 10000, "control clients registered at the broker")
 	flag.IntVar(&o.introSecs, "intro-seconds", 3, "seconds of sustained introductions")
-	flag.BoolVar(&o.lab, "lab", false, "also run throughput and latency over the NAT lab (needs root)")
-	flag.StringVar(&only, "only", "", "comma list of parts: throughput,latency,connect,memory,mux,broker,lab (default all but lab)")
+	flag.StringVar(&only, "only", "", "comma list of parts: throughput,latency,connect,memory,mux,broker (default all)")
 	flag.StringVar(&o.results, "results", "bench/RESULTS.md", "markdown file for the results (empty: none)")
 	flag.StringVar(&o.profileDir, "cpuprofile-dir", "", "write agent CPU profiles of the throughput runs here")
 	flag.Parse()
@@ -65,9 +61,6 @@ func main() {
 		o.only = map[string]bool{}
 		for _, p := range strings.Split(only, ",") {
 			o.only[strings.TrimSpace(p)] = true
-		}
-		if o.only["lab"] {
-			o.lab = true
 		}
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -81,10 +74,7 @@ func main() {
 }
 
 func (o options) want(part string) bool {
-	if o.only == nil {
-		return part != "lab" || o.lab
-	}
-	return o.only[part]
+	return o.only == nil || o.only[part]
 }
 
 func ints(s string) []int {
@@ -188,7 +178,6 @@ func run(ctx context.Context, o options) error {
 		{"memory", w.memory},
 		{"mux", w.muxMemory},
 		{"broker", w.brokerCapacity},
-		{"lab", func(r *Report) error { return labBench(ctx, o, bin, r) }},
 	}
 	for _, s := range steps {
 		if !o.want(s.part) {
@@ -203,7 +192,11 @@ func run(ctx context.Context, o options) error {
 	js, _ := json.MarshalIndent(rep, "", "  ")
 	fmt.Println(string(js))
 	if o.results != "" {
-		if err := writeResults(filepath.Join(root, strings.TrimPrefix(o.results, root)), rep, js); err != nil {
+		path := o.results
+		if !filepath.IsAbs(path) {
+			path = filepath.Join(root, path)
+		}
+		if err := writeResults(path, rep, js); err != nil {
 			return err
 		}
 	}

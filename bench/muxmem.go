@@ -71,11 +71,11 @@ func muxChild(n int) error {
 	if err != nil {
 		return err
 	}
-	cs, err := mux.NewClient(cc, nil)
+	cs, err := mux.Client(cc, nil)
 	if err != nil {
 		return err
 	}
-	ss, err := mux.NewServer(sc, nil)
+	ss, err := mux.Server(sc, nil)
 	if err != nil {
 		return err
 	}

@@ -71,27 +71,37 @@ func Start(ctx context.Context, o Options) (*Running, error) {
 	if err != nil {
 		return nil, err
 	}
+	stun, err := listenSTUN(ctx, o)
+	if err != nil {
+		return nil, err
+	}
+	closeSTUN := func() {
+		if stun != nil {
+			stun.Close()
+		}
+	}
 	cfg := Config{Token: st.Token, Cert: st.Cert, Log: o.Log, Version: o.Version}
+	if stun != nil {
+		cfg.STUN = stun.Addrs()
+	}
 	if o.Limits != nil {
 		o.Limits(&cfg)
 	}
 	srv, err := New(cfg)
 	if err != nil {
+		closeSTUN()
 		return nil, err
 	}
 	var lc net.ListenConfig
 	ln, err := lc.Listen(ctx, "tcp", o.Listen)
 	if err != nil {
+		closeSTUN()
 		return nil, fmt.Errorf("broker listen: %w", err)
 	}
 	addr, err := publicAddr(o.PublicAddr, ln.Addr())
 	if err != nil {
 		ln.Close()
-		return nil, err
-	}
-	stun, err := listenSTUN(ctx, o)
-	if err != nil {
-		ln.Close()
+		closeSTUN()
 		return nil, err
 	}
 	done := make(chan struct{})

@@ -49,6 +49,7 @@ type Config struct {
 	Cert              tls.Certificate // broker key; its SPKI pin is in the broker URL
 	Log               logrus.FieldLogger
 	Version           string           // software version, sent in Welcome
+	STUN              []string         // STUN servers agents are told of in Welcome
 	HandshakeTimeout  time.Duration    // TLS handshake + Hello; default 10s
 	IdleTimeout       time.Duration    // no message for this long drops the session; default 90s
 	IntroTimeout      time.Duration    // wait for the sharer's IntroReply; default 10s

@@ -132,7 +132,7 @@ func (s *session) admit(h *proto.Hello) bool {
 	srv.mu.Unlock()
 	s.conn.SetDeadline(time.Time{})
 	obs := observed(s.raw.RemoteAddr())
-	if err := s.send(&proto.Welcome{AgentID: s.id.String(), Observed: obs, Version: srv.cfg.Version}); err != nil {
+	if err := s.send(&proto.Welcome{AgentID: s.id.String(), Observed: obs, Version: srv.cfg.Version, STUN: srv.cfg.STUN}); err != nil {
 		s.log.WithError(err).Info("welcome")
 		s.leave()
 		return false
@@ -341,7 +341,7 @@ func (srv *Server) introduce(c *session, m *proto.Connect) *proto.ConnectReply {
 	}()
 	log = log.WithField("intro", id)
 
-	intro := &proto.Intro{Intro: id, Connector: c.id.String(), Share: m.Share, Candidates: m.Candidates}
+	intro := &proto.Intro{Intro: id, Connector: c.id.String(), Share: m.Share, Candidates: m.Candidates, NAT: m.NAT, RTTMillis: m.RTTMillis}
 	if err := sharer.send(intro); err != nil {
 		log.WithError(err).Info("introduction: sharer went offline")
 		return fail(proto.CodeNotFound, "sharer %s went offline", sharerID.Short())
@@ -360,7 +360,7 @@ func (srv *Server) introduce(c *session, m *proto.Connect) *proto.ConnectReply {
 		}
 		srv.introductions.Add(1)
 		log.WithField("candidates", len(r.Candidates)).Info("introduced")
-		return &proto.ConnectReply{ID: m.ID, Candidates: r.Candidates, Port: r.Port}
+		return &proto.ConnectReply{ID: m.ID, Candidates: r.Candidates, Port: r.Port, NAT: r.NAT}
 	case <-sharer.done:
 		log.Info("introduction: sharer went offline")
 		return fail(proto.CodeNotFound, "sharer %s went offline", sharerID.Short())

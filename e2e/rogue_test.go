@@ -1,10 +1,12 @@
 package e2e
 
 import (
+	"context"
 	"crypto/sha256"
 	"crypto/tls"
 	"errors"
 	"net"
+	"net/netip"
 	"regexp"
 	"sync"
 	"sync/atomic"
@@ -12,6 +14,7 @@ import (
 	"time"
 
 	"github.com/peerport/peerport/internal/proto"
+	"github.com/peerport/peerport/internal/punch"
 	"github.com/peerport/peerport/internal/secure"
 	"github.com/peerport/peerport/mux"
 )
@@ -26,7 +29,7 @@ type rogue struct {
 	url secure.BrokerURL
 
 	mu         sync.Mutex
-	cands      []proto.Candidate // what it answers every Connect with
+	impostor   func(net.Conn)    // when set, Connects are answered by punching to the connector and handing it the conn
 	admitHash  map[string][]byte // share -> what the sharer registered
 	sharer     *tls.Conn
 	introReply chan *proto.IntroReply
@@ -105,9 +108,20 @@ func (r *rogue) serve(c *tls.Conn) {
 			r.send(c, &proto.Result{ID: m.ID})
 		case *proto.Connect:
 			r.mu.Lock()
-			cands := r.cands
+			serve := r.impostor
 			r.mu.Unlock()
+			if serve == nil || len(m.Candidates) == 0 {
+				r.send(c, &proto.ConnectReply{ID: m.ID, Port: 9})
+				continue
+			}
+			ln, cands := punchSocket(r.t)
 			r.send(c, &proto.ConnectReply{ID: m.ID, Candidates: cands, Port: 9})
+			go func() {
+				conn, _, err := punch.Punch(context.Background(), punch.Config{Listener: ln, Remote: toPunch(m.Candidates), Timeout: 5 * time.Second})
+				if err == nil {
+					serve(conn)
+				}
+			}()
 		case *proto.IntroReply:
 			r.introReply <- m
 		case *proto.Ping:
@@ -121,35 +135,21 @@ func (r *rogue) serve(c *tls.Conn) {
 func TestBrokerSwapsSharerKey(t *testing.T) {
 	r := newRogue(t)
 	var handshakes, streams atomic.Int32
-	impostor, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer impostor.Close()
 	peerCfg, _ := secure.PeerServerConfig(r.id)
-	go func() {
-		for {
-			c, err := impostor.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				tc := tls.Server(c, peerCfg)
-				if tc.Handshake() != nil {
-					return
-				}
-				handshakes.Add(1)
-				if s, err := mux.Server(tc, nil); err == nil {
-					if _, err := s.Accept(); err == nil {
-						streams.Add(1)
-					}
-				}
-			}()
-		}
-	}()
 	r.mu.Lock()
-	r.cands = []proto.Candidate{{Kind: proto.KindHost, Addr: impostor.Addr().String()}}
+	r.impostor = func(c net.Conn) {
+		defer c.Close()
+		tc := tls.Server(c, peerCfg)
+		if tc.Handshake() != nil {
+			return
+		}
+		handshakes.Add(1)
+		if s, err := mux.Server(tc, nil); err == nil {
+			if _, err := s.Accept(); err == nil {
+				streams.Add(1)
+			}
+		}
+	}
 	r.mu.Unlock()
 
 	sharer, _ := secure.NewIdentity() // the sharer the ticket names; the rogue cannot hold its key
@@ -232,7 +232,8 @@ func TestBrokerCannotOpenShare(t *testing.T) {
 		r.mu.Lock()
 		sc := r.sharer
 		r.mu.Unlock()
-		r.send(sc, &proto.Intro{Intro: 1, Connector: id.ID().String(), Share: "x"})
+		ln, cands := punchSocket(t)
+		r.send(sc, &proto.Intro{Intro: 1, Connector: id.ID().String(), Share: "x", Candidates: cands})
 		var rep *proto.IntroReply
 		select {
 		case rep = <-r.introReply:
@@ -240,14 +241,13 @@ func TestBrokerCannotOpenShare(t *testing.T) {
 			t.Fatal("sharer did not answer the introduction")
 		}
 		cfg, _ := secure.PeerClientConfig(id, tx.Sharer)
-		var c *tls.Conn
-		for _, cand := range rep.Candidates {
-			if c, err = tls.DialWithDialer(&net.Dialer{Timeout: 2 * time.Second}, "tcp", cand.Addr, cfg); err == nil {
-				break
-			}
+		raw, _, err := punch.Punch(context.Background(), punch.Config{Listener: ln, Remote: toPunch(rep.Candidates), Initiator: true, Timeout: 10 * time.Second})
+		if err != nil {
+			t.Fatalf("punch to the sharer's candidates %v: %v", rep.Candidates, err)
 		}
-		if c == nil {
-			t.Fatalf("no candidate of %v reached the sharer: %v", rep.Candidates, err)
+		c := tls.Client(raw, cfg)
+		if err := c.Handshake(); err != nil {
+			t.Fatal(err)
 		}
 		s, err := mux.Client(c, nil)
 		if err != nil {
@@ -304,6 +304,25 @@ func TestBrokerCannotOpenShare(t *testing.T) {
 		t.Fatalf("ticket x on share x: %v; the positive control failed", err)
 	}
 	eventually(t, 10*time.Second, "the target to see the ticket holder", func() bool { return accepts.Load() == 1 })
+}
+
+// punchSocket opens a punch port on loopback and its one candidate.
+func punchSocket(t testing.TB) (net.Listener, []proto.Candidate) {
+	ln, err := punch.Listen(context.Background(), nil, "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ln, []proto.Candidate{{Kind: proto.KindHost, Addr: ln.Addr().String()}}
+}
+
+func toPunch(cs []proto.Candidate) []punch.Candidate {
+	var out []punch.Candidate
+	for _, c := range cs {
+		if ap, err := netip.ParseAddrPort(c.Addr); err == nil {
+			out = append(out, punch.Candidate{Kind: punch.Kind(c.Kind), Addr: netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())})
+		}
+	}
+	return out
 }
 
 func writeFile(t *testing.T, path, s string) {

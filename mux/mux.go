@@ -24,10 +24,8 @@ import (
 	"net"
 	"time"
 
-	hyamux "github.com/hashicorp/yamux"
+	"github.com/hashicorp/yamux"
 	"github.com/sirupsen/logrus"
-
-	"github.com/peerport/peerport/mux/yamux"
 )
 
 // Tuning. yamux's default 256 KiB window caps one stream at window/RTT, about
@@ -41,48 +39,14 @@ const (
 	OpenTimeout       = 30 * time.Second
 )
 
-// Session is a peer session, Stream one forwarded connection in it. They come
-// from peerport's fork of hashicorp/yamux (package mux/yamux), which fixes
-// how sessions die and writes each frame in one piece.
-type (
-	Session = yamux.Session
-	Stream  = yamux.Stream
-)
-
-// NewClient starts the connector's side of a session over conn.
-func NewClient(conn net.Conn, log logrus.FieldLogger) (*Session, error) {
-	return yamux.Client(conn, sessionConfig(log))
-}
-
-// NewServer starts the sharer's side of a session over conn.
-func NewServer(conn net.Conn, log logrus.FieldLogger) (*Session, error) {
-	return yamux.Server(conn, sessionConfig(log))
-}
-
-// sessionConfig is Config for the fork; the two packages' Configs have the
-// same fields.
-func sessionConfig(log logrus.FieldLogger) *yamux.Config {
-	h := Config(log)
-	return &yamux.Config{
-		AcceptBacklog:          h.AcceptBacklog,
-		EnableKeepAlive:        h.EnableKeepAlive,
-		KeepAliveInterval:      h.KeepAliveInterval,
-		ConnectionWriteTimeout: h.ConnectionWriteTimeout,
-		MaxStreamWindowSize:    h.MaxStreamWindowSize,
-		StreamOpenTimeout:      h.StreamOpenTimeout,
-		StreamCloseTimeout:     h.StreamCloseTimeout,
-		Logger:                 h.Logger,
-	}
-}
-
 // Config returns the yamux configuration of every peer session, logging to log.
-func Config(log logrus.FieldLogger) *hyamux.Config {
+func Config(log logrus.FieldLogger) *yamux.Config {
 	if log == nil {
 		l := logrus.New()
 		l.SetOutput(io.Discard)
 		log = l
 	}
-	c := hyamux.DefaultConfig()
+	c := yamux.DefaultConfig()
 	c.AcceptBacklog = MaxStreams
 	c.EnableKeepAlive = true
 	c.KeepAliveInterval = KeepAliveInterval
@@ -103,21 +67,14 @@ func (a logAdapter) Print(v ...any)            { a.l.Debug(v...) }
 func (a logAdapter) Println(v ...any)          { a.l.Debug(v...) }
 func (a logAdapter) Printf(f string, v ...any) { a.l.Debugf(f, v...) }
 
-// Client starts the connector's side of a session over conn with upstream
-// hashicorp/yamux, its frames coalesced by coalesceConn.
-//
-// Deprecated: use NewClient. Upstream yamux spins at full CPU for minutes
-// when a session dies with thousands of blocked readers; Client stays only
-// until the agent has moved to *Session and *Stream.
-func Client(conn net.Conn, log logrus.FieldLogger) (*hyamux.Session, error) {
-	return hyamux.Client(newCoalesceConn(conn), Config(log))
+// Client starts the connector's side of a session over conn.
+func Client(conn net.Conn, log logrus.FieldLogger) (*yamux.Session, error) {
+	return yamux.Client(conn, Config(log))
 }
 
-// Server starts the sharer's side of a session over conn with upstream yamux.
-//
-// Deprecated: use NewServer, as for Client.
-func Server(conn net.Conn, log logrus.FieldLogger) (*hyamux.Session, error) {
-	return hyamux.Server(newCoalesceConn(conn), Config(log))
+// Server starts the sharer's side of a session over conn.
+func Server(conn net.Conn, log logrus.FieldLogger) (*yamux.Session, error) {
+	return yamux.Server(conn, Config(log))
 }
 
 // HeaderVersion is the stream header version this build writes.

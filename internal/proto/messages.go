@@ -48,9 +48,18 @@ type Hello struct {
 
 // Welcome accepts a Hello.
 type Welcome struct {
-	AgentID  string `json:"agent_id"`      // as the broker saw it in TLS
-	Observed string `json:"observed_addr"` // the agent's source address
-	Version  string `json:"version,omitempty"`
+	AgentID  string   `json:"agent_id"`      // as the broker saw it in TLS
+	Observed string   `json:"observed_addr"` // the agent's source address
+	Version  string   `json:"version,omitempty"`
+	STUN     []string `json:"stun,omitempty"` // the broker's STUN servers, host:port; an unspecified host means the broker's own
+}
+
+// NAT is what an agent's discovery found out about its NAT (see package
+// nat), passed along so each side knows both and can give up on punching at
+// once when either maps each destination to a new port.
+type NAT struct {
+	Type    string `json:"type"`              // public, cone, symmetric, unknown
+	Verdict string `json:"verdict,omitempty"` // direct likely, relay needed
 }
 
 // Error is fatal: the sender closes the connection after it.
@@ -91,6 +100,8 @@ type Connect struct {
 	Share      string      `json:"share"`
 	Admit      []byte      `json:"admit,omitempty"`
 	Candidates []Candidate `json:"candidates,omitempty"`
+	NAT        *NAT        `json:"nat,omitempty"`
+	RTTMillis  float64     `json:"rtt_ms,omitempty"` // the connector's control RTT: times the sharer's start
 }
 
 // Intro tells a sharer that Connector wants Share, with its candidates.
@@ -99,6 +110,8 @@ type Intro struct {
 	Connector  string      `json:"connector"`
 	Share      string      `json:"share"`
 	Candidates []Candidate `json:"candidates,omitempty"`
+	NAT        *NAT        `json:"nat,omitempty"`
+	RTTMillis  float64     `json:"rtt_ms,omitempty"` // copied from Connect
 }
 
 // IntroReply is the sharer's answer to an Intro.
@@ -106,6 +119,7 @@ type IntroReply struct {
 	Intro      uint64      `json:"intro"`
 	Candidates []Candidate `json:"candidates,omitempty"`
 	Port       uint16      `json:"port,omitempty"` // the target's port: the connector's default listen port
+	NAT        *NAT        `json:"nat,omitempty"`
 	Code       string      `json:"code,omitempty"`
 	Message    string      `json:"message,omitempty"`
 }
@@ -115,6 +129,7 @@ type ConnectReply struct {
 	ID         uint64      `json:"id"`
 	Candidates []Candidate `json:"candidates,omitempty"`
 	Port       uint16      `json:"port,omitempty"` // copied from IntroReply
+	NAT        *NAT        `json:"nat,omitempty"`  // copied from IntroReply
 	Code       string      `json:"code,omitempty"`
 	Message    string      `json:"message,omitempty"`
 }
@@ -144,7 +159,19 @@ func (*Ping) Type() Type         { return TypePing }
 func (*Pong) Type() Type         { return TypePong }
 
 func (m *Hello) validate() error   { return strs(m.Token, m.Version) }
-func (m *Welcome) validate() error { return strs(m.AgentID, m.Observed, m.Version) }
+func (m *Welcome) validate() error {
+	if len(m.STUN) > MaxCandidates {
+		return fmt.Errorf("welcome: %d STUN servers, limit %d", len(m.STUN), MaxCandidates)
+	}
+	return strs(append([]string{m.AgentID, m.Observed, m.Version}, m.STUN...)...)
+}
+
+func (n *NAT) validate() error {
+	if n == nil {
+		return nil
+	}
+	return strs(n.Type, n.Verdict)
+}
 func (m *Error) validate() error {
 	if m.Code == "" {
 		return errors.New("error without code")
@@ -172,16 +199,16 @@ func (m *Connect) validate() error {
 	if len(m.Admit) != 0 && len(m.Admit) != 32 {
 		return fmt.Errorf("connect: admit of %d bytes, want 32", len(m.Admit))
 	}
-	return firstErr(strs(m.Sharer, m.Share), candidates(m.Candidates))
+	return firstErr(strs(m.Sharer, m.Share), candidates(m.Candidates), m.NAT.validate())
 }
 func (m *Intro) validate() error {
-	return firstErr(strs(m.Connector, m.Share), candidates(m.Candidates))
+	return firstErr(strs(m.Connector, m.Share), candidates(m.Candidates), m.NAT.validate())
 }
 func (m *IntroReply) validate() error {
-	return firstErr(strs(m.Code, m.Message), candidates(m.Candidates))
+	return firstErr(strs(m.Code, m.Message), candidates(m.Candidates), m.NAT.validate())
 }
 func (m *ConnectReply) validate() error {
-	return firstErr(strs(m.Code, m.Message), candidates(m.Candidates))
+	return firstErr(strs(m.Code, m.Message), candidates(m.Candidates), m.NAT.validate())
 }
 func (*Ping) validate() error { return nil }
 func (*Pong) validate() error { return nil }

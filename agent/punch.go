@@ -1,0 +1,291 @@
+package agent
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"time"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/peerport/peerport/internal/nat"
+	"github.com/peerport/peerport/internal/proto"
+	"github.com/peerport/peerport/internal/punch"
+	"github.com/peerport/peerport/internal/secure"
+)
+
+// Hole punching, agent side: each introduction gets a fresh punch socket
+// (one local port, SO_REUSEPORT) whose NAT mapping is learnt over STUN/TCP
+// from that very socket; both sides then dial each other's candidates from
+// it while listening on it (package punch), and the kept connection carries
+// the TLS peer channel with the connector as client.
+
+const (
+	punchTimeout   = 10 * time.Second
+	stunTimeout    = 3 * time.Second
+	discoverEvery  = 5 * time.Minute
+	maxStartDelay  = time.Second // bounds a start delay computed from reported RTTs
+	discoverBudget = 5 * time.Second
+)
+
+// ErrRelayNeeded means no direct path can be punched between the two NATs.
+var ErrRelayNeeded = punch.ErrRelayNeeded
+
+// stunServers resolves the Welcome's STUN list against the broker's address:
+// an unspecified host there means the broker's own.
+func stunServers(welcome []string, brokerAddr string) []string {
+	bhost, _, _ := net.SplitHostPort(brokerAddr)
+	var out []string
+	for _, s := range welcome {
+		host, port, err := net.SplitHostPort(s)
+		if err != nil {
+			continue
+		}
+		if ip, err := netip.ParseAddr(host); host == "" || (err == nil && ip.IsUnspecified()) {
+			host = bhost
+		}
+		out = append(out, net.JoinHostPort(host, port))
+	}
+	return out
+}
+
+// stunPair picks a primary STUN server and an alternate on another address
+// (else another port), for the mapping test of package nat.
+func stunPair(servers []string) (primary, alternate string) {
+	if len(servers) == 0 {
+		return "", ""
+	}
+	primary = servers[0]
+	ph, pp, _ := net.SplitHostPort(primary)
+	for _, s := range servers[1:] {
+		if h, _, _ := net.SplitHostPort(s); h != ph {
+			return primary, s
+		}
+	}
+	for _, s := range servers[1:] {
+		if _, p, _ := net.SplitHostPort(s); p != pp {
+			return primary, s
+		}
+	}
+	return primary, ""
+}
+
+// discover runs NAT discovery against the broker's STUN servers and keeps
+// the report for the introductions of this control session.
+func (b *brokerClient) discover(ctx context.Context, servers []string) {
+	primary, alt := stunPair(servers)
+	if primary == "" {
+		b.log.Info("broker offers no STUN server: NAT type unknown, punching blind")
+		return
+	}
+	for {
+		dctx, cancel := context.WithTimeout(ctx, discoverBudget)
+		r, err := nat.Discover(dctx, nat.Options{Server: primary, Alternate: alt, Timeout: stunTimeout})
+		cancel()
+		if err != nil {
+			b.log.WithError(err).Info("NAT discovery failed")
+		} else {
+			b.mu.Lock()
+			b.report = r
+			b.mu.Unlock()
+			b.log.WithFields(logrus.Fields{"nat": r.Type, "verdict": r.Verdict, "public": r.PublicIP}).Info("NAT discovered")
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(discoverEvery):
+		}
+	}
+}
+
+func (b *brokerClient) natReport() *nat.Report {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.report
+}
+
+func natInfo(r *nat.Report) *proto.NAT {
+	if r == nil {
+		return &proto.NAT{Type: "unknown"}
+	}
+	return &proto.NAT{Type: r.Type, Verdict: r.Verdict}
+}
+
+// peerReport turns what the peer said of its NAT into the form punch reads.
+func peerReport(n *proto.NAT) *nat.Report {
+	if n == nil {
+		return nil
+	}
+	return &nat.Report{Type: n.Type, Verdict: n.Verdict}
+}
+
+func natType(n *proto.NAT) string {
+	if n == nil || n.Type == "" {
+		return "unknown"
+	}
+	return n.Type
+}
+
+// punchSocket is a bound punch port and the candidates that reach it.
+type punchSocket struct {
+	ln    net.Listener
+	cands []proto.Candidate
+}
+
+// openPunch binds a punch port and gathers its candidates: interface
+// addresses (LAN first), the STUN mapping of this very port, and loopback
+// last (it only helps two agents on one machine).
+func (b *brokerClient) openPunch(ctx context.Context) (*punchSocket, error) {
+	ln, err := punch.Listen(ctx, nil, ":0")
+	if err != nil {
+		return nil, err
+	}
+	port := uint16(ln.Addr().(*net.TCPAddr).Port)
+	host, err := punch.HostCandidates(port)
+	if err != nil {
+		ln.Close()
+		return nil, err
+	}
+	cands := host
+	b.mu.Lock()
+	servers := b.stun
+	b.mu.Unlock()
+	if len(servers) > 0 {
+		sctx, cancel := context.WithTimeout(ctx, stunTimeout)
+		m, err := nat.MappedAddrTCP(sctx, netip.AddrPortFrom(netip.IPv4Unspecified(), port), servers[0])
+		cancel()
+		if err != nil {
+			b.log.WithError(err).Info("no server-reflexive candidate")
+		} else {
+			cands = append(cands, punch.Candidate{Kind: punch.Srflx, Addr: m})
+		}
+	}
+	cands = punch.Order(cands)
+	cands = append(cands,
+		punch.Candidate{Kind: punch.Host, Addr: netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), port)},
+		punch.Candidate{Kind: punch.Host, Addr: netip.AddrPortFrom(netip.IPv6Loopback(), port)})
+	ps := &punchSocket{ln: ln}
+	for _, c := range cands {
+		if len(ps.cands) == proto.MaxCandidates {
+			break
+		}
+		ps.cands = append(ps.cands, proto.Candidate{Kind: string(c.Kind), Addr: c.Addr.String()})
+	}
+	return ps, nil
+}
+
+func toPunch(cs []proto.Candidate) []punch.Candidate {
+	var out []punch.Candidate
+	for _, c := range cs {
+		ap, err := netip.ParseAddrPort(c.Addr)
+		if err != nil {
+			continue
+		}
+		out = append(out, punch.Candidate{Kind: punch.Kind(c.Kind), Addr: netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())})
+	}
+	return out
+}
+
+// punchOutcome is what a punch left for status and logs.
+type punchOutcome struct {
+	res               *punch.Result
+	localNAT, peerNAT string
+}
+
+// punchTo runs one punch and returns the kept TCP connection.
+func (a *Agent) punchTo(ctx context.Context, ps *punchSocket, remote []proto.Candidate, initiator bool,
+	local *nat.Report, peer *proto.NAT, startAt time.Time, log logrus.FieldLogger) (net.Conn, punchOutcome, error) {
+	out := punchOutcome{localNAT: natType(natInfo(local)), peerNAT: natType(peer)}
+	conn, res, err := punch.Punch(ctx, punch.Config{
+		Listener: ps.ln, Remote: toPunch(remote), Initiator: initiator, Timeout: punchTimeout,
+		StartAt: startAt, LocalNAT: local, PeerNAT: peerReport(peer), Tracer: punch.LogTracer(log),
+	})
+	out.res = res
+	fields := logrus.Fields{"nat": out.localNAT, "peer_nat": out.peerNAT}
+	if res != nil {
+		fields["punch_ms"], fields["attempts"] = res.PunchMS, res.Attempts
+	}
+	if err != nil {
+		if errors.Is(err, punch.ErrRelayNeeded) {
+			log.WithFields(fields).Warn("relay needed: a NAT on the path maps each destination to a new port, so no direct path can be punched")
+		} else {
+			log.WithFields(fields).WithError(err).Warn("hole punch failed")
+		}
+		return nil, out, err
+	}
+	fields["pair"] = res.Local.String() + " -> " + res.Remote.String()
+	fields["candidate"], fields["via"] = res.Candidate.Kind, res.Via
+	log.WithFields(fields).Info("hole punched: direct path up")
+	return conn, out, nil
+}
+
+// dialSharer is the connector's way to a sharer: introduce with our punch
+// candidates, punch, then TLS as client pinning the sharer's key.
+func (a *Agent) dialSharer(ctx context.Context, b *brokerClient, sharer secure.AgentID,
+	intro func(context.Context, []proto.Candidate, *proto.NAT, float64) (*proto.ConnectReply, error)) (*tls.Conn, punchOutcome, *proto.ConnectReply, error) {
+	var none punchOutcome
+	ps, err := b.openPunch(ctx)
+	if err != nil {
+		return nil, none, nil, err
+	}
+	local := b.natReport()
+	rep, err := intro(ctx, ps.cands, natInfo(local), b.rttMillis())
+	if err != nil {
+		ps.ln.Close()
+		return nil, none, nil, err
+	}
+	log := a.log.WithFields(logrus.Fields{"component": "punch", "peer": sharer.Short(), "role": roleConnector})
+	conn, out, err := a.punchTo(ctx, ps, rep.Candidates, true, local, rep.NAT, time.Time{}, log)
+	if err != nil {
+		return nil, out, rep, fmt.Errorf("direct path to %s (NAT %s, peer NAT %s): %w", sharer.Short(), out.localNAT, out.peerNAT, err)
+	}
+	cfg, err := secure.PeerClientConfig(a.id, sharer)
+	if err != nil {
+		conn.Close()
+		return nil, out, rep, err
+	}
+	c := tls.Client(conn, cfg)
+	hctx, cancel := context.WithTimeout(ctx, peerHandshakeTimeout)
+	defer cancel()
+	if err := c.HandshakeContext(hctx); err != nil {
+		conn.Close()
+		return nil, out, rep, fmt.Errorf("peer tls: %w", err)
+	}
+	return c, out, rep, nil
+}
+
+// punchForIntro is the sharer's side of an introduction: it binds a punch
+// socket for the reply's candidates and, once the connector has had time to
+// receive them, punches and serves the peer channel that comes up.
+func (a *Agent) punchForIntro(ctx context.Context, b *brokerClient, in *proto.Intro, connector secure.AgentID, rep *proto.IntroReply) {
+	ps, err := b.openPunch(ctx)
+	if err != nil {
+		a.log.WithError(err).Warn("cannot open a punch socket")
+		rep.Code, rep.Message = proto.CodeInternal, "sharer cannot open a punch socket"
+		return
+	}
+	local := b.natReport()
+	rep.Candidates, rep.NAT = ps.cands, natInfo(local)
+	// The reply reaches the connector about half our RTT plus half its RTT
+	// from now: start then, so both sides' SYNs leave together.
+	delay := time.Duration((b.rttMillis() + in.RTTMillis) / 2 * float64(time.Millisecond))
+	startAt := time.Now().Add(min(delay, maxStartDelay))
+	log := a.log.WithFields(logrus.Fields{"component": "punch", "peer": connector.Short(), "role": roleSharer, "share": in.Share})
+	a.spawn(func() {
+		pctx, cancel := context.WithTimeout(ctx, punchTimeout+maxStartDelay)
+		defer cancel()
+		conn, out, err := a.punchTo(pctx, ps, in.Candidates, false, local, in.NAT, startAt, log)
+		if err != nil {
+			return
+		}
+		cfg, err := secure.PeerServerConfig(a.id)
+		if err != nil {
+			conn.Close()
+			return
+		}
+		a.servePeer(ctx, tls.Server(conn, cfg), connector, out)
+	})
+}

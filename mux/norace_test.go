@@ -1,5 +1,0 @@
-//go:build !race
-
-package mux
-
-const raceEnabled = false
