@@ -291,8 +291,9 @@ type brokerClient struct {
 	lastErr   error
 	reconnect int
 	fatal     error
-	stun      []string    // the broker's STUN servers, resolved
-	report    *nat.Report // NAT discovery over those, nil until it ran
+	stun      []string      // the broker's STUN servers, resolved
+	report    *nat.Report   // NAT discovery over those, nil until it ran
+	firstScan chan struct{} // closed when this session's first discovery ended
 }
 
 func newBrokerClient(a *Agent, u secure.BrokerURL) *brokerClient {
@@ -349,14 +350,16 @@ func (b *brokerClient) session(ctx context.Context, c *controlConn, bo *backoff.
 	b.log.WithField("observed", c.welcome.Observed).Info("connected to broker")
 	dctx, stopDiscover := context.WithCancel(ctx)
 	discovered := make(chan struct{})
+	scanned := make(chan struct{})
 	b.mu.Lock()
 	b.cur = c
 	b.stun = stunServers(c.welcome.STUN, b.url.Addr)
+	b.firstScan = scanned
 	close(b.up)
 	b.mu.Unlock()
 	go func() {
 		defer close(discovered)
-		b.discover(dctx, b.stun)
+		b.discover(dctx, b.stun, scanned)
 	}()
 	err := <-errc
 	stopDiscover()

@@ -10,6 +10,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/peerport/peerport/internal/nat"
 	"github.com/peerport/peerport/internal/secure"
 )
 
@@ -48,4 +49,19 @@ func LoadBroker(stateDir string) (*secure.BrokerURL, error) {
 		return nil, fmt.Errorf("saved broker URL in %s: %w; run `agent login` again", stateDir, err)
 	}
 	return &u, nil
+}
+
+// Netcheck reports the NAT behaviour seen from here, measured against the
+// STUN servers of the broker at u.
+func Netcheck(ctx context.Context, id *secure.Identity, u secure.BrokerURL, log logrus.FieldLogger) (*nat.Report, error) {
+	c, err := dialControl(ctx, id, u, log)
+	if err != nil {
+		return nil, err
+	}
+	c.conn.Close()
+	primary, alt := stunPair(stunServers(c.welcome.STUN, u.Addr))
+	if primary == "" {
+		return nil, fmt.Errorf("broker %s offers no STUN server; netcheck needs one (broker STUN ports 3478/3479)", u.Addr)
+	}
+	return nat.Discover(ctx, nat.Options{Server: primary, Alternate: alt, Timeout: stunTimeout})
 }

@@ -75,13 +75,14 @@ func stunPair(servers []string) (primary, alternate string) {
 
 // discover runs NAT discovery against the broker's STUN servers and keeps
 // the report for the introductions of this control session.
-func (b *brokerClient) discover(ctx context.Context, servers []string) {
+func (b *brokerClient) discover(ctx context.Context, servers []string, scanned chan struct{}) {
 	primary, alt := stunPair(servers)
 	if primary == "" {
+		close(scanned)
 		b.log.Info("broker offers no STUN server: NAT type unknown, punching blind")
 		return
 	}
-	for {
+	for first := true; ; first = false {
 		dctx, cancel := context.WithTimeout(ctx, discoverBudget)
 		r, err := nat.Discover(dctx, nat.Options{Server: primary, Alternate: alt, Timeout: stunTimeout})
 		cancel()
@@ -92,6 +93,9 @@ func (b *brokerClient) discover(ctx context.Context, servers []string) {
 			b.report = r
 			b.mu.Unlock()
 			b.log.WithFields(logrus.Fields{"nat": r.Type, "verdict": r.Verdict, "public": r.PublicIP}).Info("NAT discovered")
+		}
+		if first {
+			close(scanned)
 		}
 		select {
 		case <-ctx.Done():
@@ -107,11 +111,28 @@ func (b *brokerClient) natReport() *nat.Report {
 	return b.report
 }
 
+// ready waits for a control session and for its first NAT discovery, so an
+// introduction carries our STUN mapping and NAT type.
+func (b *brokerClient) ready(ctx context.Context) error {
+	if _, err := b.conn(ctx); err != nil {
+		return err
+	}
+	b.mu.Lock()
+	scanned := b.firstScan
+	b.mu.Unlock()
+	select {
+	case <-scanned:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	return nil
+}
+
 func natInfo(r *nat.Report) *proto.NAT {
 	if r == nil {
 		return &proto.NAT{Type: "unknown"}
 	}
-	return &proto.NAT{Type: r.Type, Verdict: r.Verdict}
+	return &proto.NAT{Type: r.Type, Mapping: r.TCP.Behavior, Verdict: r.Verdict}
 }
 
 // peerReport turns what the peer said of its NAT into the form punch reads.
@@ -119,7 +140,9 @@ func peerReport(n *proto.NAT) *nat.Report {
 	if n == nil {
 		return nil
 	}
-	return &nat.Report{Type: n.Type, Verdict: n.Verdict}
+	r := &nat.Report{Type: n.Type, Verdict: n.Verdict}
+	r.TCP.Behavior = n.Mapping
+	return r
 }
 
 func natType(n *proto.NAT) string {
@@ -227,6 +250,9 @@ func (a *Agent) punchTo(ctx context.Context, ps *punchSocket, remote []proto.Can
 func (a *Agent) dialSharer(ctx context.Context, b *brokerClient, sharer secure.AgentID,
 	intro func(context.Context, []proto.Candidate, *proto.NAT, float64) (*proto.ConnectReply, error)) (*tls.Conn, punchOutcome, *proto.ConnectReply, error) {
 	var none punchOutcome
+	if err := b.ready(ctx); err != nil {
+		return nil, none, nil, err
+	}
 	ps, err := b.openPunch(ctx)
 	if err != nil {
 		return nil, none, nil, err
@@ -267,6 +293,11 @@ func (a *Agent) punchForIntro(ctx context.Context, b *brokerClient, in *proto.In
 		rep.Code, rep.Message = proto.CodeInternal, "sharer cannot open a punch socket"
 		return
 	}
+	// An introduction right after we came online may beat our first NAT
+	// discovery; the verdict matters to both sides, so wait for it, briefly.
+	rctx, cancel := context.WithTimeout(ctx, discoverBudget)
+	b.ready(rctx)
+	cancel()
 	local := b.natReport()
 	rep.Candidates, rep.NAT = ps.cands, natInfo(local)
 	// The reply reaches the connector about half our RTT plus half its RTT

@@ -231,6 +231,12 @@ func echoCheck(t testing.TB, addr string, n int) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	echoOver(t, c, n)
+}
+
+// echoOver sends n random bytes over c, reads the echo, and checks it.
+func echoOver(t testing.TB, c net.Conn, n int) {
+	t.Helper()
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(2 * time.Minute))
 	sent := sha256.New()

@@ -89,7 +89,7 @@ func newRoot() *cobra.Command {
 	pf.StringVar(&g.stateDir, "state-dir", "", "state directory (default $PEERPORT_HOME or ~/.config/peerport)")
 	pf.StringVar(&g.logLevel, "log-level", "info", "trace, debug, info, warn or error")
 	pf.StringVar(&g.logFormat, "log-format", "text", "text or json")
-	root.AddCommand(loginCmd(g), shareCmd(g), connectCmd(g), upCmd(g), statusCmd(g), idCmd(g), versionCmd())
+	root.AddCommand(loginCmd(g), shareCmd(g), connectCmd(g), upCmd(g), statusCmd(g), netcheckCmd(g), idCmd(g), versionCmd())
 	return root
 }
 
@@ -352,6 +352,51 @@ func printStatus(w io.Writer, st agent.Status) {
 			fmt.Fprintf(tw, "  peer\t%s\t%s\t%s %s\trtt %.1fms\t%d streams\tin %d B, out %d B\n", p.Peer[:12], p.Role, p.Path, p.Remote, p.RTTMillis, p.Streams, p.BytesIn, p.BytesOut)
 		}
 	}
+}
+
+func netcheckCmd(g *globals) *cobra.Command {
+	var asJSON bool
+	var brokerURL string
+	c := &cobra.Command{
+		Use:   "netcheck",
+		Short: "Show the NAT behaviour seen from here, and whether a direct path is likely",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			dir, log, id, err := g.setup()
+			if err != nil {
+				return err
+			}
+			var u *secure.BrokerURL
+			if brokerURL != "" {
+				v, err := secure.ParseBrokerURL(brokerURL)
+				if err != nil {
+					return fmt.Errorf("--broker: %w", err)
+				}
+				u = &v
+			} else if u, err = agent.LoadBroker(dir); err != nil {
+				return err
+			}
+			if u == nil {
+				return fmt.Errorf("netcheck needs a broker: run agent login BROKER_URL, or pass --broker")
+			}
+			ctx, cancel := context.WithTimeout(cmd.Context(), 30*time.Second)
+			defer cancel()
+			r, err := agent.Netcheck(ctx, id, *u, log)
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				e := json.NewEncoder(cmd.OutOrStdout())
+				e.SetIndent("", "  ")
+				return e.Encode(r)
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), r.String())
+			return nil
+		},
+	}
+	c.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	c.Flags().StringVar(&brokerURL, "broker", "", "broker URL (default: the one saved by agent login)")
+	return c
 }
 
 func idCmd(g *globals) *cobra.Command {

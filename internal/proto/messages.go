@@ -59,6 +59,7 @@ type Welcome struct {
 // once when either maps each destination to a new port.
 type NAT struct {
 	Type    string `json:"type"`              // public, cone, symmetric, unknown
+	Mapping string `json:"mapping,omitempty"` // TCP mapping: none, endpoint-independent, destination-dependent
 	Verdict string `json:"verdict,omitempty"` // direct likely, relay needed
 }
 
@@ -170,7 +171,7 @@ func (n *NAT) validate() error {
 	if n == nil {
 		return nil
 	}
-	return strs(n.Type, n.Verdict)
+	return strs(n.Type, n.Mapping, n.Verdict)
 }
 func (m *Error) validate() error {
 	if m.Code == "" {
