@@ -159,7 +159,7 @@ func (*ConnectReply) Type() Type { return TypeConnectReply }
 func (*Ping) Type() Type         { return TypePing }
 func (*Pong) Type() Type         { return TypePong }
 
-func (m *Hello) validate() error   { return strs(m.Token, m.Version) }
+func (m *Hello) validate() error { return strs(m.Token, m.Version) }
 func (m *Welcome) validate() error {
 	if len(m.STUN) > MaxCandidates {
 		return fmt.Errorf("welcome: %d STUN servers, limit %d", len(m.STUN), MaxCandidates)
