@@ -7,13 +7,29 @@
 # Run the broker; its key and token live in the volume, so the broker URL (and
 # with it every agent's pin) survives a restart. The URL is printed on stdout:
 #
-#   docker run -d --name peerport-broker -p 7000:7000 -v peerport:/var/lib/peerport \
+#   docker run -d --name peerport-broker -p 7000:7000 \
+#       -p 3478:3478/tcp -p 3478:3478/udp -p 3479:3479/tcp -p 3479:3479/udp \
+#       -v peerport:/var/lib/peerport \
 #       peerport --public-addr broker.example.com
 #
-# Run the agent instead:
+# Ports 3478 and 3479 (TCP and UDP) are the broker's STUN server, which tells
+# agents their NAT type. With --metrics-listen :9102 (and -p 9102:9102, kept
+# off the public internet), Prometheus scrapes /metrics and /healthz.
+#
+# Run the agent instead, one-off:
 #
 #   docker run --rm -it -v peerport-agent:/var/lib/peerport --entrypoint agent \
 #       peerport connect <ticket>
+#
+# or for good, with its forwards in a mounted agent.yaml (`agent up`; send
+# SIGHUP with `docker kill -s HUP peerport-agent` after editing the file).
+# --network host lets connects listen on the host's ports and shares reach its
+# services at 127.0.0.1; keep the file readable by uid 65532 only:
+#
+#   docker run -d --name peerport-agent --restart unless-stopped --network host \
+#       -v peerport-agent:/var/lib/peerport \
+#       -v /etc/peerport/agent.yaml:/etc/peerport/agent.yaml:ro \
+#       --entrypoint agent peerport up -c /etc/peerport/agent.yaml
 #
 # The final image is distroless (static, nonroot: uid 65532): no shell, no
 # package manager, nothing but the two static binaries and CA certificates.
@@ -39,7 +55,8 @@ COPY --from=build --chown=65532:65532 /out/state /var/lib/peerport
 # The agent finds its state here too when run with --entrypoint agent.
 ENV PEERPORT_HOME=/var/lib/peerport
 VOLUME ["/var/lib/peerport"]
-EXPOSE 7000/tcp
+# Control channel, then STUN (RFC 5389 and 5780: two ports, both networks).
+EXPOSE 7000/tcp 3478/tcp 3478/udp 3479/tcp 3479/udp
 USER nonroot:nonroot
 # --state-dir sits in the entrypoint, not in CMD, so arguments given to
 # `docker run` add to it instead of replacing it.

@@ -5,12 +5,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
 	"sort"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -73,6 +75,10 @@ type ConnectStatus struct {
 	BytesIn   int64  `json:"bytes_in"`
 	BytesOut  int64  `json:"bytes_out"`
 	LastError string `json:"last_error,omitempty"`
+	// The peer session this forward rides, when one is up.
+	Path       string  `json:"path,omitempty"`
+	RTTMillis  float64 `json:"rtt_ms"`
+	Reconnects int     `json:"reconnects"` // peer sessions re-made after one was lost
 }
 
 // PeerStatus is one peer session.
@@ -104,7 +110,7 @@ func (a *Agent) Status() AgentStatus {
 		st.Brokers = append(st.Brokers, b.status())
 	}
 	for _, s := range a.shares {
-		ss := ShareStatus{Name: s.name, Target: s.Target, Streams: s.stats.streams.Load(), Total: s.stats.total.Load(),
+		ss := ShareStatus{Name: s.Name, Target: s.Target, Streams: s.stats.streams.Load(), Total: s.stats.total.Load(),
 			BytesIn: s.stats.bytesIn.Load(), BytesOut: s.stats.bytesOut.Load()}
 		if s.ticket != nil {
 			ss.Ticket = s.ticket.String()
@@ -116,11 +122,16 @@ func (a *Agent) Status() AgentStatus {
 	}
 	for _, f := range a.forwards {
 		f.mu.Lock()
-		st.Connects = append(st.Connects, ConnectStatus{Share: f.share, Peer: f.peer.String(), Listen: f.listen,
+		cs := ConnectStatus{Share: f.share, Peer: f.peer.String(), Listen: f.listen,
 			Streams: f.stats.streams.Load(), Total: f.stats.total.Load(), BytesIn: f.stats.bytesIn.Load(),
-			BytesOut: f.stats.bytesOut.Load(), LastError: f.lastErr})
+			BytesOut: f.stats.bytesOut.Load(), LastError: f.lastErr, Reconnects: f.reconnects}
 		f.mu.Unlock()
+		if ps := a.sessions[sessionKey{f.peer, roleConnector}]; ps != nil {
+			cs.Path, cs.RTTMillis = ps.path, millis(time.Duration(ps.rtt.Load()))
+		}
+		st.Connects = append(st.Connects, cs)
 	}
+	sort.Slice(st.Connects, func(i, j int) bool { return st.Connects[i].Listen < st.Connects[j].Listen })
 	for _, ps := range a.sessions {
 		st.Peers = append(st.Peers, PeerStatus{Peer: ps.key.peer.String(), Role: ps.key.role, Path: ps.path,
 			Remote: ps.tls.RemoteAddr().String(), Local: ps.tls.LocalAddr().String(),
@@ -157,6 +168,13 @@ func (a *Agent) listenAdmin() (*http.Server, error) {
 		w.Header().Set("Content-Type", "application/json")
 		json.NewEncoder(w).Encode(a.Status())
 	})
+	mux.HandleFunc("POST /reload", func(w http.ResponseWriter, r *http.Request) {
+		if err := a.Reload(); err != nil {
+			http.Error(w, err.Error(), http.StatusUnprocessableEntity)
+			return
+		}
+		fmt.Fprintln(w, "reloaded")
+	})
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	a.spawn(func() { srv.Serve(ln) })
 	return srv, nil
@@ -187,17 +205,7 @@ func QueryStatus(ctx context.Context, stateDir string) (Status, error) {
 
 func queryOne(ctx context.Context, sock string) (AgentStatus, error) {
 	var as AgentStatus
-	c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", sock)
-		}}}
-	defer c.CloseIdleConnections()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://agent/status", nil)
-	if err != nil {
-		return as, err
-	}
-	resp, err := c.Do(req)
+	resp, err := adminDo(ctx, sock, http.MethodGet, "/status")
 	if err != nil {
 		return as, err
 	}
@@ -206,4 +214,44 @@ func queryOne(ctx context.Context, sock string) (AgentStatus, error) {
 		return as, fmt.Errorf("status %s", resp.Status)
 	}
 	return as, json.NewDecoder(resp.Body).Decode(&as)
+}
+
+func adminDo(ctx context.Context, sock, method, path string) (*http.Response, error) {
+	c := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
+		DisableKeepAlives: true,
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", sock)
+		}}}
+	req, err := http.NewRequestWithContext(ctx, method, "http://agent"+path, nil)
+	if err != nil {
+		return nil, err
+	}
+	return c.Do(req)
+}
+
+// RequestReload asks every agent running with stateDir to reload its
+// configuration; it returns how many did, and the first refusal.
+func RequestReload(ctx context.Context, stateDir string) (int, error) {
+	socks, err := filepath.Glob(filepath.Join(stateDir, RunDir, "agent-*.sock"))
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, sock := range socks {
+		resp, err := adminDo(ctx, sock, http.MethodPost, "/reload")
+		if errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return n, fmt.Errorf("agent at %s: %w", sock, err)
+		}
+		body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return n, fmt.Errorf("reload refused: %s", strings.TrimSpace(string(body)))
+		}
+		n++
+	}
+	return n, nil
 }

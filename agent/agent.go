@@ -11,11 +11,17 @@ package agent
 
 import (
 	"context"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
+	"os"
+	"path/filepath"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -43,6 +49,15 @@ type ConnectSpec struct {
 	Listen string // host:port; "" picks 127.0.0.1:<target port>, or a free port
 }
 
+// key identifies a forward across reloads: the same ticket (or peer and
+// share) on the same listen address is the same forward.
+func (c ConnectSpec) key() string {
+	if c.Ticket != nil {
+		return c.Ticket.String() + "|" + c.Listen
+	}
+	return c.Peer.String() + "/" + c.Share + "|" + c.Listen
+}
+
 // Options configure an Agent.
 type Options struct {
 	Identity *secure.Identity
@@ -53,6 +68,22 @@ type Options struct {
 	Shares   []ShareSpec
 	Connects []ConnectSpec
 	Log      logrus.FieldLogger
+	// KeepTickets keeps each share's ticket secret in the state dir, so a
+	// share's ticket survives restarts (agent up); otherwise every run
+	// makes new tickets (agent share).
+	KeepTickets bool
+	// DrainTimeout bounds how long shutdown waits for open connections to
+	// finish; default 30s.
+	DrainTimeout time.Duration
+	// Reload re-reads the configuration, for SIGHUP and `agent reload`;
+	// nil when the agent has none.
+	Reload func() (Options, error)
+	// MetricsListen serves Prometheus /metrics there; empty: off.
+	MetricsListen string
+	// KeepGoing makes a forward that fails for good (its ticket refused)
+	// stop alone, reported in status, instead of ending the agent: for
+	// agent up, where one bad entry must not take the others down.
+	KeepGoing bool
 
 	// OnTicket is called once a share is registered with the broker, with
 	// the ticket that reaches it.
@@ -61,31 +92,40 @@ type Options struct {
 	OnListen func(c ConnectSpec, addr net.Addr)
 }
 
+// DefaultDrainTimeout is how long shutdown waits for open connections.
+const DefaultDrainTimeout = 30 * time.Second
+
 // Agent runs shares and connects until its context ends.
 type Agent struct {
 	opts Options
 	id   *secure.Identity
 	log  logrus.FieldLogger
 
-	started time.Time
-	shares  map[string]*share
+	started  time.Time
+	stats    counters // every forwarded connection, for drain and status
+	draining atomic.Bool
+	reloadMu sync.Mutex // one reload at a time
 
 	mu       sync.Mutex
+	shares   map[string]*share // replaced, never changed in place
+	forwards map[string]*forward
 	brokers  map[string]*brokerClient // by broker address and pin
 	sessions map[sessionKey]*peerSession
 	dialing  map[secure.AgentID]*dialCall
-	forwards []*forward
 	wg       sync.WaitGroup
-	ctx      context.Context
+	ctx      context.Context         // lives until the drain ends
 	fail     context.CancelCauseFunc // ends Run with a final error
+	stop     <-chan struct{}         // closed when shutdown begins: stop accepting
 }
 
+// share is one share as declared now. A reload that changes it puts a new
+// share in the map, keeping ticket and counters.
 type share struct {
 	ShareSpec
-	name   string
-	ticket *secure.Ticket
-	broker *brokerClient
-	stats  counters
+	ticket    *secure.Ticket
+	broker    *brokerClient
+	stats     *counters
+	announced *atomic.Bool
 }
 
 // New validates opts and returns an agent ready to Run.
@@ -94,86 +134,277 @@ func New(opts Options) (*Agent, error) {
 		return nil, errors.New("agent: no identity")
 	}
 	if opts.Log == nil {
-		l := logrus.New()
-		opts.Log = l
+		opts.Log = logrus.New()
 	}
-	a := &Agent{
+	if opts.DrainTimeout <= 0 {
+		opts.DrainTimeout = DefaultDrainTimeout
+	}
+	if err := validate(opts); err != nil {
+		return nil, err
+	}
+	return &Agent{
 		opts:     opts,
 		id:       opts.Identity,
 		log:      opts.Log.WithField("agent", opts.Identity.ID().Short()),
 		shares:   map[string]*share{},
+		forwards: map[string]*forward{},
 		brokers:  map[string]*brokerClient{},
 		sessions: map[sessionKey]*peerSession{},
 		dialing:  map[secure.AgentID]*dialCall{},
+	}, nil
+}
+
+func validate(o Options) error {
+	if len(o.Shares) > 0 && o.Broker == nil {
+		return errors.New("sharing needs a broker: run `agent login BROKER_URL`, pass --broker, or let `agent share` embed one")
 	}
-	if len(opts.Shares) > 0 && opts.Broker == nil {
-		return nil, errors.New("sharing needs a broker: run `agent login BROKER_URL`, pass --broker, or let `agent share` embed one")
-	}
-	for _, s := range opts.Shares {
+	names := map[string]bool{}
+	for _, s := range o.Shares {
 		if err := secure.ValidShareName(s.Name); err != nil {
-			return nil, err
+			return err
 		}
-		if _, ok := a.shares[s.Name]; ok {
-			return nil, fmt.Errorf("share %q declared twice", s.Name)
+		if names[s.Name] {
+			return fmt.Errorf("share %q declared twice", s.Name)
 		}
-		t, err := secure.NewTicket(opts.Broker.Addr, opts.Broker.Pin, a.id.ID(), s.Name)
-		if err != nil {
-			return nil, err
-		}
-		a.shares[s.Name] = &share{ShareSpec: s, name: s.Name, ticket: &t}
+		names[s.Name] = true
 	}
-	for _, c := range opts.Connects {
+	for _, c := range o.Connects {
 		if c.Ticket == nil && (c.Peer.IsZero() || c.Share == "") {
-			return nil, errors.New("connect needs a ticket, or a peer and a share")
+			return errors.New("connect needs a ticket, or a peer and a share")
 		}
-		if c.Ticket == nil && opts.Broker == nil {
-			return nil, errors.New("connect by peer ID needs a broker: run `agent login BROKER_URL` or pass --broker")
+		if c.Ticket == nil && o.Broker == nil {
+			return errors.New("connect by peer ID needs a broker: run `agent login BROKER_URL` or pass --broker")
 		}
 	}
-	return a, nil
+	return nil
 }
 
 // ID returns the agent's identity.
 func (a *Agent) ID() secure.AgentID { return a.id.ID() }
 
-// Run serves until ctx ends. It returns an error when something final
-// happens: the broker refused our token, or a listener could not be opened.
+// Run serves until ctx ends, then drains: it stops accepting, lets open
+// connections finish for up to DrainTimeout, and closes. It returns an
+// error when something final happens: the broker refused our token, or a
+// listener could not be opened.
 func (a *Agent) Run(ctx context.Context) error {
-	ctx, cancel := context.WithCancelCause(ctx)
+	inner, cancel := context.WithCancelCause(context.WithoutCancel(ctx))
 	defer cancel(nil)
-	a.ctx, a.fail = ctx, cancel
+	a.ctx, a.fail, a.stop = inner, cancel, ctx.Done()
 	a.started = time.Now()
 
 	admin, err := a.listenAdmin()
 	if err != nil {
 		return err
 	}
-	if len(a.shares) > 0 {
-		b := a.broker(*a.opts.Broker)
-		for _, s := range a.shares {
-			s.broker = b
+	if a.opts.MetricsListen != "" {
+		if err := a.serveMetrics(inner, a.opts.MetricsListen); err != nil {
+			admin.Close()
+			return err
 		}
-		a.spawn(func() { a.announceShares(ctx, b) })
 	}
-	for _, c := range a.opts.Connects {
-		f := newForward(a, c)
-		a.mu.Lock()
-		a.forwards = append(a.forwards, f)
-		a.mu.Unlock()
-		a.spawn(func() {
-			if err := f.run(ctx); err != nil && ctx.Err() == nil {
-				cancel(err)
-			}
-		})
+	if err := a.apply(a.opts); err != nil {
+		admin.Close()
+		return err
 	}
-	<-ctx.Done()
+	select {
+	case <-ctx.Done():
+		a.drain()
+	case <-inner.Done():
+	}
+	cancel(nil)
 	admin.Close()
+	a.mu.Lock()
+	for _, f := range a.forwards {
+		f.cancel()
+	}
+	a.mu.Unlock()
 	a.closeSessions()
 	a.wg.Wait()
-	if err := context.Cause(ctx); err != nil && !errors.Is(err, context.Canceled) {
+	if err := context.Cause(inner); err != nil && !errors.Is(err, context.Canceled) {
 		return err
 	}
 	return nil
+}
+
+// drain stops accepting and waits for open connections, up to DrainTimeout.
+func (a *Agent) drain() {
+	a.draining.Store(true)
+	a.mu.Lock()
+	for _, f := range a.forwards {
+		f.cancel() // closes its listener; accepted connections go on
+	}
+	a.mu.Unlock()
+	open := a.stats.streams.Load()
+	if open == 0 {
+		return
+	}
+	a.log.WithFields(logrus.Fields{"open": open, "timeout": a.opts.DrainTimeout}).Info("shutting down: waiting for open connections")
+	deadline := time.Now().Add(a.opts.DrainTimeout)
+	for a.stats.streams.Load() > 0 && time.Now().Before(deadline) {
+		select {
+		case <-a.ctx.Done():
+			return
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	if n := a.stats.streams.Load(); n > 0 {
+		a.log.WithField("open", n).Warn("drain timeout: closing open connections")
+	}
+}
+
+// Reload re-reads the configuration and applies it. An invalid file is
+// refused with its error and the running configuration stays.
+func (a *Agent) Reload() error {
+	if a.opts.Reload == nil {
+		return errors.New("this agent has no configuration file to reload (only agent up has)")
+	}
+	a.reloadMu.Lock()
+	defer a.reloadMu.Unlock()
+	o, err := a.opts.Reload()
+	if err == nil {
+		err = validate(o)
+	}
+	if err == nil {
+		err = a.apply(o)
+	}
+	if err != nil {
+		a.log.WithError(err).Error("reload refused; the running configuration stays")
+		return err
+	}
+	a.log.WithFields(logrus.Fields{"shares": len(o.Shares), "connects": len(o.Connects)}).Info("configuration reloaded")
+	return nil
+}
+
+// apply brings shares and forwards to what o declares: added ones start,
+// removed ones stop (their open connections finish), changed shares take
+// effect for new connections, and unchanged ones are not touched.
+func (a *Agent) apply(o Options) error {
+	a.mu.Lock()
+	if len(a.shares) > 0 && o.Broker != nil && a.opts.Broker != nil && o.Broker.String() != a.opts.Broker.String() {
+		a.mu.Unlock()
+		return errors.New("the broker changed: restart the agent to move its shares")
+	}
+	a.mu.Unlock()
+	if o.Broker != nil {
+		a.opts.Broker = o.Broker
+	}
+	var b *brokerClient
+	if len(o.Shares) > 0 {
+		b = a.broker(*a.opts.Broker)
+	}
+	wantShares := map[string]ShareSpec{}
+	for _, s := range o.Shares {
+		wantShares[s.Name] = s
+	}
+	var register, unregister []*share
+	a.mu.Lock()
+	for name, old := range a.shares {
+		if _, ok := wantShares[name]; !ok {
+			delete(a.shares, name)
+			unregister = append(unregister, old)
+		}
+	}
+	for name, spec := range wantShares {
+		old := a.shares[name]
+		if old != nil && old.Target == spec.Target && slices.Equal(old.Allow, spec.Allow) {
+			continue
+		}
+		s := &share{ShareSpec: spec, broker: b, stats: &counters{}, announced: &atomic.Bool{}}
+		if old != nil {
+			s.ticket, s.stats, s.announced = old.ticket, old.stats, old.announced
+		} else {
+			t, err := a.ticketFor(name)
+			if err != nil {
+				a.mu.Unlock()
+				return err
+			}
+			s.ticket = &t
+		}
+		a.shares[name] = s
+		register = append(register, s)
+	}
+	wantForwards := map[string]ConnectSpec{}
+	for _, c := range o.Connects {
+		wantForwards[c.key()] = c
+	}
+	var start []*forward
+	for k, f := range a.forwards {
+		if _, ok := wantForwards[k]; !ok {
+			f.log.Info("forward removed")
+			f.cancel()
+			delete(a.forwards, k)
+		}
+	}
+	for k, c := range wantForwards {
+		if _, ok := a.forwards[k]; !ok {
+			f := newForward(a, c)
+			a.forwards[k] = f
+			start = append(start, f)
+		}
+	}
+	a.mu.Unlock()
+
+	for _, s := range unregister {
+		s.broker.unregister(a.ctx, s.Name)
+	}
+	for _, s := range register {
+		b.registerNow(a.ctx, s)
+	}
+	for _, f := range start {
+		a.spawn(func() {
+			err := f.run()
+			switch {
+			case err == nil || f.ctx.Err() != nil:
+			case a.opts.KeepGoing:
+				f.setErr(err)
+				f.log.WithError(err).Error("forward stopped")
+			default:
+				a.fail(err)
+			}
+		})
+	}
+	return nil
+}
+
+// ticketFor makes the ticket of a new share: with KeepTickets its secret
+// is kept in the state dir, so the share keeps its ticket across restarts.
+func (a *Agent) ticketFor(name string) (secure.Ticket, error) {
+	t, err := secure.NewTicket(a.opts.Broker.Addr, a.opts.Broker.Pin, a.id.ID(), name)
+	if err != nil || !a.opts.KeepTickets {
+		return t, err
+	}
+	path := filepath.Join(a.opts.StateDir, "tickets", name+".secret")
+	b, err := os.ReadFile(path)
+	switch {
+	case err == nil:
+		raw, derr := hex.DecodeString(strings.TrimSpace(string(b)))
+		if derr != nil || len(raw) != secure.SecretSize {
+			return t, fmt.Errorf("ticket secret %s is corrupt; delete it to issue share %s a new ticket", path, name)
+		}
+		copy(t.Secret[:], raw)
+		return t, nil
+	case errors.Is(err, os.ErrNotExist):
+		if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+			return t, fmt.Errorf("keep ticket: %w", err)
+		}
+		return t, secure.WriteFileAtomic(path, []byte(hex.EncodeToString(t.Secret[:])+"\n"), 0o600)
+	default:
+		return t, fmt.Errorf("read ticket secret: %w", err)
+	}
+}
+
+// announce reports a share's ticket the first time the broker accepts it.
+func (a *Agent) announce(s *share) {
+	if s.announced.CompareAndSwap(false, true) && a.opts.OnTicket != nil {
+		a.opts.OnTicket(s.Name, *s.ticket)
+	}
+}
+
+// shareNamed returns the share as declared now.
+func (a *Agent) shareNamed(name string) *share {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.shares[name]
 }
 
 func (a *Agent) spawn(f func()) {
@@ -212,19 +443,9 @@ func (a *Agent) brokerFor(t *secure.Ticket) *brokerClient {
 	return a.broker(secure.BrokerURL{Addr: t.Broker, Pin: t.Pin})
 }
 
-// announceShares reports each share's ticket once the broker has it.
-func (a *Agent) announceShares(ctx context.Context, b *brokerClient) {
-	if _, err := b.conn(ctx); err != nil {
-		return // a final refusal ends the agent through b.run
-	}
-	for _, s := range a.shares {
-		if a.opts.OnTicket != nil {
-			a.opts.OnTicket(s.name, *s.ticket)
-		}
-	}
-}
-
 func (a *Agent) sharesFor(b *brokerClient) []*share {
+	a.mu.Lock()
+	defer a.mu.Unlock()
 	var out []*share
 	for _, s := range a.shares {
 		if s.broker == b {
@@ -240,9 +461,9 @@ func (a *Agent) sharesFor(b *brokerClient) []*share {
 func (a *Agent) onIntro(ctx context.Context, b *brokerClient, in *proto.Intro) *proto.IntroReply {
 	rep := &proto.IntroReply{Intro: in.Intro}
 	log := a.log.WithFields(logrus.Fields{"share": in.Share, "peer": shortID(in.Connector)})
-	s, ok := a.shares[in.Share]
+	s := a.shareNamed(in.Share)
 	connector, err := secure.ParseAgentID(in.Connector)
-	if !ok || err != nil {
+	if s == nil || err != nil {
 		rep.Code, rep.Message = proto.CodeRefused, "no such share"
 		log.Warn("introduction refused: no such share")
 		return rep

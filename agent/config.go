@@ -10,7 +10,7 @@ import (
 // OptionsFromConfig turns a validated agent.yaml into Options; identity,
 // state dir and logger are the caller's to fill.
 func OptionsFromConfig(c *config.Agent) (Options, error) {
-	var o Options
+	o := Options{MetricsListen: c.MetricsListen}
 	if c.Broker != "" {
 		u, err := secure.ParseBrokerURL(c.Broker)
 		if err != nil {

@@ -240,7 +240,7 @@ func (c *controlConn) request(ctx context.Context, id uint64, m proto.Message) (
 
 func (c *controlConn) register(ctx context.Context, s *share) error {
 	id := c.nextID.Add(1)
-	reg := &proto.Register{ID: id, Share: s.name}
+	reg := &proto.Register{ID: id, Share: s.Name}
 	if s.ticket != nil {
 		h := s.ticket.AdmitHash()
 		reg.AdmitHash = h[:]
@@ -250,14 +250,14 @@ func (c *controlConn) register(ctx context.Context, s *share) error {
 	}
 	r, err := c.request(ctx, id, reg)
 	if err != nil {
-		return fmt.Errorf("register share %s: %w", s.name, err)
+		return fmt.Errorf("register share %s: %w", s.Name, err)
 	}
 	res, ok := r.(*proto.Result)
 	if !ok {
-		return fmt.Errorf("register share %s: unexpected %T", s.name, r)
+		return fmt.Errorf("register share %s: unexpected %T", s.Name, r)
 	}
 	if err := remoteErr(res.Code, res.Message); err != nil {
-		return fmt.Errorf("register share %s: %w", s.name, err)
+		return fmt.Errorf("register share %s: %w", s.Name, err)
 	}
 	return nil
 }
@@ -344,7 +344,8 @@ func (b *brokerClient) session(ctx context.Context, c *controlConn, bo *backoff.
 			<-errc
 			return err
 		}
-		b.log.WithField("share", s.name).Info("share online")
+		b.log.WithField("share", s.Name).Info("share online")
+		b.agent.announce(s)
 	}
 	bo.Connected(time.Now())
 	b.log.WithField("observed", c.welcome.Observed).Info("connected to broker")
@@ -370,6 +371,39 @@ func (b *brokerClient) session(ctx context.Context, c *controlConn, bo *backoff.
 	b.mu.Unlock()
 	bo.Lost(time.Now())
 	return err
+}
+
+// registerNow registers a share added while running; when the broker is
+// away, the next session registers it with the rest.
+func (b *brokerClient) registerNow(ctx context.Context, s *share) {
+	b.mu.Lock()
+	c := b.cur
+	b.mu.Unlock()
+	if c == nil {
+		return
+	}
+	if err := c.register(ctx, s); err != nil {
+		b.log.WithError(err).WithField("share", s.Name).Warn("register share")
+		return
+	}
+	b.log.WithField("share", s.Name).Info("share online")
+	b.agent.announce(s)
+}
+
+// unregister withdraws a removed share.
+func (b *brokerClient) unregister(ctx context.Context, name string) {
+	b.mu.Lock()
+	c := b.cur
+	b.mu.Unlock()
+	if c == nil {
+		return
+	}
+	id := c.nextID.Add(1)
+	if _, err := c.request(ctx, id, &proto.Unregister{ID: id, Share: name}); err != nil {
+		b.log.WithError(err).WithField("share", name).Warn("unregister share")
+		return
+	}
+	b.log.WithField("share", name).Info("share withdrawn")
 }
 
 // conn waits for a live session.

@@ -41,8 +41,8 @@ func (a *Agent) serveStream(ctx context.Context, ps *peerSession, st *yamux.Stre
 		return
 	}
 	log := ps.log.WithField("share", h.Share)
-	s, ok := a.shares[h.Share]
-	if !ok || !a.authorized(ps, s, h.Proof) {
+	s := a.shareNamed(h.Share)
+	if s == nil || !a.authorized(ps, s, h.Proof) {
 		// One answer for both, so a connector learns nothing of shares
 		// it holds no ticket for.
 		log.Warn("stream refused: not authorized for this share")
@@ -63,7 +63,7 @@ func (a *Agent) serveStream(ctx context.Context, ps *peerSession, st *yamux.Stre
 		st.Close()
 		return
 	}
-	pipe(st, target, &ps.stats, &s.stats)
+	pipe(st, target, &a.stats, &ps.stats, s.stats)
 }
 
 // authorized checks a stream's claim to a share: a ticket proof bound to this
@@ -82,20 +82,24 @@ func (a *Agent) authorized(ps *peerSession, s *share, proof []byte) bool {
 
 // forward is a connector's local listener and everything accepted on it.
 type forward struct {
-	a     *Agent
-	spec  ConnectSpec
-	share string
-	peer  secure.AgentID
-	log   logrus.FieldLogger
-	stats counters
+	a      *Agent
+	spec   ConnectSpec
+	share  string
+	peer   secure.AgentID
+	log    logrus.FieldLogger
+	stats  counters
+	ctx    context.Context // ends when the forward is removed or the agent stops
+	cancel context.CancelFunc
 
-	mu      sync.Mutex
-	listen  string
-	lastErr string
+	mu         sync.Mutex
+	listen     string
+	lastErr    string
+	reconnects int
 }
 
 func newForward(a *Agent, c ConnectSpec) *forward {
 	f := &forward{a: a, spec: c, share: c.Share, peer: c.Peer}
+	f.ctx, f.cancel = context.WithCancel(a.ctx)
 	if c.Ticket != nil {
 		f.share, f.peer = c.Ticket.Share, c.Ticket.Sharer
 	}
@@ -108,7 +112,8 @@ func newForward(a *Agent, c ConnectSpec) *forward {
 // learn the target's port. Either way a final refusal (a ticket the broker
 // does not accept) ends the forward instead of leaving a listener that can
 // never work.
-func (f *forward) run(ctx context.Context) error {
+func (f *forward) run() error {
+	ctx := f.ctx
 	var ln net.Listener
 	if f.spec.Listen != "" {
 		var err error
@@ -128,6 +133,7 @@ func (f *forward) run(ctx context.Context) error {
 		}
 		return err
 	}
+	f.a.spawn(func() { f.keep(ctx) })
 	if ln != nil {
 		return nil // accept runs until ctx ends
 	}
@@ -205,6 +211,46 @@ func (f *forward) firstSession(ctx context.Context) (uint16, error) {
 
 func (f *forward) broker() *brokerClient { return f.a.brokerFor(f.spec.Ticket) }
 
+// keep re-makes the peer session when it is lost (path or NAT mapping gone,
+// sharer restarted), with backoff, so the forward is ready before the next
+// local connection rather than making it wait.
+func (f *forward) keep(ctx context.Context) {
+	bo := backoff.Backoff{Base: 500 * time.Millisecond, Cap: 30 * time.Second, Stable: time.Minute}
+	for {
+		ps, err := f.a.session(ctx, f.peer, f.dialer(nil))
+		if err == nil {
+			bo.Connected(time.Now())
+			select {
+			case <-ctx.Done():
+				return
+			case <-ps.sess.CloseChan():
+			}
+			bo.Lost(time.Now())
+			if ctx.Err() != nil || f.a.draining.Load() {
+				return
+			}
+			f.mu.Lock()
+			f.reconnects++
+			f.mu.Unlock()
+			f.log.Warn("peer session lost; reconnecting")
+			continue
+		}
+		if errors.Is(err, ErrUnauthorized) || ctx.Err() != nil {
+			if ctx.Err() == nil {
+				f.setErr(err)
+				f.log.WithError(err).Error("the broker no longer admits this forward; it stays down")
+			}
+			return
+		}
+		f.setErr(err)
+		d := bo.Next()
+		f.log.WithError(err).Warnf("reconnect failed; retrying in %v", d.Round(time.Millisecond))
+		if backoff.Sleep(ctx, d) != nil {
+			return
+		}
+	}
+}
+
 // dialer makes this forward's peer channel; port, when set, receives the
 // share's port from the introduction.
 func (f *forward) dialer(port *atomic.Uint32) dialFunc {
@@ -257,7 +303,7 @@ func (f *forward) serve(ctx context.Context, c net.Conn) {
 		c.Close()
 		return
 	}
-	pipe(st, c, &ps.stats, &f.stats)
+	pipe(st, c, &f.a.stats, &ps.stats, &f.stats)
 }
 
 func (f *forward) open(ps *peerSession) (*yamux.Stream, error) {

@@ -221,8 +221,8 @@ func (a *Agent) servePeer(ctx context.Context, c *tls.Conn, want secure.AgentID,
 			}
 			return
 		}
-		if ps.stats.streams.Load() >= maxPeerStreams {
-			st.Close()
+		if ps.stats.streams.Load() >= maxPeerStreams || a.draining.Load() {
+			st.Close() // shutting down, or over the limit: no new connection
 			continue
 		}
 		a.spawn(func() { a.serveStream(ctx, ps, st) })

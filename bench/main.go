@@ -4,11 +4,14 @@
 //
 //	go run ./bench                 # loopback, everything (~3 min)
 //	go run ./bench -only throughput,latency -rounds 5
+//	sudo go run ./bench -only punch  # hole punching in the NAT lab (root)
 //
 // It builds the agent and broker (no -race), runs a broker, sharers and
 // connectors as separate processes on 127.0.0.1, drives them with iperf3 and
 // its own sockets, prints a table and JSON, and writes bench/RESULTS.md.
-// Everything is bounded in count and time and talks only to loopback.
+// Everything is bounded in count and time and talks only to loopback, or
+// inside the NAT lab (part punch, bench/punch.go: by default only where the
+// lab can run, i.e. as root with nft).
 package main
 
 import (
@@ -36,6 +39,8 @@ type options struct {
 	only         map[string]bool
 	results      string
 	profileDir   string
+
+	punchRuns, punchMatrixRuns int
 }
 
 func main() {
@@ -52,7 +57,9 @@ func main() {
 	flag.StringVar(&muxStreams, "mux-streams", "1000,10000", "idle streams on a bare mux session (comma list)")
 	flag.IntVar(&o.brokerAgents, "broker-agents", 10000, "control clients registered at the broker")
 	flag.IntVar(&o.introSecs, "intro-seconds", 3, "seconds of sustained introductions")
-	flag.StringVar(&only, "only", "", "comma list of parts: throughput,latency,connect,memory,mux,broker (default all)")
+	flag.StringVar(&only, "only", "", "comma list of parts: throughput,latency,connect,memory,mux,broker,punch (default all; punch only where the NAT lab can run)")
+	flag.IntVar(&o.punchRuns, "punch-runs", 20, "punch: cone-cone runs per WAN RTT")
+	flag.IntVar(&o.punchMatrixRuns, "punch-matrix-runs", 5, "punch: runs per topology of the success matrix")
 	flag.StringVar(&o.results, "results", "bench/RESULTS.md", "markdown file for the results (empty: none)")
 	flag.StringVar(&o.profileDir, "cpuprofile-dir", "", "write agent CPU profiles of the throughput runs here")
 	flag.Parse()
@@ -148,6 +155,10 @@ func fmtFigure(f Figure) string {
 }
 
 func run(ctx context.Context, o options) error {
+	doPunch, err := wantPunch(o)
+	if err != nil {
+		return err
+	}
 	root, err := moduleRoot()
 	if err != nil {
 		return err
@@ -165,8 +176,10 @@ func run(ctx context.Context, o options) error {
 	rep := &Report{Date: time.Now().UTC().Format(time.RFC3339), Machine: machine()}
 	w := &world{ctx: ctx, bin: bin, tmp: tmp, o: o}
 	defer w.stopAll()
-	if err := w.up(); err != nil {
-		return err
+	if o.wantLoopback() {
+		if err := w.up(); err != nil {
+			return err
+		}
 	}
 	steps := []struct {
 		part string
@@ -188,6 +201,12 @@ func run(ctx context.Context, o options) error {
 			return fmt.Errorf("%s: %w", s.part, err)
 		}
 	}
+	if doPunch {
+		fmt.Fprintf(os.Stderr, "== %s\n", punchPart)
+		if err := punchBench(ctx, bin, tmp, o, rep); err != nil {
+			return fmt.Errorf("%s: %w", punchPart, err)
+		}
+	}
 	printTable(os.Stdout, rep)
 	js, _ := json.MarshalIndent(rep, "", "  ")
 	fmt.Println(string(js))
@@ -196,7 +215,7 @@ func run(ctx context.Context, o options) error {
 		if !filepath.IsAbs(path) {
 			path = filepath.Join(root, path)
 		}
-		if err := writeResults(path, rep, js); err != nil {
+		if err := saveResults(path, rep); err != nil {
 			return err
 		}
 	}

@@ -3,6 +3,8 @@
 // their shares, and introductions between a connector and a sharer. It also
 // owns the broker's persistent state (key, pin, token) and Start, which is
 // everything the `broker` command does, so the agent's embedded broker reuses it.
+// Its Prometheus metrics live in a registry each Server owns (Registry), never
+// the global one; Start serves them on Options.MetricsListen.
 //
 // The server is handed connections (Accept) rather than owning a port, so it
 // can be embedded and tested over net.Pipe; Serve is a thin accept loop.

@@ -32,6 +32,12 @@ type Options struct {
 	// is logged, not fatal. NoSTUN turns the STUN server off.
 	STUNListen []string
 	NoSTUN     bool
+
+	// MetricsListen is where Prometheus metrics (/metrics) and a health
+	// check (/healthz) are served over plain HTTP; empty: not served. The
+	// metrics hold no secrets but counts and the version; still, bind it to
+	// loopback or a private address.
+	MetricsListen string
 }
 
 // Running is a started broker.
@@ -41,7 +47,9 @@ type Running struct {
 	Server *Server         // for Stats
 	Done   <-chan struct{} // closed when the broker has stopped
 	STUN   []string        // bound STUN addresses (UDP and TCP each); none when off
-	err    error
+	// MetricsAddr is the bound metrics listener; nil when MetricsListen is empty.
+	MetricsAddr net.Addr
+	err         error
 }
 
 // Err is why the broker stopped: nil after ctx was done. Valid after Done.
@@ -92,21 +100,52 @@ func Start(ctx context.Context, o Options) (*Running, error) {
 		closeSTUN()
 		return nil, err
 	}
+	if stun != nil {
+		newSTUNMetrics(srv.Registry()).wrap(stun)
+	}
+	var ms *metricsServer
+	if o.MetricsListen != "" {
+		registerProcessCollectors(srv.Registry())
+		if ms, err = listenMetrics(ctx, o.MetricsListen, srv.Registry(), srv.log); err != nil {
+			closeSTUN()
+			return nil, err
+		}
+	}
+	closeMetrics := func() {
+		if ms != nil {
+			ms.ln.Close()
+		}
+	}
 	var lc net.ListenConfig
 	ln, err := lc.Listen(ctx, "tcp", o.Listen)
 	if err != nil {
+		closeMetrics()
 		closeSTUN()
 		return nil, fmt.Errorf("broker listen: %w", err)
 	}
 	addr, err := publicAddr(o.PublicAddr, ln.Addr())
 	if err != nil {
 		ln.Close()
+		closeMetrics()
 		closeSTUN()
 		return nil, err
 	}
 	done := make(chan struct{})
 	r := &Running{URL: st.URL(addr), Addr: ln.Addr(), Server: srv, Done: done}
 	srv.log.WithFields(logrus.Fields{"listen": ln.Addr().String(), "url": r.URL.Redacted()}).Info("broker listening")
+	mctx, stopMetrics := context.WithCancel(ctx)
+	metricsDone := make(chan struct{})
+	if ms != nil {
+		r.MetricsAddr = ms.ln.Addr()
+		mlog := o.Log.WithField("component", "metrics")
+		mlog.WithField("listen", r.MetricsAddr.String()).Info("metrics listening (/metrics, /healthz)")
+		go func() {
+			defer close(metricsDone)
+			ms.serve(mctx, mlog)
+		}()
+	} else {
+		close(metricsDone)
+	}
 	sctx, stopSTUN := context.WithCancel(ctx)
 	stunDone := make(chan struct{})
 	if stun != nil {
@@ -126,7 +165,9 @@ func Start(ctx context.Context, o Options) (*Running, error) {
 		defer close(done)
 		r.err = srv.Serve(ctx, ln)
 		stopSTUN()
+		stopMetrics()
 		<-stunDone
+		<-metricsDone
 	}()
 	return r, nil
 }

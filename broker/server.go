@@ -137,6 +137,7 @@ type Server struct {
 	nextIntro uint64
 
 	introductions atomic.Uint64
+	metrics       *metrics
 }
 
 // Stats are counters for status and metrics.
@@ -153,13 +154,15 @@ func New(cfg Config) (*Server, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, fmt.Errorf("broker config: %w", err)
 	}
-	return &Server{
+	s := &Server{
 		cfg:       cfg,
 		log:       cfg.Log.WithField("component", "broker"),
 		tls:       secure.ControlServerConfig(cfg.Cert),
 		tokenHash: sha256.Sum256([]byte(cfg.Token)),
 		agents:    make(map[secure.AgentID][]*session),
-	}, nil
+	}
+	s.metrics = newMetrics(s)
+	return s, nil
 }
 
 // Stats returns the current counters.
@@ -227,17 +230,20 @@ func (s *Server) Accept(ctx context.Context, conn net.Conn) {
 	tc := tls.Server(conn, s.tls)
 	if err := tc.HandshakeContext(ctx); err != nil {
 		if ctx.Err() == nil {
+			s.metrics.refused.WithLabelValues(refusedHandshake).Inc()
 			log.WithError(err).Info("control handshake failed")
 		}
 		return
 	}
 	cs := tc.ConnectionState()
 	if cs.NegotiatedProtocol != secure.ALPNControl {
+		s.metrics.refused.WithLabelValues(refusedHandshake).Inc()
 		log.Infof("control handshake failed: ALPN %q, want %q", cs.NegotiatedProtocol, secure.ALPNControl)
 		return
 	}
 	id, err := secure.PeerID(cs)
 	if err != nil {
+		s.metrics.refused.WithLabelValues(refusedHandshake).Inc()
 		log.WithError(err).Info("control handshake failed")
 		return
 	}

@@ -66,7 +66,11 @@ func newSession(srv *Server, conn, raw net.Conn, id secure.AgentID, log logrus.F
 func (s *session) run() {
 	defer s.close()
 	hello := s.readHello()
-	if hello == nil || !s.admit(hello) {
+	if hello == nil {
+		s.srv.metrics.refused.WithLabelValues(refusedHello).Inc()
+		return
+	}
+	if !s.admit(hello) {
 		return
 	}
 	s.loop()
@@ -103,6 +107,7 @@ func (s *session) readHello() *proto.Hello {
 // share, so neither knocks the other off.
 func (s *session) admit(h *proto.Hello) bool {
 	if h.Token != "" && !s.srv.checkToken(h.Token) {
+		s.srv.metrics.refused.WithLabelValues(proto.CodeUnauthorized).Inc()
 		s.log.Warn("wrong broker token")
 		s.fail(proto.CodeUnauthorized, "wrong broker token: check the broker URL (agent login)")
 		return false
@@ -113,12 +118,14 @@ func (s *session) admit(h *proto.Hello) bool {
 	known := len(srv.agents[s.id]) > 0
 	if !known && srv.sessions >= srv.cfg.MaxAgents {
 		srv.mu.Unlock()
+		srv.metrics.refused.WithLabelValues(proto.CodeLimit).Inc()
 		s.log.Warnf("refused: %d agents online, the limit", srv.cfg.MaxAgents)
 		s.fail(proto.CodeLimit, "broker is full; retry later")
 		return false
 	}
 	if !s.guest && len(srv.agents[s.id]) >= MaxSessionsPerAgent {
 		srv.mu.Unlock()
+		srv.metrics.refused.WithLabelValues(proto.CodeLimit).Inc()
 		s.log.Warnf("refused: %d sessions of this agent online, the limit", MaxSessionsPerAgent)
 		s.fail(proto.CodeLimit, "too many sessions of this agent identity; use separate state dirs")
 		return false
@@ -130,6 +137,11 @@ func (s *session) admit(h *proto.Hello) bool {
 		srv.agents[s.id] = append(srv.agents[s.id], s)
 	}
 	srv.mu.Unlock()
+	role := "member"
+	if s.guest {
+		role = "guest"
+	}
+	srv.metrics.sessions.WithLabelValues(role).Inc()
 	s.conn.SetDeadline(time.Time{})
 	obs := observed(s.raw.RemoteAddr())
 	if err := s.send(&proto.Welcome{AgentID: s.id.String(), Observed: obs, Version: srv.cfg.Version, STUN: srv.cfg.STUN}); err != nil {
@@ -272,6 +284,7 @@ func (s *session) connect(m *proto.Connect) bool {
 	select {
 	case s.pending <- struct{}{}:
 	default:
+		s.srv.metrics.introFailed.WithLabelValues(proto.CodeLimit).Inc()
 		return s.send(&proto.ConnectReply{ID: m.ID, Code: proto.CodeLimit,
 			Message: fmt.Sprintf("more than %d introductions in flight on this session; retry later", s.srv.cfg.MaxPendingIntros)}) == nil
 	}
@@ -279,7 +292,14 @@ func (s *session) connect(m *proto.Connect) bool {
 	go func() {
 		defer s.wg.Done()
 		defer func() { <-s.pending }()
-		if rep := s.srv.introduce(s, m); rep != nil {
+		rep := s.srv.introduce(s, m)
+		switch {
+		case rep == nil:
+			s.srv.metrics.introFailed.WithLabelValues(connectorGone).Inc()
+		case rep.Code != "":
+			s.srv.metrics.introFailed.WithLabelValues(metricCode(rep.Code)).Inc()
+		}
+		if rep != nil {
 			s.send(rep)
 		}
 	}()
@@ -359,6 +379,7 @@ func (srv *Server) introduce(c *session, m *proto.Connect) *proto.ConnectReply {
 			return fail(r.Code, "%s", msg)
 		}
 		srv.introductions.Add(1)
+		srv.metrics.introductions.Inc()
 		log.WithField("candidates", len(r.Candidates)).Info("introduced")
 		return &proto.ConnectReply{ID: m.ID, Candidates: r.Candidates, Port: r.Port, NAT: r.NAT}
 	case <-sharer.done:
@@ -461,4 +482,15 @@ func observed(a net.Addr) string {
 		return ""
 	}
 	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()).String()
+}
+
+// metricCode bounds the label values of a failure code: the sharer chooses
+// its own code, and a label per arbitrary string would grow without end.
+func metricCode(code string) string {
+	switch code {
+	case proto.CodeUnauthorized, proto.CodeNotFound, proto.CodeRefused, proto.CodeBadRequest,
+		proto.CodeLimit, proto.CodeTimeout, proto.CodeInternal:
+		return code
+	}
+	return "other"
 }

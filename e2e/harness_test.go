@@ -35,6 +35,7 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	bins.dir = dir
+	os.Chmod(dir, 0o755) // tests run a binary as another user too
 	bins.agent, bins.broker = filepath.Join(dir, "agent"), filepath.Join(dir, "broker")
 	build := exec.Command("go", "build", "-race", "-o", dir+"/", "../cmd/agent", "../cmd/broker")
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr
@@ -237,8 +238,15 @@ func echoCheck(t testing.TB, addr string, n int) {
 // echoOver sends n random bytes over c, reads the echo, and checks it.
 func echoOver(t testing.TB, c net.Conn, n int) {
 	t.Helper()
+	if err := tryEcho(c, n, 2*time.Minute); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// tryEcho is echoOver that returns what went wrong.
+func tryEcho(c net.Conn, n int, d time.Duration) error {
 	defer c.Close()
-	c.SetDeadline(time.Now().Add(2 * time.Minute))
+	c.SetDeadline(time.Now().Add(d))
 	sent := sha256.New()
 	errc := make(chan error, 1)
 	go func() {
@@ -251,14 +259,15 @@ func echoOver(t testing.TB, c net.Conn, n int) {
 	got := sha256.New()
 	m, err := io.Copy(got, c)
 	if err != nil {
-		t.Fatalf("read echo: %v after %d bytes", err, m)
+		return fmt.Errorf("read echo: %w after %d bytes", err, m)
 	}
 	if err := <-errc; err != nil {
-		t.Fatalf("write: %v", err)
+		return fmt.Errorf("write: %w", err)
 	}
 	if m != int64(n) || !bytes.Equal(sent.Sum(nil), got.Sum(nil)) {
-		t.Fatalf("echo of %d bytes came back as %d bytes, sha256 equal: %v", n, m, bytes.Equal(sent.Sum(nil), got.Sum(nil)))
+		return fmt.Errorf("echo of %d bytes came back as %d bytes, sha256 equal: %v", n, m, bytes.Equal(sent.Sum(nil), got.Sum(nil)))
 	}
+	return nil
 }
 
 // status runs `agent status --json` for a state dir.

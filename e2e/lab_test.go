@@ -192,3 +192,31 @@ func TestLabNetcheck(t *testing.T) {
 		}
 	}
 }
+
+// TestLabConntrackFlush: both NATs forget every mapping mid-session (a NAT
+// reboot, or a rebinding); within the keepalive bound the session is either
+// found alive or found dead and re-made, and new connections work.
+func TestLabConntrackFlush(t *testing.T) {
+	w := newLabWorld(t, natlab.Pair(natlab.BehindCone, natlab.BehindCone))
+	_, _, addr := w.shareConnect()
+	b := w.lab.Host("b")
+	c, err := b.Dial(w.ctx, "tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	echoOver(t, c, 1<<20)
+	for _, gw := range []string{"gw-a", "gw-b"} {
+		if err := w.lab.FlushConntrack(w.ctx, gw); err != nil {
+			t.Fatal(err)
+		}
+	}
+	flushed := time.Now()
+	// yamux pings every 15s and gives up after 20s without an answer.
+	eventually(t, 60*time.Second, "a new connection through the forward after the flush", func() bool {
+		c, err := b.Dial(w.ctx, "tcp", addr)
+		return err == nil && tryEcho(c, 1<<20, 10*time.Second) == nil
+	})
+	p := w.peer(w.connDir)
+	t.Logf("new connections work %v after the flush; peer session since %v (reconnected: %v)",
+		time.Since(flushed).Round(time.Millisecond), p.Since.Format(time.TimeOnly), p.Since.After(flushed))
+}

@@ -4,6 +4,8 @@ import (
 	"crypto/tls"
 	"net"
 	"os"
+	"os/exec"
+	"syscall"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -143,6 +145,8 @@ func TestConfigErrors(t *testing.T) {
 		{"unknown key", "shares:\n  - name: web\n    targett: 8080\n", `agent.yaml:3: shares[0]: unknown field "targett"`},
 		{"wrong type", "shares:\n  - name: [web]\n    target: 8080\n", "agent.yaml:2: shares[0].name: cannot decode !!seq into string"},
 		{"bad port", "connects:\n  - peer: " + strings.Repeat("a", 52) + "\n    share: web\n    listen: 127.0.0.1:70000\n", "agent.yaml:4: connects[0].listen:"},
+		{"missing target", "shares:\n  - name: web\n", "agent.yaml:2: shares[0].target:"},
+		{"duplicate names", "shares:\n  - name: web\n    target: 1\n  - name: web\n    target: 2\n", "agent.yaml:4: shares[1].name:"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -154,4 +158,30 @@ func TestConfigErrors(t *testing.T) {
 			}
 		})
 	}
+	t.Run("unreadable", func(t *testing.T) {
+		path := filepath.Join(dir, "locked.yaml")
+		writeFile(t, path, "shares: []\n")
+		os.Chmod(path, 0)
+		// Root reads anything: run as nobody to see the refusal.
+		cmd := exec.Command(bins.agent, "--state-dir", "/nonexistent", "up", "-c", path)
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+		out, err := cmd.CombinedOutput()
+		if os.Geteuid() != 0 {
+			t.Skip("needs root to run the binary as another user")
+		}
+		if err == nil || !strings.Contains(string(out), "locked.yaml: cannot read") {
+			t.Fatalf("err %v, output %q; want one line saying the file cannot be read", err, out)
+		}
+	})
+	t.Run("world-readable secrets warn", func(t *testing.T) {
+		w := newWorld(t)
+		path := filepath.Join(t.TempDir(), "agent.yaml")
+		writeFile(t, path, "broker: "+w.brokerURL+"\nshares:\n  - name: web\n    target: "+echoServer(t)+"\n")
+		os.Chmod(path, 0o644)
+		p := start(t, "sharer", bins.agent, "--state-dir", w.sharerDir, "up", "-c", path, "--tickets")
+		p.firstLine() // it runs
+		if s := p.stderr.String(); !strings.Contains(s, "level=warning") || !strings.Contains(s, "chmod 600") {
+			t.Fatalf("stderr %q: want a warning about the file's mode", s)
+		}
+	})
 }

@@ -62,6 +62,7 @@ func cpuProfile() func() {
 // globals are the flags every subcommand takes, before or after its name.
 type globals struct {
 	stateDir, logLevel, logFormat string
+	drain                         time.Duration
 }
 
 func (g *globals) setup() (string, *logrus.Logger, *secure.Identity, error) {
@@ -89,7 +90,8 @@ func newRoot() *cobra.Command {
 	pf.StringVar(&g.stateDir, "state-dir", "", "state directory (default $PEERPORT_HOME or ~/.config/peerport)")
 	pf.StringVar(&g.logLevel, "log-level", "info", "trace, debug, info, warn or error")
 	pf.StringVar(&g.logFormat, "log-format", "text", "text or json")
-	root.AddCommand(loginCmd(g), shareCmd(g), connectCmd(g), upCmd(g), statusCmd(g), netcheckCmd(g), idCmd(g), versionCmd())
+	pf.DurationVar(&g.drain, "drain-timeout", agent.DefaultDrainTimeout, "on SIGTERM/SIGINT, how long open connections may finish")
+	root.AddCommand(loginCmd(g), shareCmd(g), connectCmd(g), upCmd(g), reloadCmd(g), statusCmd(g), netcheckCmd(g), idCmd(g), versionCmd())
 	return root
 }
 
@@ -167,7 +169,7 @@ func shareCmd(g *globals) *cobra.Command {
 			out := cmd.OutOrStdout()
 			a, err := agent.New(agent.Options{
 				Identity: id, StateDir: dir, Broker: u, Shares: []agent.ShareSpec{spec},
-				Log: log,
+				Log: log, DrainTimeout: g.drain,
 				OnTicket: func(_ string, t secure.Ticket) {
 					fmt.Fprintln(out, t.String())
 					log.Infof("sharing %s as %q; give the ticket above to your teammate: agent connect <ticket>", target, name)
@@ -238,7 +240,7 @@ func connectCmd(g *globals) *cobra.Command {
 			}
 			out := cmd.OutOrStdout()
 			a, err := agent.New(agent.Options{
-				Identity: id, StateDir: dir, Broker: u, Log: log,
+				Identity: id, StateDir: dir, Broker: u, Log: log, DrainTimeout: g.drain,
 				Connects: []agent.ConnectSpec{{Ticket: &t, Listen: listen}},
 				OnListen: func(_ agent.ConnectSpec, addr net.Addr) { fmt.Fprintln(out, addr.String()) },
 			})
@@ -254,9 +256,10 @@ func connectCmd(g *globals) *cobra.Command {
 
 func upCmd(g *globals) *cobra.Command {
 	var file string
+	var printTickets bool
 	c := &cobra.Command{
 		Use:   "up",
-		Short: "Run the shares and connects of a YAML file",
+		Short: "Run the shares and connects of a YAML file, for good (SIGHUP or agent reload re-reads it)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg, err := config.LoadAgent(file)
@@ -276,28 +279,84 @@ func upCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			opts, err := agent.OptionsFromConfig(cfg)
+			for _, w := range cfg.Warnings {
+				log.Warn(w)
+			}
+			load := func(cfg *config.Agent) (agent.Options, error) {
+				o, err := agent.OptionsFromConfig(cfg)
+				if err == nil && o.Broker == nil {
+					o.Broker, err = agent.LoadBroker(dir)
+				}
+				return o, err
+			}
+			opts, err := load(cfg)
 			if err != nil {
 				return err
 			}
-			if opts.Broker == nil {
-				if opts.Broker, err = agent.LoadBroker(dir); err != nil {
-					return err
-				}
-			}
+			out := cmd.OutOrStdout()
 			opts.Identity, opts.StateDir, opts.Log = id, dir, log
+			opts.KeepTickets, opts.KeepGoing, opts.DrainTimeout = true, true, g.drain
+			opts.Reload = func() (agent.Options, error) {
+				cfg, err := config.LoadAgent(file)
+				if err != nil {
+					return agent.Options{}, err
+				}
+				for _, w := range cfg.Warnings {
+					log.Warn(w)
+				}
+				return load(cfg)
+			}
 			opts.OnTicket = func(name string, t secure.Ticket) {
 				log.WithField("share", name).Infof("share online; ticket: %s", t)
+				if printTickets {
+					fmt.Fprintf(out, "%s %s\n", name, t)
+				}
 			}
 			a, err := agent.New(opts)
 			if err != nil {
 				return err
 			}
-			return a.Run(cmd.Context())
+			hup := make(chan os.Signal, 1)
+			signal.Notify(hup, syscall.SIGHUP)
+			defer signal.Stop(hup)
+			ctx := cmd.Context()
+			go func() {
+				for {
+					select {
+					case <-ctx.Done():
+						return
+					case <-hup:
+						a.Reload() // a refusal is logged; the running config stays
+					}
+				}
+			}()
+			return a.Run(ctx)
 		},
 	}
 	c.Flags().StringVarP(&file, "config", "c", "agent.yaml", "config file")
+	c.Flags().BoolVar(&printTickets, "tickets", false, "print \"NAME TICKET\" on stdout for each share as it comes online")
 	return c
+}
+
+func reloadCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "reload",
+		Short: "Make the running agent up of this state dir re-read its config file",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, cancel := context.WithTimeout(cmd.Context(), 30*time.Second)
+			defer cancel()
+			n, err := agent.RequestReload(ctx, statedir.Resolve(g.stateDir))
+			if err != nil {
+				return err
+			}
+			if n == 0 {
+				return fmt.Errorf("no agent running with this state dir")
+			}
+			fmt.Fprintf(cmd.ErrOrStderr(), "reloaded %d agent(s)\n", n)
+			return nil
+		},
+	}
 }
 
 func statusCmd(g *globals) *cobra.Command {

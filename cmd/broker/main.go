@@ -30,7 +30,7 @@ func main() {
 }
 
 func newRoot() *cobra.Command {
-	var file, listen, publicAddr, stateDir, logLevel, logFormat string
+	var file, listen, publicAddr, stateDir, metricsListen, logLevel, logFormat string
 	var showVersion bool
 	c := &cobra.Command{
 		Use:   "broker",
@@ -65,12 +65,18 @@ func newRoot() *cobra.Command {
 			if f.Changed("state-dir") {
 				cfg.StateDir = stateDir
 			}
+			if f.Changed("metrics-listen") {
+				cfg.MetricsListen = metricsListen
+			}
 			if f.Changed("log-level") || cfg.Log.Level == "" {
 				cfg.Log.Level = logLevel
 			}
 			if f.Changed("log-format") || cfg.Log.Format == "" {
 				cfg.Log.Format = logFormat
 			}
+			// Flags are normalized as the file's keys are: "--listen 7000"
+			// means ":7000", "--metrics-listen 9102" 127.0.0.1:9102.
+			cfg.SetDefaults()
 			if err := cfg.Validate(); err != nil {
 				return err
 			}
@@ -81,8 +87,8 @@ func newRoot() *cobra.Command {
 			lim := cfg.Limits
 			r, err := broker.Start(cmd.Context(), broker.Options{
 				Listen: cfg.Listen, PublicAddr: cfg.PublicAddr,
-				StateDir: brokerDir(cfg.StateDir),
-				Log:      log.WithField("component", "broker"), Version: version,
+				StateDir: brokerDir(cfg.StateDir), MetricsListen: cfg.MetricsListen,
+				Log: log.WithField("component", "broker"), Version: version,
 				Limits: func(b *broker.Config) {
 					b.MaxAgents, b.MaxSharesPerAgent, b.MaxPendingIntros = lim.MaxAgents, lim.MaxSharesPerAgent, lim.MaxPendingIntros
 					b.MaxMessageSize = lim.MaxMessageBytes
@@ -102,6 +108,7 @@ func newRoot() *cobra.Command {
 	f.StringVarP(&file, "config", "c", "", "broker.yaml")
 	f.StringVar(&listen, "listen", ":7000", "control listen address")
 	f.StringVar(&publicAddr, "public-addr", "", "host (or host:port) advertised in the broker URL")
+	f.StringVar(&metricsListen, "metrics-listen", "", "serve Prometheus /metrics and /healthz here (PORT means 127.0.0.1:PORT); default off")
 	f.StringVar(&stateDir, "state-dir", "", "state directory for key and token (default $PEERPORT_HOME/broker or ~/.config/peerport/broker)")
 	f.StringVar(&logLevel, "log-level", "info", "trace, debug, info, warn or error")
 	f.StringVar(&logFormat, "log-format", "text", "text or json")

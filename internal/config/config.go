@@ -16,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"strconv"
 	"strings"
@@ -39,11 +40,17 @@ type Log struct {
 // Agent is agent.yaml: the shares and connects `agent up` runs, and defaults
 // for the other agent commands.
 type Agent struct {
-	Broker   string    `yaml:"broker"`    // pp://TOKEN@host:port#PIN; empty = no broker (shares then need an embedded broker)
-	StateDir string    `yaml:"state_dir"` // empty: cmd resolves $PEERPORT_HOME or ~/.config/peerport
-	Log      Log       `yaml:"log"`
-	Shares   []Share   `yaml:"shares"`
-	Connects []Connect `yaml:"connects"`
+	Broker        string    `yaml:"broker"`         // pp://TOKEN@host:port#PIN; empty = no broker (shares then need an embedded broker)
+	StateDir      string    `yaml:"state_dir"`      // empty: cmd resolves $PEERPORT_HOME or ~/.config/peerport
+	MetricsListen string    `yaml:"metrics_listen"` // Prometheus /metrics of `agent up`; empty = off; PORT means 127.0.0.1:PORT
+	Log           Log       `yaml:"log"`
+	Shares        []Share   `yaml:"shares"`
+	Connects      []Connect `yaml:"connects"`
+
+	// Warnings are problems of the file that do not stop it from loading,
+	// such as a mode that lets other users read the secrets in it. LoadAgent
+	// sets them; the caller logs them. Never part of the YAML.
+	Warnings []string `yaml:"-"`
 }
 
 // Share exposes one local TCP target to peers.
@@ -63,11 +70,14 @@ type Connect struct {
 
 // Broker is broker.yaml.
 type Broker struct {
-	Listen     string       `yaml:"listen"`      // default ":7000"; a bare port means ":PORT"
-	PublicAddr string       `yaml:"public_addr"` // host or host:port advertised in the broker URL
-	StateDir   string       `yaml:"state_dir"`   // empty: cmd resolves
-	Log        Log          `yaml:"log"`
-	Limits     BrokerLimits `yaml:"limits"`
+	Listen     string `yaml:"listen"`      // default ":7000"; a bare port means ":PORT"
+	PublicAddr string `yaml:"public_addr"` // host or host:port advertised in the broker URL
+	StateDir   string `yaml:"state_dir"`   // empty: cmd resolves
+	// MetricsListen serves Prometheus /metrics and /healthz; empty = off.
+	// PORT means 127.0.0.1:PORT, as metrics are for the operator, not the public.
+	MetricsListen string       `yaml:"metrics_listen"`
+	Log           Log          `yaml:"log"`
+	Limits        BrokerLimits `yaml:"limits"`
 }
 
 // BrokerLimits bound what one broker holds in memory.
@@ -113,13 +123,39 @@ func (e *Error) Unwrap() error { return e.Err }
 // Is makes every configuration error match ErrInvalid.
 func (e *Error) Is(target error) bool { return target == ErrInvalid }
 
-// LoadAgent reads, decodes, defaults and validates an agent.yaml.
+// LoadAgent reads, decodes, defaults and validates an agent.yaml. A file
+// holding secrets (a broker URL carries its token, a ticket its admit key)
+// that other users may read or write loads, with a line in Warnings.
 func LoadAgent(path string) (*Agent, error) {
-	data, err := readFile(path)
+	data, fi, err := readFile(path)
 	if err != nil {
 		return nil, err
 	}
-	return ParseAgent(path, data)
+	c, err := ParseAgent(path, data)
+	if err != nil {
+		return nil, err
+	}
+	if secrets := c.secrets(); len(secrets) > 0 {
+		if w := exposed(path, fi, secrets); w != "" {
+			c.Warnings = append(c.Warnings, w)
+		}
+	}
+	return c, nil
+}
+
+// secrets names what in c must not be read by other users.
+func (c *Agent) secrets() []string {
+	var out []string
+	if c.Broker != "" {
+		out = append(out, "the broker token")
+	}
+	for _, cn := range c.Connects {
+		if cn.Ticket != "" {
+			out = append(out, "tickets")
+			break
+		}
+	}
+	return out
 }
 
 // ParseAgent is LoadAgent from bytes; name stands for the file in messages.
@@ -138,7 +174,7 @@ func ParseAgent(name string, data []byte) (*Agent, error) {
 
 // LoadBroker reads, decodes, defaults and validates a broker.yaml.
 func LoadBroker(path string) (*Broker, error) {
-	data, err := readFile(path)
+	data, _, err := readFile(path)
 	if err != nil {
 		return nil, err
 	}
@@ -159,21 +195,44 @@ func ParseBroker(name string, data []byte) (*Broker, error) {
 	return c, nil
 }
 
-func readFile(path string) ([]byte, error) {
+// readFile reads a config file of at most MaxFileSize and returns what it
+// read and the file's info (for its mode), taken from the open file.
+func readFile(path string) ([]byte, os.FileInfo, error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return nil, &Error{File: path, Msg: "cannot read: " + causeText(err), Err: err}
+		return nil, nil, openError(path, err)
 	}
 	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, nil, &Error{File: path, Msg: "cannot read: " + causeText(err), Err: err}
+	}
+	if fi.IsDir() {
+		return nil, nil, &Error{File: path, Msg: "cannot read: is a directory, not a configuration file"}
+	}
 	// Read one byte past the cap to tell "exactly at the cap" from "over it".
 	data, err := io.ReadAll(io.LimitReader(f, MaxFileSize+1))
 	if err != nil {
-		return nil, &Error{File: path, Msg: "cannot read: " + causeText(err), Err: err}
+		return nil, nil, &Error{File: path, Msg: "cannot read: " + causeText(err), Err: err}
 	}
 	if len(data) > MaxFileSize {
-		return nil, tooLarge(path)
+		return nil, nil, tooLarge(path)
 	}
-	return data, nil
+	return data, fi, nil
+}
+
+// openError says why path cannot be opened and, when it exists but may not
+// be read, who may read it: the usual cause is a service user that is not
+// the file's owner or in its group.
+func openError(path string, err error) error {
+	if errors.Is(err, fs.ErrPermission) {
+		if fi, serr := os.Stat(path); serr == nil {
+			return &Error{File: path, Err: err, Msg: fmt.Sprintf(
+				"cannot read: permission denied (%s); run as its owner or a member of its group, or fix them with chown/chmod",
+				describeOwner(fi))}
+		}
+	}
+	return &Error{File: path, Msg: "cannot read: " + causeText(err), Err: err}
 }
 
 func tooLarge(name string) error {

@@ -159,8 +159,6 @@ func TestParseAgentErrors(t *testing.T) {
 				"agent.yaml:3: connects[0].peer: malformed agent ID: want 52 base32 characters, as printed by `agent id`",
 				`agent.yaml:4: connects[0].share: share name "-x": use 1-63 of a-z 0-9 . _ - starting with a letter or digit`,
 			}},
-		{"team connect needs broker", "connects:\n  - peer: {ID}\n    share: web\n",
-			[]string{`agent.yaml:2: connects[0]: connecting by peer and share needs broker set (only a ticket carries its broker)`}},
 		{"listen port out of range", "connects:\n  - ticket: {TICKET}\n  - ticket: {TICKET}\n    listen: 70000\n",
 			[]string{`agent.yaml:4: connects[1].listen: port 70000 out of range (0-65535)`}},
 		{"listen garbage", "connects:\n  - ticket: {TICKET}\n    listen: \"[::1]\"\n",
@@ -169,6 +167,10 @@ func TestParseAgentErrors(t *testing.T) {
 			[]string{`agent.yaml:5: connects[1].listen: address 127.0.0.1:9000 clashes with connects[0].listen`}},
 		{"listen clashes with wildcard", "connects:\n  - ticket: {TICKET}\n    listen: \":9000\"\n  - ticket: {TICKET}\n    listen: 9000\n",
 			[]string{`agent.yaml:5: connects[1].listen: address 127.0.0.1:9000 clashes with connects[0].listen`}},
+		{"bad metrics listen", "metrics_listen: localhost\n",
+			[]string{`agent.yaml:1: metrics_listen: "localhost" is not PORT or HOST:PORT`}},
+		{"metrics listen clashes with a connect", "metrics_listen: 9101\nconnects:\n  - ticket: {TICKET}\n    listen: \":9101\"\n",
+			[]string{`agent.yaml:4: connects[0].listen: address :9101 clashes with metrics_listen`}},
 		{"every validation problem at once", "broker: pp://x\nlog: {level: x}\nshares:\n  - name: web\n    target: 0\nconnects:\n  - {}\n",
 			[]string{
 				`agent.yaml:1: broker: malformed broker URL: missing token (pp://TOKEN@host:port#pin)`,
@@ -210,6 +212,7 @@ func TestParseAgentValid(t *testing.T) {
 		{"full", `
 broker: {BROKER}
 state_dir: /var/lib/peerport
+metrics_listen: 9101
 log: {level: debug, format: json}
 shares:
   - name: web
@@ -231,9 +234,10 @@ connects:
   - ticket: {TICKET}
     listen: 127.0.0.1:0
 `, Agent{
-			Broker:   c.broker,
-			StateDir: "/var/lib/peerport",
-			Log:      Log{Level: "debug", Format: "json"},
+			Broker:        c.broker,
+			StateDir:      "/var/lib/peerport",
+			MetricsListen: "127.0.0.1:9101",
+			Log:           Log{Level: "debug", Format: "json"},
 			Shares: []Share{
 				{Name: "web", Target: "127.0.0.1:8080", Allow: []string{c.id2}},
 				{Name: "db", Target: "[::1]:5432"},
@@ -307,6 +311,7 @@ func TestParseBroker(t *testing.T) {
 	custom.Listen = "127.0.0.1:7443"
 	custom.PublicAddr = "broker.example.com:443"
 	custom.StateDir = "/var/lib/broker"
+	custom.MetricsListen = "127.0.0.1:9102"
 	custom.Log = Log{Level: "warn", Format: "json"}
 	custom.Limits.MaxAgents = 10
 	custom.Limits.IdleTimeout = 2 * time.Minute
@@ -328,6 +333,7 @@ func TestParseBroker(t *testing.T) {
 listen: 127.0.0.1:7443
 public_addr: broker.example.com:443
 state_dir: /var/lib/broker
+metrics_listen: 9102
 log: {level: warn, format: json}
 limits:
   max_agents: 10
@@ -406,6 +412,10 @@ limits:
 			`broker.yaml:9: limits.idle_timeout: must be positive (got -1m30s)`,
 			`broker.yaml:10: limits.intro_timeout: must be positive (got -1ms)`,
 		}},
+		{"bad metrics listen", "metrics_listen: http://x:9102\n",
+			[]string{`broker.yaml:1: metrics_listen: "http://x:9102" is not PORT or HOST:PORT`}},
+		{"metrics listen clashes with listen", "listen: 7000\nmetrics_listen: \":7000\"\n",
+			[]string{`broker.yaml:2: metrics_listen: address ":7000" clashes with listen`}},
 		{"message size too large", "limits: {max_message_bytes: 2000000}\n",
 			[]string{`broker.yaml:1: limits.max_message_bytes: 2000000 out of range (1024-1048576)`}},
 	}
@@ -434,7 +444,6 @@ func TestValidateInCode(t *testing.T) {
 	a.SetDefaults()
 	want := []string{
 		"connects[0].peer: malformed agent ID: want 52 base32 characters, as printed by `agent id`",
-		"connects[0]: connecting by peer and share needs broker set (only a ticket carries its broker)",
 		"connects[0].listen: port 70000 out of range (0-65535)",
 	}
 	err := a.Validate()

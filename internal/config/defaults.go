@@ -27,6 +27,9 @@ func (l *Log) SetDefaults() {
 // (PORT -> 127.0.0.1:PORT); ones that do not are left for Validate to report.
 func (c *Agent) SetDefaults() {
 	c.Log.SetDefaults()
+	if l, err := NormalizeListen(c.MetricsListen); err == nil {
+		c.MetricsListen = l
+	}
 	for i := range c.Shares {
 		if t, err := NormalizeTarget(c.Shares[i].Target); err == nil {
 			c.Shares[i].Target = t
@@ -45,6 +48,9 @@ func (c *Broker) SetDefaults() {
 	setString(&c.Listen, DefaultBrokerListen)
 	if l, err := normalizeBrokerListen(c.Listen); err == nil {
 		c.Listen = l
+	}
+	if l, err := NormalizeListen(c.MetricsListen); err == nil {
+		c.MetricsListen = l
 	}
 	c.Log.SetDefaults()
 	c.Limits.SetDefaults()

@@ -61,6 +61,11 @@ func (c *Agent) validate(p *problems) error {
 		}
 	}
 	c.Log.validate(p, "log")
+	if c.MetricsListen != "" {
+		if _, err := NormalizeListen(c.MetricsListen); err != nil {
+			p.addErr("metrics_listen", err)
+		}
+	}
 
 	names := map[string]int{}
 	for i, s := range c.Shares {
@@ -92,9 +97,14 @@ func (c *Agent) validate(p *problems) error {
 	type bound struct {
 		host string
 		port int
-		i    int
+		path string
 	}
 	var listens []bound
+	// The metrics listener takes part in the clash check: it is bound by
+	// the same process.
+	if host, port, err := splitAddr(c.MetricsListen, "127.0.0.1", 0, true); c.MetricsListen != "" && err == nil && port != 0 {
+		listens = append(listens, bound{host, port, "metrics_listen"})
+	}
 	for i, cn := range c.Connects {
 		at := fmt.Sprintf("connects[%d]", i)
 		team := cn.Peer != "" || cn.Share != ""
@@ -118,9 +128,8 @@ func (c *Agent) validate(p *problems) error {
 			} else if err := secure.ValidShareName(cn.Share); err != nil {
 				p.addErr(at+".share", err)
 			}
-			if c.Broker == "" {
-				p.add(at, nil, "connecting by peer and share needs broker set (only a ticket carries its broker)")
-			}
+			// Without broker: here the agent uses the one `agent login` saved,
+			// and says so when there is none.
 		}
 		if cn.Listen == "" {
 			continue
@@ -135,13 +144,24 @@ func (c *Agent) validate(p *problems) error {
 		}
 		for _, b := range listens {
 			if b.port == port && (b.host == host || wildcard(b.host) || wildcard(host)) {
-				p.add(at+".listen", nil, "address %s clashes with connects[%d].listen", net.JoinHostPort(host, strconv.Itoa(port)), b.i)
+				p.add(at+".listen", nil, "address %s clashes with %s", net.JoinHostPort(host, strconv.Itoa(port)), b.path)
 				break
 			}
 		}
-		listens = append(listens, bound{host, port, i})
+		listens = append(listens, bound{host, port, at + ".listen"})
 	}
 	return p.err()
+}
+
+// clash reports whether two listen addresses (normalized) take the same
+// port on a common address; port 0 never clashes.
+func clash(a, b string) bool {
+	ha, pa, err1 := splitAddr(a, "", 0, true)
+	hb, pb, err2 := splitAddr(b, "", 0, true)
+	if err1 != nil || err2 != nil || pa == 0 || pa != pb {
+		return false
+	}
+	return ha == hb || wildcard(ha) || wildcard(hb)
 }
 
 func wildcard(host string) bool {
@@ -160,6 +180,13 @@ func (c *Broker) validate(p *problems) error {
 	if c.PublicAddr != "" {
 		if err := checkPublicAddr(c.PublicAddr); err != nil {
 			p.addErr("public_addr", err)
+		}
+	}
+	if c.MetricsListen != "" {
+		if _, err := NormalizeListen(c.MetricsListen); err != nil {
+			p.addErr("metrics_listen", err)
+		} else if clash(c.Listen, c.MetricsListen) {
+			p.add("metrics_listen", nil, "address %s clashes with listen", quote(c.MetricsListen))
 		}
 	}
 	c.Log.validate(p, "log")

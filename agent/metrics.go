@@ -1,0 +1,77 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// Agent metrics are read from the same counters status shows, at scrape
+// time: nothing on the forwarding path does extra work for them. They live
+// in a registry of the agent's own, never the global one.
+
+func (a *Agent) registry() *prometheus.Registry {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	gauge := func(name, help string, f func(AgentStatus) float64) {
+		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "peerport", Subsystem: "agent", Name: name, Help: help},
+			func() float64 { return f(a.Status()) }))
+	}
+	counter := func(name, help string, f func() float64) {
+		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "peerport", Subsystem: "agent", Name: name, Help: help}, f))
+	}
+	gauge("peer_sessions", "Peer sessions up.", func(s AgentStatus) float64 { return float64(len(s.Peers)) })
+	gauge("brokers_connected", "Control sessions up.", func(s AgentStatus) float64 {
+		n := 0
+		for _, b := range s.Brokers {
+			if b.Connected {
+				n++
+			}
+		}
+		return float64(n)
+	})
+	gauge("shares", "Shares declared.", func(s AgentStatus) float64 { return float64(len(s.Shares)) })
+	gauge("forwards", "Forwards (connects) declared.", func(s AgentStatus) float64 { return float64(len(s.Connects)) })
+	gauge("reconnects", "Peer sessions re-made after one was lost, summed over forwards.", func(s AgentStatus) float64 {
+		n := 0
+		for _, c := range s.Connects {
+			n += c.Reconnects
+		}
+		return float64(n)
+	})
+	gauge("connections_open", "Forwarded TCP connections open now.", func(AgentStatus) float64 { return float64(a.stats.streams.Load()) })
+	counter("connections_total", "Forwarded TCP connections since start.", func() float64 { return float64(a.stats.total.Load()) })
+	counter("received_bytes_total", "Bytes received from peers.", func() float64 { return float64(a.stats.bytesIn.Load()) })
+	counter("sent_bytes_total", "Bytes sent to peers.", func() float64 { return float64(a.stats.bytesOut.Load()) })
+	return reg
+}
+
+// serveMetrics serves /metrics and /healthz on addr until ctx ends.
+func (a *Agent) serveMetrics(ctx context.Context, addr string) error {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("metrics listen: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(a.registry(), promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	a.log.WithField("listen", ln.Addr().String()).Info("metrics listening")
+	a.spawn(func() {
+		<-ctx.Done()
+		srv.Close()
+	})
+	a.spawn(func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			a.log.WithError(err).Warn("metrics server stopped")
+		}
+	})
+	return nil
+}
