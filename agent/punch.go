@@ -82,9 +82,11 @@ func (b *brokerClient) discover(ctx context.Context, servers []string, scanned c
 		b.log.Info("broker offers no STUN server: NAT type unknown, punching blind")
 		return
 	}
+	// First the TCP mapping alone, which introductions wait for; then the
+	// whole picture, for status and logs, now and every discoverEvery.
 	for first := true; ; first = false {
 		dctx, cancel := context.WithTimeout(ctx, discoverBudget)
-		r, err := nat.Discover(dctx, nat.Options{Server: primary, Alternate: alt, Timeout: stunTimeout})
+		r, err := nat.Discover(dctx, nat.Options{Server: primary, Alternate: alt, Timeout: stunTimeout, TCPOnly: first})
 		cancel()
 		if err != nil {
 			b.log.WithError(err).Info("NAT discovery failed")
@@ -92,10 +94,14 @@ func (b *brokerClient) discover(ctx context.Context, servers []string, scanned c
 			b.mu.Lock()
 			b.report = r
 			b.mu.Unlock()
-			b.log.WithFields(logrus.Fields{"nat": r.Type, "verdict": r.Verdict, "public": r.PublicIP}).Info("NAT discovered")
+			if !first {
+				b.log.WithFields(logrus.Fields{"nat": r.Type, "verdict": r.Verdict, "public": r.PublicIP,
+					"udp_filtering": r.UDP.Filtering}).Info("NAT discovered")
+			}
 		}
 		if first {
 			close(scanned)
+			continue
 		}
 		select {
 		case <-ctx.Done():

@@ -32,8 +32,19 @@ func newLabWorld(t *testing.T, topo natlab.Topology) *labWorld {
 	lab := natlab.New(t, topo)
 	w := &labWorld{t: t, lab: lab, ctx: t.Context(), sharerDir: t.TempDir(), connDir: t.TempDir()}
 	br := lab.Host("broker")
+	public := br.IP().String()
+	if topo.IPv6 {
+		// IPv6 only for the agents: without an IPv4 route, every path
+		// between them, and to the broker, is IPv6.
+		public = br.IPv6().String()
+		for _, h := range []string{"a", "b"} {
+			if out, err := lab.Host(h).Run(w.ctx, "ip", "-4", "route", "del", "default"); err != nil {
+				t.Fatalf("drop IPv4 route of %s: %v %s", h, err, out)
+			}
+		}
+	}
 	w.url = w.firstLine(w.startCmd(br, natlab.Command{Path: bins.broker, Env: raceEnv,
-		Args: []string{"--state-dir", t.TempDir(), "--public-addr", br.IP().String(), "--listen", ":7000"}}))
+		Args: []string{"--state-dir", t.TempDir(), "--public-addr", public, "--listen", ":7000"}}))
 	if out, err := lab.Host("a").RunCommand(w.ctx, agentCmd("--state-dir", w.sharerDir, "login", w.url)); err != nil {
 		t.Fatalf("login: %v\n%s", err, out)
 	}
@@ -139,7 +150,11 @@ func TestLabDirect(t *testing.T) {
 				t.Errorf("candidate pair %+v: want the sharer's LAN address %s", p.Pair, w.lab.Host("a").IP())
 			}
 		}},
-		{"ipv6 firewall-firewall", natlab.IPv6Pair(), nil},
+		{"ipv6 firewall-firewall", natlab.IPv6Pair(), func(t *testing.T, w *labWorld, p agent.PeerStatus) {
+			if remote, err := netip.ParseAddrPort(p.Pair.Remote); err != nil || !remote.Addr().Is6() {
+				t.Errorf("candidate pair %+v: want IPv6", p.Pair)
+			}
+		}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -243,7 +243,6 @@ func TestSigtermDrains(t *testing.T) {
 	}
 }
 
-
 // TestUpMetrics: agent up serves Prometheus metrics when asked to.
 func TestUpMetrics(t *testing.T) {
 	w := newWorld(t)
