@@ -271,6 +271,7 @@ func (a *Agent) dialSharer(ctx context.Context, b *brokerClient, sharer secure.A
 	}
 	log := a.log.WithFields(logrus.Fields{"component": "punch", "peer": sharer.Short(), "role": roleConnector})
 	conn, out, err := a.punchTo(ctx, ps, rep.Candidates, true, local, rep.NAT, time.Time{}, log)
+	b.tellOutcome(out, err)
 	if err != nil {
 		return nil, out, rep, fmt.Errorf("direct path to %s (NAT %s, peer NAT %s): %w", sharer.Short(), out.localNAT, out.peerNAT, err)
 	}
@@ -287,6 +288,26 @@ func (a *Agent) dialSharer(ctx context.Context, b *brokerClient, sharer secure.A
 		return nil, out, rep, fmt.Errorf("peer tls: %w", err)
 	}
 	return c, out, rep, nil
+}
+
+// tellOutcome tells the broker how the punch went, for its metrics; best effort.
+func (b *brokerClient) tellOutcome(out punchOutcome, err error) {
+	o := &proto.Outcome{Result: proto.OutcomeDirect, NAT: out.localNAT, PeerNAT: out.peerNAT}
+	switch {
+	case errors.Is(err, punch.ErrRelayNeeded):
+		o.Result = proto.OutcomeRelayNeeded
+	case err != nil:
+		o.Result = proto.OutcomeFailed
+	}
+	if out.res != nil {
+		o.PunchMS = out.res.PunchMS
+	}
+	b.mu.Lock()
+	c := b.cur
+	b.mu.Unlock()
+	if c != nil {
+		go c.send(o)
+	}
 }
 
 // punchForIntro is the sharer's side of an introduction: it binds a punch

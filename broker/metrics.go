@@ -33,14 +33,13 @@ const connectorGone = "connector_gone"
 // their own, owned by the Server, never the global default one: an agent
 // that embeds a broker, and tests that start many, would otherwise collide.
 //
-// Punch outcomes by NAT type are not here: agents do not report how their
-// punch went, so the broker cannot see them.
 type metrics struct {
 	reg           *prometheus.Registry
 	sessions      *prometheus.CounterVec // admitted, by role
 	refused       *prometheus.CounterVec // by reason
 	introductions prometheus.Counter
 	introFailed   *prometheus.CounterVec // by code
+	punches       *prometheus.CounterVec // by result and both NAT types, as connectors report them
 }
 
 func newMetrics(s *Server) *metrics {
@@ -62,6 +61,10 @@ func newMetrics(s *Server) *metrics {
 			Namespace: metricsNamespace, Subsystem: "broker", Name: "introductions_failed_total",
 			Help: "Connect requests that got no introduction, by code: unauthorized, not_found, timeout, limit, bad_request, the sharer's own code, or connector_gone.",
 		}, []string{"code"}),
+		punches: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: metricsNamespace, Subsystem: "broker", Name: "punches_total",
+			Help: "Hole punches after an introduction, as connectors report them, by result (direct, relay_needed, failed) and the NAT types of connector (nat) and sharer (peer_nat).",
+		}, []string{"result", "nat", "peer_nat"}),
 	}
 	// Pre-create the common series so a dashboard sees 0, not "no data".
 	for _, r := range []string{"member", "guest"} {
@@ -73,7 +76,7 @@ func newMetrics(s *Server) *metrics {
 		}, func() float64 { return float64(f(s.Stats())) })
 	}
 	m.reg.MustRegister(
-		m.sessions, m.refused, m.introductions, m.introFailed,
+		m.sessions, m.refused, m.introductions, m.introFailed, m.punches,
 		gauge("agents_online", "Member agents (distinct identities) with a control session.", func(st Stats) int { return st.Agents }),
 		gauge("guests_online", "Guest (ticket-only) control sessions.", func(st Stats) int { return st.Guests }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{

@@ -222,6 +222,10 @@ func (s *session) handle(m proto.Message) bool {
 	case *proto.IntroReply:
 		s.introReply(m)
 		return true
+	case *proto.Outcome:
+		s.srv.metrics.punches.WithLabelValues(m.Result, m.NAT, m.PeerNAT).Inc()
+		s.log.WithFields(logrus.Fields{"result": m.Result, "nat": m.NAT, "peer_nat": m.PeerNAT, "punch_ms": m.PunchMS}).Info("punch outcome")
+		return true
 	default:
 		s.log.Warnf("unexpected %s; closing the session", typeName(m))
 		s.fail(proto.CodeBadRequest, fmt.Sprintf("unexpected %s message from an agent", typeName(m)))

@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
@@ -23,6 +24,19 @@ type labWorld struct {
 	ctx                context.Context
 	url                string
 	sharerDir, connDir string
+	broker             *natlab.Node
+}
+
+// brokerMetrics scrapes the broker's metrics inside its namespace.
+func (w *labWorld) brokerMetrics() string {
+	c, err := w.broker.Dial(w.ctx, "tcp", "127.0.0.1:9102")
+	if err != nil {
+		w.t.Fatalf("broker metrics: %v", err)
+	}
+	defer c.Close()
+	fmt.Fprint(c, "GET /metrics HTTP/1.0\r\n\r\n")
+	b, _ := io.ReadAll(c)
+	return string(b)
 }
 
 // raceEnv keeps race-built binaries from sleeping a second at exit.
@@ -32,6 +46,7 @@ func newLabWorld(t *testing.T, topo natlab.Topology) *labWorld {
 	lab := natlab.New(t, topo)
 	w := &labWorld{t: t, lab: lab, ctx: t.Context(), sharerDir: t.TempDir(), connDir: t.TempDir()}
 	br := lab.Host("broker")
+	w.broker = br
 	public := br.IP().String()
 	if topo.IPv6 {
 		// IPv6 only for the agents: without an IPv4 route, every path
@@ -44,7 +59,7 @@ func newLabWorld(t *testing.T, topo natlab.Topology) *labWorld {
 		}
 	}
 	w.url = w.firstLine(w.startCmd(br, natlab.Command{Path: bins.broker, Env: raceEnv,
-		Args: []string{"--state-dir", t.TempDir(), "--public-addr", public, "--listen", ":7000"}}))
+		Args: []string{"--state-dir", t.TempDir(), "--public-addr", public, "--listen", ":7000", "--metrics-listen", "127.0.0.1:9102"}}))
 	if out, err := lab.Host("a").RunCommand(w.ctx, agentCmd("--state-dir", w.sharerDir, "login", w.url)); err != nil {
 		t.Fatalf("login: %v\n%s", err, out)
 	}
@@ -140,6 +155,8 @@ func TestLabDirect(t *testing.T) {
 			if p.LocalNAT != "cone" || p.PeerNAT != "cone" {
 				t.Errorf("NAT types %q/%q, want cone/cone", p.LocalNAT, p.PeerNAT)
 			}
+			want := `peerport_broker_punches_total{nat="cone",peer_nat="cone",result="direct"} 1`
+			eventually(t, 10*time.Second, "the broker to count the punch", func() bool { return strings.Contains(w.brokerMetrics(), want) })
 		}},
 		{"double-cone", natlab.Pair(natlab.BehindCGN, natlab.BehindCone), nil},
 		{"firewall-firewall", natlab.Pair(natlab.BehindFW, natlab.BehindFW), nil},
@@ -190,6 +207,8 @@ func TestLabSymmetricRelayNeeded(t *testing.T) {
 	eventually(t, 10*time.Second, "the connector to report relay needed", func() bool {
 		return strings.Contains(conn.Stderr(), "relay needed")
 	})
+	want := `peerport_broker_punches_total{nat="cone",peer_nat="symmetric",result="relay_needed"}`
+	eventually(t, 10*time.Second, "the broker to count it", func() bool { return strings.Contains(w.brokerMetrics(), want) })
 	t.Logf("relay needed reported %v after the connector started", time.Since(start).Round(time.Millisecond))
 }
 

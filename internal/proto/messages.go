@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 )
 
 // Limits on message contents, beyond the frame limit.
@@ -146,6 +147,36 @@ type Pong struct {
 	Nonce uint64 `json:"nonce"`
 }
 
+// Outcome tells the broker how a punch after its introduction went, so
+// operators can see which NAT pairings connect. Values outside the known
+// sets are refused, which keeps metric labels bounded.
+type Outcome struct {
+	Result  string `json:"result"` // direct, relay_needed, failed
+	NAT     string `json:"nat"`    // this side's type
+	PeerNAT string `json:"peer_nat"`
+	PunchMS int64  `json:"punch_ms,omitempty"`
+}
+
+// Outcome results.
+const (
+	OutcomeDirect      = "direct"
+	OutcomeRelayNeeded = "relay_needed"
+	OutcomeFailed      = "failed"
+)
+
+var (
+	outcomeResults = []string{OutcomeDirect, OutcomeRelayNeeded, OutcomeFailed}
+	natTypes       = []string{"public", "cone", "symmetric", "unknown"}
+)
+
+func (m *Outcome) validate() error {
+	if !slices.Contains(outcomeResults, m.Result) || !slices.Contains(natTypes, m.NAT) || !slices.Contains(natTypes, m.PeerNAT) {
+		return fmt.Errorf("outcome %q with NAT types %q/%q: unknown value", m.Result, m.NAT, m.PeerNAT)
+	}
+	return nil
+}
+
+func (*Outcome) Type() Type      { return TypeOutcome }
 func (*Hello) Type() Type        { return TypeHello }
 func (*Welcome) Type() Type      { return TypeWelcome }
 func (*Error) Type() Type        { return TypeError }

@@ -19,6 +19,7 @@
 //	connector        Connect{id, ...}      broker -> sharer Intro{intro, ...}
 //	sharer           IntroReply{intro}     broker -> conn.  ConnectReply{id, ...}
 //	either           Ping{nonce}           other side       Pong{nonce}
+//	connector        Outcome{...}          (no answer: how the punch went, for metrics)
 package proto
 
 import (
@@ -62,6 +63,7 @@ const (
 	TypeConnectReply
 	TypePing
 	TypePong
+	TypeOutcome
 )
 
 // Message is one control message.
@@ -96,6 +98,8 @@ func newMessage(t Type) Message {
 		return new(Ping)
 	case TypePong:
 		return new(Pong)
+	case TypeOutcome:
+		return new(Outcome)
 	}
 	return nil
 }

@@ -39,6 +39,7 @@ var filled = []Message{
 	&ConnectReply{ID: 9, Candidates: cands, Code: CodeNotFound, Message: "sharer offline"},
 	&Ping{Nonce: 42},
 	&Pong{Nonce: 42},
+	&Outcome{Result: OutcomeDirect, NAT: "cone", PeerNAT: "symmetric", PunchMS: 12},
 }
 
 func TestFilledCoversEveryType(t *testing.T) {
@@ -46,12 +47,12 @@ func TestFilledCoversEveryType(t *testing.T) {
 	for _, m := range filled {
 		seen[m.Type()] = true
 	}
-	for ty := TypeHello; ty <= TypePong; ty++ {
+	for ty := TypeHello; ty <= TypeOutcome; ty++ {
 		if !seen[ty] {
 			t.Errorf("type %d has no entry in filled", ty)
 		}
 	}
-	if newMessage(0) != nil || newMessage(TypePong+1) != nil {
+	if newMessage(0) != nil || newMessage(TypeOutcome+1) != nil {
 		t.Error("a type beyond the known range makes a message; add it to filled")
 	}
 }
@@ -223,7 +224,7 @@ func TestDecodeErrors(t *testing.T) {
 		{"version 2", frame(13, 2, TypePing, ping), ErrVersion},
 		{"version 255", frame(13, 255, TypePing, ping), ErrVersion},
 		{"type 0", frame(13, Version, 0, ping), ErrUnknownType},
-		{"type after Pong", frame(13, Version, TypePong+1, ping), ErrUnknownType},
+		{"type after the last", frame(13, Version, TypeOutcome+1, ping), ErrUnknownType},
 		{"type 255", frame(13, Version, 255, ping), ErrUnknownType},
 		{"length 0", frame(0, Version, TypePing, ""), ErrMalformed},
 		{"length 1", frame(1, Version, TypePing, ""), ErrMalformed},
