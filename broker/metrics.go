@@ -32,7 +32,6 @@ const connectorGone = "connector_gone"
 // metrics are the broker's Prometheus collectors. They live in a registry of
 // their own, owned by the Server, never the global default one: an agent
 // that embeds a broker, and tests that start many, would otherwise collide.
-//
 type metrics struct {
 	reg           *prometheus.Registry
 	sessions      *prometheus.CounterVec // admitted, by role
