@@ -284,13 +284,24 @@ func (a *Agent) apply(o Options) error {
 		a.mu.Unlock()
 		return errors.New("the broker changed: restart the agent to move its shares")
 	}
-	a.mu.Unlock()
 	if o.Broker != nil {
 		a.opts.Broker = o.Broker
 	}
+	a.mu.Unlock()
 	var b *brokerClient
 	if len(o.Shares) > 0 {
-		b = a.broker(*a.opts.Broker)
+		b = a.broker(*a.brokerURL())
+	}
+	// Tickets first: the one step that can fail, before anything changes.
+	tickets := map[string]*secure.Ticket{}
+	for _, spec := range o.Shares {
+		if a.shareNamed(spec.Name) == nil {
+			t, err := a.ticketFor(spec.Name)
+			if err != nil {
+				return err
+			}
+			tickets[spec.Name] = &t
+		}
 	}
 	wantShares := map[string]ShareSpec{}
 	for _, s := range o.Shares {
@@ -309,16 +320,9 @@ func (a *Agent) apply(o Options) error {
 		if old != nil && old.Target == spec.Target && slices.Equal(old.Allow, spec.Allow) {
 			continue
 		}
-		s := &share{ShareSpec: spec, broker: b, stats: &counters{}, announced: &atomic.Bool{}}
+		s := &share{ShareSpec: spec, broker: b, ticket: tickets[name], stats: &counters{}, announced: &atomic.Bool{}}
 		if old != nil {
 			s.ticket, s.stats, s.announced = old.ticket, old.stats, old.announced
-		} else {
-			t, err := a.ticketFor(name)
-			if err != nil {
-				a.mu.Unlock()
-				return err
-			}
-			s.ticket = &t
 		}
 		a.shares[name] = s
 		register = append(register, s)
@@ -369,7 +373,8 @@ func (a *Agent) apply(o Options) error {
 // ticketFor makes the ticket of a new share: with KeepTickets its secret
 // is kept in the state dir, so the share keeps its ticket across restarts.
 func (a *Agent) ticketFor(name string) (secure.Ticket, error) {
-	t, err := secure.NewTicket(a.opts.Broker.Addr, a.opts.Broker.Pin, a.id.ID(), name)
+	u := a.brokerURL()
+	t, err := secure.NewTicket(u.Addr, u.Pin, a.id.ID(), name)
 	if err != nil || !a.opts.KeepTickets {
 		return t, err
 	}
@@ -433,12 +438,19 @@ func (a *Agent) broker(u secure.BrokerURL) *brokerClient {
 	return b
 }
 
+// brokerURL is the broker this agent logged in to, or nil.
+func (a *Agent) brokerURL() *secure.BrokerURL {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.opts.Broker
+}
+
 // brokerFor picks the control session a ticket's connector uses: the logged-in
 // broker when the ticket points there (so the token admits us fully), else a
 // tokenless guest session to the ticket's broker.
 func (a *Agent) brokerFor(t *secure.Ticket) *brokerClient {
-	if t == nil || (a.opts.Broker != nil && a.opts.Broker.Addr == t.Broker && a.opts.Broker.Pin == t.Pin) {
-		return a.broker(*a.opts.Broker)
+	if u := a.brokerURL(); t == nil || (u != nil && u.Addr == t.Broker && u.Pin == t.Pin) {
+		return a.broker(*u)
 	}
 	return a.broker(secure.BrokerURL{Addr: t.Broker, Pin: t.Pin})
 }

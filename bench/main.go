@@ -5,6 +5,7 @@
 //	go run ./bench                 # loopback, everything (~3 min)
 //	go run ./bench -only throughput,latency -rounds 5
 //	sudo go run ./bench -only punch  # hole punching in the NAT lab (root)
+//	go run ./bench -only ops         # broker restarts, idle RSS of agent up (bench/ops.go)
 //
 // It builds the agent and broker (no -race), runs a broker, sharers and
 // connectors as separate processes on 127.0.0.1, drives them with iperf3 and
@@ -57,7 +58,7 @@ func main() {
 	flag.StringVar(&muxStreams, "mux-streams", "1000,10000", "idle streams on a bare mux session (comma list)")
 	flag.IntVar(&o.brokerAgents, "broker-agents", 10000, "control clients registered at the broker")
 	flag.IntVar(&o.introSecs, "intro-seconds", 3, "seconds of sustained introductions")
-	flag.StringVar(&only, "only", "", "comma list of parts: throughput,latency,connect,memory,mux,broker,punch (default all; punch only where the NAT lab can run)")
+	flag.StringVar(&only, "only", "", "comma list of parts: throughput,latency,connect,memory,mux,broker,ops,punch (default all; punch only where the NAT lab can run)")
 	flag.IntVar(&o.punchRuns, "punch-runs", 20, "punch: cone-cone runs per WAN RTT")
 	flag.IntVar(&o.punchMatrixRuns, "punch-matrix-runs", 5, "punch: runs per topology of the success matrix")
 	flag.StringVar(&o.results, "results", "bench/RESULTS.md", "markdown file for the results (empty: none)")
@@ -201,6 +202,12 @@ func run(ctx context.Context, o options) error {
 			return fmt.Errorf("%s: %w", s.part, err)
 		}
 	}
+	if o.want(opsPart) {
+		fmt.Fprintf(os.Stderr, "== %s\n", opsPart)
+		if err := opsBench(ctx, bin, tmp, o, rep); err != nil {
+			return fmt.Errorf("%s: %w", opsPart, err)
+		}
+	}
 	if doPunch {
 		fmt.Fprintf(os.Stderr, "== %s\n", punchPart)
 		if err := punchBench(ctx, bin, tmp, o, rep); err != nil {
@@ -215,7 +222,7 @@ func run(ctx context.Context, o options) error {
 		if !filepath.IsAbs(path) {
 			path = filepath.Join(root, path)
 		}
-		if err := saveResults(path, rep); err != nil {
+		if err := saveAll(path, rep); err != nil {
 			return err
 		}
 	}

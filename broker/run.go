@@ -2,7 +2,6 @@ package broker
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -212,34 +211,9 @@ func publicAddr(public string, bound net.Addr) (string, error) {
 	if host != nil && !host.IsUnspecified() {
 		return net.JoinHostPort(host.String(), strconv.Itoa(port)), nil
 	}
-	ip, err := firstGlobalIPv4()
-	if err != nil {
-		ip = net.IPv4(127, 0, 0, 1)
+	ip := "127.0.0.1"
+	if ips := nat.GlobalIPv4s(); len(ips) > 0 {
+		ip = ips[0].String()
 	}
-	return net.JoinHostPort(ip.String(), strconv.Itoa(port)), nil
-}
-
-// firstGlobalIPv4 looks at the interfaces only: no packet is sent to find out.
-func firstGlobalIPv4() (net.IP, error) {
-	ifs, err := net.Interfaces()
-	if err != nil {
-		return nil, err
-	}
-	for _, ifc := range ifs {
-		if ifc.Flags&net.FlagUp == 0 || ifc.Flags&net.FlagLoopback != 0 {
-			continue
-		}
-		addrs, err := ifc.Addrs()
-		if err != nil {
-			continue
-		}
-		for _, a := range addrs {
-			if n, ok := a.(*net.IPNet); ok {
-				if ip4 := n.IP.To4(); ip4 != nil && ip4.IsGlobalUnicast() {
-					return ip4, nil
-				}
-			}
-		}
-	}
-	return nil, errors.New("no global unicast IPv4 address")
+	return net.JoinHostPort(ip, strconv.Itoa(port)), nil
 }

@@ -109,7 +109,7 @@ func DefaultAddrs(host string) []string {
 	ports := []string{strconv.Itoa(DefaultPort), strconv.Itoa(DefaultAltPort)}
 	hosts := []string{host}
 	if ip, err := netip.ParseAddr(host); host == "" || (err == nil && ip.IsUnspecified()) {
-		if ips := globalIPv4s(); len(ips) >= 2 {
+		if ips := GlobalIPv4s(); len(ips) >= 2 {
 			hosts = []string{ips[0].String(), ips[1].String()}
 		}
 	}
@@ -122,8 +122,9 @@ func DefaultAddrs(host string) []string {
 	return out
 }
 
-// globalIPv4s looks at the interfaces only: no packet is sent to find out.
-func globalIPv4s() []netip.Addr {
+// GlobalIPv4s lists the global unicast IPv4 addresses of up, non-loopback
+// interfaces. It looks at the interfaces only: no packet is sent to find out.
+func GlobalIPv4s() []netip.Addr {
 	ifs, err := net.Interfaces()
 	if err != nil {
 		return nil
