@@ -14,6 +14,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -138,112 +139,228 @@ func echoOnce(addr string) error {
 	return err
 }
 
-// reconnects kills and restarts the broker 10 times under a sharer
-// and a connector with a working forward, and times each agent's return.
-func (w *world) reconnects(r *Report, brokerArgs []string) error {
-	const rounds = 10
-	ctx := w.ctx
-	share, ticket, err := w.share("rc-sharer", w.echoAddr)
+// restartSample is one round: from the broker's restart to each agent's
+// broker session back (sharer, connector), and the reconnect attempts each
+// made in between.
+type restartSample struct {
+	sharer, conn     float64 // ms
+	sharerN, connN   int
+	both, ready, log float64 // ms: both back, broker URL line, baseline login
+}
+
+// agentPair is a sharer (`agent share`) and a connector (`agent connect`)
+// of the echo service, with a working forward.
+type agentPair struct {
+	share, conn *proc
+	dirs        [2]string // sharer, connector
+	addr        string    // the connector's listener
+}
+
+func (w *world) newPair(name string) (*agentPair, error) {
+	sh, ticket, err := w.share(name+"-sharer", w.echoAddr)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	con, addr, err := w.connect("rc-connector", ticket)
+	con, addr, err := w.connect(name+"-connector", ticket)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if err := echoOnce(addr); err != nil {
-		return fmt.Errorf("first echo through the forward: %w\n%s", err, con.stderr.String())
+		return nil, fmt.Errorf("first echo through the forward: %w\n%s", err, con.stderr.String())
 	}
-	dirs := []string{w.dir("rc-sharer"), w.dir("rc-connector")}
-	var both, ready, login []float64
-	per := [2][]float64{}
-	for i := range rounds {
-		before := [2]int{}
-		for j, d := range dirs {
-			// Both must be up before the kill, or the round would time a
-			// reconnect that had started already.
-			wctx, cancel := context.WithTimeout(ctx, opsRoundTimeout)
-			_, _, err := w.waitBroker(wctx, d, -1)
-			cancel()
-			if err != nil {
-				return err
-			}
-			if _, before[j], err = w.brokerState(ctx, d); err != nil {
-				return err
-			}
-		}
-		w.brokerProc.cmd.Process.Kill()
-		<-w.brokerProc.done
-		t0 := time.Now()
-		if w.brokerProc, err = w.start("broker", nil, w.bin.broker, brokerArgs...); err != nil {
-			return err
-		}
-		rctx, cancel := context.WithTimeout(ctx, opsRoundTimeout)
-		var wg sync.WaitGroup
-		var back [2]time.Time
-		var errs [2]error
-		for j, d := range dirs {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				back[j], _, errs[j] = w.waitBroker(rctx, d, before[j])
-			}()
-		}
-		url, uerr := w.brokerProc.firstLine(rctx)
-		tReady := time.Since(t0)
-		wg.Wait()
+	return &agentPair{share: sh, conn: con, dirs: [2]string{w.dir(name + "-sharer"), w.dir(name + "-connector")}, addr: addr}, nil
+}
+
+func (p *agentPair) kill() {
+	for _, q := range []*proc{p.share, p.conn} {
+		q.cmd.Process.Kill()
+		<-q.done
+	}
+}
+
+// restartRound waits for both agents of p to be on the broker, kills the
+// broker, restarts it at once and times both agents' return; then checks a
+// new connection through the forward and times the baseline login.
+func (w *world) restartRound(p *agentPair, brokerArgs []string, label string) (restartSample, error) {
+	var s restartSample
+	ctx := w.ctx
+	before := [2]int{}
+	for j, d := range p.dirs {
+		// Both must be up before the kill, or the round would time a
+		// reconnect that had started already.
+		wctx, cancel := context.WithTimeout(ctx, opsRoundTimeout)
+		_, n, err := w.waitBroker(wctx, d, -1)
 		cancel()
-		if uerr != nil {
-			return fmt.Errorf("round %d: restarted broker: %w", i+1, uerr)
+		if err != nil {
+			return s, err
 		}
-		if url != w.brokerURL {
-			return fmt.Errorf("round %d: restarted broker has another URL %q, want %q", i+1, url, w.brokerURL)
-		}
-		if err := errors.Join(errs[:]...); err != nil {
-			return fmt.Errorf("round %d: %w\nsharer: %s\nconnector: %s", i+1, err, lastLine(share.stderr.String()), lastLine(con.stderr.String()))
-		}
-		for j := range back {
-			per[j] = append(per[j], ms(back[j].Sub(t0)))
-		}
-		both = append(both, ms(max(back[0].Sub(t0), back[1].Sub(t0))))
-		ready = append(ready, ms(tReady))
-		if err := echoOnce(addr); err != nil {
-			return fmt.Errorf("round %d: new connection through the forward: %w\n%s", i+1, err, lastLine(con.stderr.String()))
-		}
-		// Baseline: one control handshake with a fresh identity against the
-		// broker just restarted, process start included.
-		t := time.Now()
-		if _, err := runOut(ctx, 30*time.Second, nil, w.bin.agent, "--state-dir", w.dir(fmt.Sprintf("login-%d", i)), "login", w.brokerURL); err != nil {
-			return fmt.Errorf("round %d: %w", i+1, err)
-		}
-		login = append(login, ms(time.Since(t)))
-		fmt.Fprintf(os.Stderr, "  round %d: both back %.0f ms (sharer %.0f, connector %.0f), broker ready %.0f ms, login %.0f ms\n",
-			i+1, both[i], per[0][i], per[1][i], ready[i], login[i])
+		before[j] = n
 	}
-	note := fmt.Sprintf("%d rounds: SIGKILL the broker, restart it at once (same state dir and port), time from the restart "+
-		"until `agent status --json` of both the sharer (`agent share`) and the connector (`agent connect`) shows brokers[0] "+
-		"connected with a higher reconnects count (polled every %v, each poll a status process); a new connection "+
-		"through the forward echoed after every round. Includes the agents' control backoff draw: full jitter, ceiling "+
-		"0.5 s doubling per attempt up to 30 s, reset only after 1 min stable; rounds here are seconds apart, so the "+
-		"ceiling keeps doubling from round to round (0.5, 1, 2, 4 s, ...), and later rounds time the backoff rather "+
-		"than the handshake. Round 1 is the case of an isolated restart. Values, both back (ms): %v; sharer: %v; "+
-		"connector: %v", rounds, opsPoll, round2(both), round2(per[0]), round2(per[1]))
-	base := fmt.Sprintf("baseline: `agent login` with a fresh state dir against the restarted broker, one control "+
-		"handshake, process start included, median of %d: %v ms", rounds, round2(login))
-	r.add(Figure{Part: opsPart, Name: fmt.Sprintf("broker restart to both agents reconnected, median of %d", rounds),
-		Value: median(both), Unit: "ms", Baseline: median(login), BaseName: "fresh agent login",
-		Note: note + "; " + base})
-	r.add(Figure{Part: opsPart, Name: fmt.Sprintf("broker restart to both agents reconnected, p90 of %d", rounds),
-		Value: quantile(both, .9), Unit: "ms"})
-	r.add(Figure{Part: opsPart, Name: fmt.Sprintf("broker restart to both agents reconnected, min of %d", rounds),
-		Value: quantile(both, 0), Unit: "ms"})
-	r.add(Figure{Part: opsPart, Name: fmt.Sprintf("broker restart to both agents reconnected, max of %d", rounds),
-		Value: quantile(both, 1), Unit: "ms"})
-	r.add(Figure{Part: opsPart, Name: "broker restart to both agents reconnected, round 1 (fresh backoff)",
-		Value: both[0], Unit: "ms", Baseline: login[0], BaseName: "fresh agent login",
-		Note: "the first restart, when the control backoff ceiling is 0.5 s, like a restart after 1 min stable"})
-	r.add(Figure{Part: opsPart, Name: fmt.Sprintf("broker restart to its URL line, median of %d", rounds),
-		Value: median(ready), Unit: "ms", Note: "process start to the first stdout line; part of the reconnect time"})
+	w.brokerProc.cmd.Process.Kill()
+	<-w.brokerProc.done
+	t0 := time.Now()
+	var err error
+	if w.brokerProc, err = w.start("broker", nil, w.bin.broker, brokerArgs...); err != nil {
+		return s, err
+	}
+	rctx, cancel := context.WithTimeout(ctx, opsRoundTimeout)
+	defer cancel()
+	var wg sync.WaitGroup
+	var back [2]time.Time
+	var after [2]int
+	var errs [2]error
+	for j, d := range p.dirs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			back[j], after[j], errs[j] = w.waitBroker(rctx, d, before[j])
+		}()
+	}
+	url, uerr := w.brokerProc.firstLine(rctx)
+	s.ready = ms(time.Since(t0))
+	wg.Wait()
+	if uerr != nil {
+		return s, fmt.Errorf("restarted broker: %w", uerr)
+	}
+	if url != w.brokerURL {
+		return s, fmt.Errorf("restarted broker has another URL %q, want %q", url, w.brokerURL)
+	}
+	if err := errors.Join(errs[:]...); err != nil {
+		return s, fmt.Errorf("%w\nsharer: %s\nconnector: %s", err, lastLine(p.share.stderr.String()), lastLine(p.conn.stderr.String()))
+	}
+	s.sharer, s.conn = ms(back[0].Sub(t0)), ms(back[1].Sub(t0))
+	s.sharerN, s.connN = after[0]-before[0], after[1]-before[1]
+	s.both = max(s.sharer, s.conn)
+	if err := echoOnce(p.addr); err != nil {
+		return s, fmt.Errorf("new connection through the forward: %w\n%s", err, lastLine(p.conn.stderr.String()))
+	}
+	// Baseline: one control handshake with a fresh identity against the
+	// broker just restarted, process start included.
+	t := time.Now()
+	if _, err := runOut(ctx, 30*time.Second, nil, w.bin.agent, "--state-dir", w.dir("login-"+strings.ReplaceAll(label, " ", "-")), "login", w.brokerURL); err != nil {
+		return s, err
+	}
+	s.log = ms(time.Since(t))
+	fmt.Fprintf(os.Stderr, "  %s: both back %.0f ms (sharer %.0f ms/%d draws, connector %.0f ms/%d), broker URL line %.0f ms, login %.0f ms\n",
+		label, s.both, s.sharer, s.sharerN, s.conn, s.connN, s.ready, s.log)
+	return s, nil
+}
+
+type restartSeries []restartSample
+
+func (ss restartSeries) col(f func(restartSample) float64) []float64 {
+	out := make([]float64, len(ss))
+	for i, s := range ss {
+		out[i] = f(s)
+	}
+	return out
+}
+
+func (ss restartSeries) attempts() string {
+	var b strings.Builder
+	for i, s := range ss {
+		if i > 0 {
+			b.WriteString(" ")
+		}
+		fmt.Fprintf(&b, "%d/%d", s.sharerN, s.connN)
+	}
+	return b.String()
+}
+
+const opsRounds = 10
+
+// isolatedRestarts restarts the broker under a new pair of agents each
+// round, so every round starts at the first backoff step, as a restart
+// after a stable minute would.
+func (w *world) isolatedRestarts(brokerArgs []string) (restartSeries, error) {
+	var ss restartSeries
+	for i := range opsRounds {
+		p, err := w.newPair(fmt.Sprintf("iso%d", i))
+		if err != nil {
+			return nil, fmt.Errorf("isolated round %d: %w", i+1, err)
+		}
+		s, err := w.restartRound(p, brokerArgs, fmt.Sprintf("isolated %d", i+1))
+		p.kill()
+		if err != nil {
+			return nil, fmt.Errorf("isolated round %d: %w", i+1, err)
+		}
+		ss = append(ss, s)
+	}
+	return ss, nil
+}
+
+// repeatedRestarts restarts the broker opsRounds times under the same
+// pair. It stops early, keeping what it has, when the part's budget ends.
+func (w *world) repeatedRestarts(brokerArgs []string) (restartSeries, error) {
+	p, err := w.newPair("rc")
+	if err != nil {
+		return nil, err
+	}
+	var ss restartSeries
+	for i := range opsRounds {
+		s, err := w.restartRound(p, brokerArgs, fmt.Sprintf("round %d", i+1))
+		if err != nil {
+			if w.ctx.Err() != nil && len(ss) > 0 {
+				fmt.Fprintf(os.Stderr, "  round %d: part budget %v over; keeping %d rounds\n", i+1, opsBudget, len(ss))
+				return ss, nil
+			}
+			return nil, fmt.Errorf("round %d: %w", i+1, err)
+		}
+		ss = append(ss, s)
+	}
+	return ss, nil
+}
+
+// reconnects reports both restart series.
+func (w *world) reconnects(r *Report, brokerArgs []string) error {
+	iso, err := w.isolatedRestarts(brokerArgs)
+	if err != nil {
+		return err
+	}
+	rep, err := w.repeatedRestarts(brokerArgs)
+	if err != nil {
+		return err
+	}
+	both := func(s restartSample) float64 { return s.both }
+	login := func(s restartSample) float64 { return s.log }
+	how := fmt.Sprintf("SIGKILL the broker, restart it at once (same state dir and port), time from the restart until "+
+		"`agent status --json` of both the sharer (`agent share`) and the connector (`agent connect --listen 127.0.0.1:0`) "+
+		"shows brokers[0] connected with a higher reconnects count (each polled every %v, a status process per poll); "+
+		"a new connection through the forward echoed after every round. The figure includes the agents' control backoff "+
+		"draw: full jitter, ceiling 0.5 s doubling per failed attempt up to 30 s, reset only after 1 min stable; an agent "+
+		"that redials before the broker listens draws again from a doubled ceiling", opsPoll)
+	baseNote := func(ss restartSeries) string {
+		return fmt.Sprintf("baseline: `agent login` with a fresh state dir against the restarted broker, one control "+
+			"handshake, process start included, median of %d: %v ms", len(ss), round2(ss.col(login)))
+	}
+	n := len(rep)
+	r.add(Figure{Part: opsPart, Name: fmt.Sprintf("broker restart to both agents back, same agents, median of %d", n),
+		Value: median(rep.col(both)), Unit: "ms", Baseline: median(rep.col(login)), BaseName: "fresh agent login",
+		Note: fmt.Sprintf("%d back-to-back restarts under the same sharer and connector: %s. The rounds are seconds "+
+			"apart, so the 1-min reset never comes and each agent's ceiling keeps doubling from round to round "+
+			"(0.5, 1, 2, 4, 8, 16, 30 s...): later rounds time the backoff, not the handshake (crash-loop case). Values, "+
+			"both back (ms): %v; sharer: %v; connector: %v; backoff draws (reconnects count delta) sharer/connector: %s; %s",
+			n, how, round2(rep.col(both)), round2(rep.col(func(s restartSample) float64 { return s.sharer })),
+			round2(rep.col(func(s restartSample) float64 { return s.conn })), rep.attempts(), baseNote(rep))})
+	for _, q := range []struct {
+		name string
+		q    float64
+	}{{"p90", .9}, {"min", 0}, {"max", 1}} {
+		r.add(Figure{Part: opsPart, Name: fmt.Sprintf("broker restart to both agents back, same agents, %s of %d", q.name, n),
+			Value: quantile(rep.col(both), q.q), Unit: "ms"})
+	}
+	r.add(Figure{Part: opsPart, Name: fmt.Sprintf("broker restart to both agents back, new agents each round, median of %d", len(iso)),
+		Value: median(iso.col(both)), Unit: "ms", Baseline: median(iso.col(login)), BaseName: "fresh agent login",
+		Note: fmt.Sprintf("%d restarts, each under a new sharer and connector (so each agent's backoff is at its first "+
+			"step, 0..0.5 s, as after a restart that follows a stable minute): %s. Values, both back (ms): %v; "+
+			"backoff draws (reconnects count delta) sharer/connector: %s; %s", len(iso), how, round2(iso.col(both)), iso.attempts(), baseNote(iso))})
+	r.add(Figure{Part: opsPart, Name: fmt.Sprintf("broker restart to both agents back, new agents each round, p90 of %d", len(iso)),
+		Value: quantile(iso.col(both), .9), Unit: "ms",
+		Note: fmt.Sprintf("min %.0f ms, max %.0f ms", quantile(iso.col(both), 0), quantile(iso.col(both), 1))})
+	all := append(slices.Clone(iso), rep...)
+	r.add(Figure{Part: opsPart, Name: fmt.Sprintf("broker restart to its URL line, median of %d", len(all)),
+		Value: median(all.col(func(s restartSample) float64 { return s.ready })), Unit: "ms",
+		Note: "broker process start to its first stdout line, both series; part of every reconnect time above"})
 	return nil
 }
 
