@@ -15,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -80,6 +81,10 @@ type Options struct {
 	Reload func() (Options, error)
 	// MetricsListen serves Prometheus /metrics there; empty: off.
 	MetricsListen string
+	// Candidates limits the local addresses offered to peers (host
+	// candidates) to these prefixes; empty: every interface address. The
+	// STUN mapping is always offered.
+	Candidates []netip.Prefix
 	// KeepGoing makes a forward that fails for good (its ticket refused)
 	// stop alone, reported in status, instead of ending the agent: for
 	// agent up, where one bad entry must not take the others down.

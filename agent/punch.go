@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -192,10 +193,10 @@ func (b *brokerClient) openPunch(ctx context.Context) (*punchSocket, error) {
 			cands = append(cands, punch.Candidate{Kind: punch.Srflx, Addr: m})
 		}
 	}
-	cands = punch.Order(cands)
-	cands = append(cands,
+	cands = append(punch.Order(cands),
 		punch.Candidate{Kind: punch.Host, Addr: netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), port)},
 		punch.Candidate{Kind: punch.Host, Addr: netip.AddrPortFrom(netip.IPv6Loopback(), port)})
+	cands = slices.DeleteFunc(cands, func(c punch.Candidate) bool { return c.Kind == punch.Host && !b.agent.offers(c.Addr.Addr()) })
 	ps := &punchSocket{ln: ln}
 	for _, c := range cands {
 		if len(ps.cands) == proto.MaxCandidates {
@@ -204,6 +205,19 @@ func (b *brokerClient) openPunch(ctx context.Context) (*punchSocket, error) {
 		ps.cands = append(ps.cands, proto.Candidate{Kind: string(c.Kind), Addr: c.Addr.String()})
 	}
 	return ps, nil
+}
+
+// offers reports whether a local address may be offered to peers.
+func (a *Agent) offers(ip netip.Addr) bool {
+	if len(a.opts.Candidates) == 0 {
+		return true
+	}
+	for _, p := range a.opts.Candidates {
+		if p.Contains(ip) {
+			return true
+		}
+	}
+	return false
 }
 
 func toPunch(cs []proto.Candidate) []punch.Candidate {

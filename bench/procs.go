@@ -74,7 +74,7 @@ func (t *tailBuffer) String() string {
 func startProc(name string, env []string, bin string, args ...string) (*proc, error) {
 	p := &proc{name: name, cmd: exec.Command(bin, args...), lines: make(chan string, 16),
 		stderr: &tailBuffer{}, done: make(chan struct{})}
-	p.cmd.Env = append(os.Environ(), env...)
+	p.cmd.Env = append(append(os.Environ(), loopbackOnly), env...)
 	p.cmd.Stderr = p.stderr
 	out, err := p.cmd.StdoutPipe()
 	if err != nil {
@@ -152,7 +152,7 @@ func runOut(ctx context.Context, d time.Duration, env []string, bin string, args
 	ctx, cancel := context.WithTimeout(ctx, d)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, bin, args...)
-	cmd.Env = append(os.Environ(), env...)
+	cmd.Env = append(append(os.Environ(), loopbackOnly), env...)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	if err := cmd.Run(); err != nil {
@@ -160,3 +160,7 @@ func runOut(ctx context.Context, d time.Duration, env []string, bin string, args
 	}
 	return out.Bytes(), nil
 }
+
+// loopbackOnly keeps agents from offering this machine's interface
+// addresses as candidates: loopback benchmarks stay on 127.0.0.0/8.
+const loopbackOnly = "PEERPORT_CANDIDATES=127.0.0.0/8,::1/128"

@@ -49,6 +49,10 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
+// loopbackOnly keeps agents in loopback tests from offering this machine's
+// interface addresses as candidates: every byte stays on 127.0.0.0/8.
+const loopbackOnly = "PEERPORT_CANDIDATES=127.0.0.0/8,::1/128"
+
 // proc is a running binary; its stderr is kept for the test log.
 type proc struct {
 	t      testing.TB
@@ -82,7 +86,7 @@ func start(t testing.TB, name, bin string, args ...string) *proc {
 	t.Helper()
 	p := &proc{t: t, name: name, cmd: exec.Command(bin, args...), lines: make(chan string, 64),
 		stderr: &syncBuffer{}, done: make(chan struct{})}
-	p.cmd.Env = append(os.Environ(), "PEERPORT_HOME="+t.TempDir())
+	p.cmd.Env = append(os.Environ(), "PEERPORT_HOME="+t.TempDir(), loopbackOnly)
 	p.cmd.Stderr = p.stderr
 	out, err := p.cmd.StdoutPipe()
 	if err != nil {
@@ -160,7 +164,7 @@ func run(t testing.TB, bin string, args ...string) (string, string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, bin, args...)
-	cmd.Env = append(os.Environ(), "PEERPORT_HOME="+t.TempDir())
+	cmd.Env = append(os.Environ(), "PEERPORT_HOME="+t.TempDir(), loopbackOnly)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err := cmd.Run()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"net"
+	"net/netip"
 	"testing"
 	"time"
 
@@ -36,6 +37,7 @@ func TestInProcessNoLeaks(t *testing.T) {
 			t.Fatal(err)
 		}
 		o.Identity, o.StateDir, o.Log = id, t.TempDir(), log
+		o.Candidates = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}
 		a, err := agent.New(o)
 		if err != nil {
 			t.Fatal(err)

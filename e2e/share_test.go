@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -33,6 +34,9 @@ func TestEcho64MiB(t *testing.T) {
 		p := st.Agents[0].Peers[0]
 		if p.Path != "direct" || p.BytesIn < 64<<20 || p.BytesOut < 64<<20 {
 			t.Errorf("peer status %+v: want path direct and 64 MiB each way", p)
+		}
+		if ap, err := netip.ParseAddrPort(p.Remote); err != nil || !ap.Addr().Unmap().IsLoopback() {
+			t.Errorf("peer remote %s: loopback tests must stay on loopback (PEERPORT_CANDIDATES)", p.Remote)
 		}
 	}
 }

@@ -8,9 +8,11 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"os/signal"
 	"runtime/pprof"
+	"strings"
 	"syscall"
 	"text/tabwriter"
 	"time"
@@ -63,11 +65,29 @@ func cpuProfile() func() {
 type globals struct {
 	stateDir, logLevel, logFormat string
 	drain                         time.Duration
+	candidates                    []string
+	offer                         []netip.Prefix // --candidates, parsed by setup
+}
+
+// prefixes parses --candidates.
+func (g *globals) prefixes() ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, s := range g.candidates {
+		p, err := netip.ParsePrefix(strings.TrimSpace(s))
+		if err != nil {
+			return nil, fmt.Errorf("--candidates %q: want CIDR prefixes such as 192.168.0.0/16", s)
+		}
+		out = append(out, p)
+	}
+	return out, nil
 }
 
 func (g *globals) setup() (string, *logrus.Logger, *secure.Identity, error) {
 	log, err := logging.New(os.Stderr, g.logLevel, g.logFormat)
 	if err != nil {
+		return "", nil, nil, err
+	}
+	if g.offer, err = g.prefixes(); err != nil {
 		return "", nil, nil, err
 	}
 	dir := statedir.Resolve(g.stateDir)
@@ -91,6 +111,11 @@ func newRoot() *cobra.Command {
 	pf.StringVar(&g.logLevel, "log-level", "info", "trace, debug, info, warn or error")
 	pf.StringVar(&g.logFormat, "log-format", "text", "text or json")
 	pf.DurationVar(&g.drain, "drain-timeout", agent.DefaultDrainTimeout, "on SIGTERM/SIGINT, how long open connections may finish")
+	var cands []string
+	if env := os.Getenv("PEERPORT_CANDIDATES"); env != "" {
+		cands = strings.Split(env, ",")
+	}
+	pf.StringSliceVar(&g.candidates, "candidates", cands, "offer peers only local addresses in these CIDR prefixes (default: all; env PEERPORT_CANDIDATES)")
 	root.AddCommand(loginCmd(g), shareCmd(g), connectCmd(g), upCmd(g), reloadCmd(g), statusCmd(g), netcheckCmd(g), idCmd(g), versionCmd())
 	return root
 }
@@ -169,7 +194,7 @@ func shareCmd(g *globals) *cobra.Command {
 			out := cmd.OutOrStdout()
 			a, err := agent.New(agent.Options{
 				Identity: id, StateDir: dir, Broker: u, Shares: []agent.ShareSpec{spec},
-				Log: log, DrainTimeout: g.drain,
+				Log: log, DrainTimeout: g.drain, Candidates: g.offer,
 				OnTicket: func(_ string, t secure.Ticket) {
 					fmt.Fprintln(out, t.String())
 					log.Infof("sharing %s as %q; give the ticket above to your teammate: agent connect <ticket>", target, name)
@@ -240,7 +265,7 @@ func connectCmd(g *globals) *cobra.Command {
 			}
 			out := cmd.OutOrStdout()
 			a, err := agent.New(agent.Options{
-				Identity: id, StateDir: dir, Broker: u, Log: log, DrainTimeout: g.drain,
+				Identity: id, StateDir: dir, Broker: u, Log: log, DrainTimeout: g.drain, Candidates: g.offer,
 				Connects: []agent.ConnectSpec{{Ticket: &t, Listen: listen}},
 				OnListen: func(_ agent.ConnectSpec, addr net.Addr) { fmt.Fprintln(out, addr.String()) },
 			})
@@ -295,7 +320,7 @@ func upCmd(g *globals) *cobra.Command {
 			}
 			out := cmd.OutOrStdout()
 			opts.Identity, opts.StateDir, opts.Log = id, dir, log
-			opts.KeepTickets, opts.KeepGoing, opts.DrainTimeout = true, true, g.drain
+			opts.KeepTickets, opts.KeepGoing, opts.DrainTimeout, opts.Candidates = true, true, g.drain, g.offer
 			opts.Reload = func() (agent.Options, error) {
 				cfg, err := config.LoadAgent(file)
 				if err != nil {
