@@ -169,6 +169,10 @@ func (a *Agent) listenAdmin() (*http.Server, error) {
 		json.NewEncoder(w).Encode(a.Status())
 	})
 	mux.HandleFunc("POST /reload", func(w http.ResponseWriter, r *http.Request) {
+		if a.opts.Reload == nil {
+			http.Error(w, "no configuration file to reload", http.StatusConflict) // agent share/connect: skipped
+			return
+		}
 		if err := a.Reload(); err != nil {
 			http.Error(w, err.Error(), http.StatusUnprocessableEntity)
 			return
@@ -230,8 +234,9 @@ func adminDo(ctx context.Context, sock, method, path string) (*http.Response, er
 	return c.Do(req)
 }
 
-// RequestReload asks every agent running with stateDir to reload its
-// configuration; it returns how many did, and the first refusal.
+// RequestReload asks every agent up running with stateDir to reload its
+// configuration (agents without a file are skipped); it returns how many
+// did, and the first refusal.
 func RequestReload(ctx context.Context, stateDir string) (int, error) {
 	socks, err := filepath.Glob(filepath.Join(stateDir, RunDir, "agent-*.sock"))
 	if err != nil {
@@ -248,6 +253,9 @@ func RequestReload(ctx context.Context, stateDir string) (int, error) {
 		}
 		body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
 		resp.Body.Close()
+		if resp.StatusCode == http.StatusConflict {
+			continue // an agent share or connect: nothing to reload
+		}
 		if resp.StatusCode != http.StatusOK {
 			return n, fmt.Errorf("reload refused: %s", strings.TrimSpace(string(body)))
 		}

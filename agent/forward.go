@@ -197,7 +197,7 @@ func (f *forward) firstSession(ctx context.Context) (uint16, error) {
 		if err == nil {
 			return uint16(port.Load()), nil
 		}
-		if errors.Is(err, ErrUnauthorized) || ctx.Err() != nil {
+		if ctx.Err() != nil || (errors.Is(err, ErrUnauthorized) && f.refused(ctx)) {
 			return 0, fmt.Errorf("share %s: %w", f.share, err)
 		}
 		f.setErr(err)
@@ -210,6 +210,14 @@ func (f *forward) firstSession(ctx context.Context) (uint16, error) {
 }
 
 func (f *forward) broker() *brokerClient { return f.a.brokerFor(f.spec.Ticket) }
+
+// refused tells whether the broker refuses this forward's own claim. A dial
+// to a sharer is shared by its forwards, so an unauthorized dial may have
+// been another forward's bad ticket; only our own refusal is final.
+func (f *forward) refused(ctx context.Context) bool {
+	_, err := f.intro(ctx, nil, nil, 0)
+	return errors.Is(err, ErrUnauthorized)
+}
 
 // keep re-makes the peer session when it is lost (path or NAT mapping gone,
 // sharer restarted), with backoff, so the forward is ready before the next
@@ -287,9 +295,7 @@ func (f *forward) setErr(err error) {
 // serve forwards one accepted local connection as a stream.
 func (f *forward) serve(ctx context.Context, c net.Conn) {
 	log := f.log.WithField("client", c.RemoteAddr().String())
-	wctx, cancel := context.WithTimeout(ctx, peerWait)
-	ps, err := f.a.session(wctx, f.peer, f.dialer(nil))
-	cancel()
+	ps, err := f.waitSession(ctx)
 	if err != nil {
 		f.setErr(err)
 		log.WithError(err).Warn("no session to the sharer; closing connection")
@@ -304,6 +310,22 @@ func (f *forward) serve(ctx context.Context, c net.Conn) {
 		return
 	}
 	pipe(st, c, &f.a.stats, &ps.stats, &f.stats)
+}
+
+// waitSession gets the session for an accepted connection, retrying for up
+// to peerWait while the sharer is away (offline, restarting, punching).
+func (f *forward) waitSession(ctx context.Context) (*peerSession, error) {
+	ctx, cancel := context.WithTimeout(ctx, peerWait)
+	defer cancel()
+	for {
+		ps, err := f.a.session(ctx, f.peer, f.dialer(nil))
+		if err == nil || ctx.Err() != nil || (errors.Is(err, ErrUnauthorized) && f.refused(ctx)) {
+			return ps, err
+		}
+		if backoff.Sleep(ctx, time.Second) != nil {
+			return nil, err
+		}
+	}
 }
 
 func (f *forward) open(ps *peerSession) (*yamux.Stream, error) {

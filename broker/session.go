@@ -351,7 +351,7 @@ func (srv *Server) introduce(c *session, m *proto.Connect) *proto.ConnectReply {
 	if !c.mayConnect(sharer.shares[m.Share], m.Admit) {
 		srv.mu.Unlock()
 		log.Warn("introduction refused: ticket not valid for this share")
-		return fail(proto.CodeUnauthorized, "ticket not valid for this share")
+		return fail(proto.CodeUnauthorized, "ticket not valid for this share, and this agent is not on its allow list")
 	}
 	srv.nextIntro++
 	id := srv.nextIntro

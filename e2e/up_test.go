@@ -269,3 +269,37 @@ func TestUpMetrics(t *testing.T) {
 		return strings.Contains(body, "peerport_agent_connections_total 1") && strings.Contains(body, "peerport_agent_peer_sessions 1")
 	})
 }
+
+// TestUpBadEntryStopsAlone: in agent up, a connect the broker refuses stops
+// alone with its error in status; a valid connect to the same sharer works.
+func TestUpBadEntryStopsAlone(t *testing.T) {
+	w := newWorld(t)
+	if _, stderr, err := run(t, bins.agent, "--state-dir", w.connDir, "login", w.brokerURL); err != nil {
+		t.Fatalf("login: %v %s", err, stderr)
+	}
+	cfg := filepath.Join(t.TempDir(), "agent.yaml")
+	writeFile(t, cfg, "shares:\n  - name: web\n    target: "+echoServer(t)+"\n")
+	_, tickets := upTickets(t, w.sharerDir, cfg, 1)
+	connCfg := filepath.Join(t.TempDir(), "agent.yaml")
+	writeFile(t, connCfg, fmt.Sprintf("connects:\n  - ticket: %s\n    listen: 127.0.0.1:0\n  - peer: %s\n    share: missing\n    listen: 127.0.0.1:0\n",
+		tickets["web"], agentID(t, w.sharerDir)))
+	start(t, "connector", bins.agent, "--state-dir", w.connDir, "up", "-c", connCfg)
+	var good agent.ConnectStatus
+	eventually(t, 30*time.Second, "the valid forward up and the bad one refused", func() bool {
+		st := status(t, w.connDir)
+		if len(st.Agents) != 1 {
+			return false
+		}
+		var refused bool
+		for _, c := range st.Agents[0].Connects {
+			switch c.Share {
+			case "web":
+				good = c
+			case "missing":
+				refused = strings.Contains(c.LastError, "not on its allow list")
+			}
+		}
+		return good.Listen != "" && refused
+	})
+	echoCheck(t, good.Listen, 1<<20)
+}
