@@ -198,7 +198,7 @@ func (l *punchLab) connectOnce(i int, wantRelay bool) punchRun {
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(punchRunTimeout))
 	buf := []byte{'x'}
-	if _, err := c.Write(buf); err == nil {
+	if _, err = c.Write(buf); err == nil {
 		_, err = io.ReadFull(c, buf)
 	}
 	first := time.Since(t0)
