@@ -30,7 +30,8 @@
 //	C: ◀── ConnectReply{id, candidates, port} (or code: not_found, unauthorized,
 //	       timeout, limit, or the sharer's own code)
 //
-// A second member session with the same agent ID replaces the first (the agent
-// reconnected, maybe from a new network); guests are not in the registry and
-// replace nothing. A malformed frame ends only its own session, after an Error.
+// One agent ID may hold several member sessions (two processes of one state
+// dir, or a reconnect before the old session timed out); an introduction goes
+// to the newest session holding the share. Guests are not in the registry. A
+// malformed frame ends only its own session, after an Error.
 package broker

@@ -79,10 +79,8 @@ func TestTicketForOtherShare(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// A second share "y" of the same agent, in a second process with the
-	// same identity would replace the first at the broker; so check both
-	// refusals: share y unknown to this sharer, and the broker's check.
-	tk.Share = "y"
+	w.share(echoServer(t), "--name", "y") // y exists, with a ticket of its own
+	tk.Share = "y"                        // x's secret, y's name, a valid checksum
 	p := start(t, "connector", bins.agent, "--state-dir", w.connDir, "connect", tk.String(), "--listen", "127.0.0.1:0")
 	if err := p.wait(30 * time.Second); err == nil {
 		t.Fatal("connect with a ticket re-pointed at share y exited 0")
