@@ -157,7 +157,7 @@ build_binaries() {
 	version="$(git describe --always --dirty 2>/dev/null || echo dev)"
 	mkdir -p "$bindir"
 	go build -trimpath -ldflags "-s -w -X main.version=$version" -o "$bindir/" ./cmd/agent ./cmd/broker
-	echo "installed agent and broker ($version) in $bindir"
+	echo "installed agent and broker ($version) in $bindir" >&2
 }
 
 copy_binaries() {
@@ -172,7 +172,7 @@ copy_binaries() {
 		chmod 0755 "$bindir/.$b.new"
 		mv -f "$bindir/.$b.new" "$bindir/$b"
 	done
-	echo "installed agent and broker from $binaries in $bindir"
+	echo "installed agent and broker from $binaries in $bindir" >&2
 }
 
 if [ -n "$binaries" ]; then
@@ -185,8 +185,8 @@ if [ -z "$service" ]; then
 	case ":$PATH:" in
 	*":$bindir:"*) ;;
 	*)
-		echo "$bindir is not on your PATH; add this line to your shell profile:"
-		printf 'export PATH="%s:$PATH"\n' "$bindir"
+		echo "$bindir is not on your PATH; add this line to your shell profile:" >&2
+		printf 'export PATH="%s:$PATH"\n' "$bindir" >&2
 		;;
 	esac
 	exit 0
