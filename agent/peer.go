@@ -131,7 +131,7 @@ func (a *Agent) addSession(ps *peerSession) error {
 	if old := a.sessions[ps.key]; old != nil {
 		// The peer reconnected (new path, or it restarted). New streams
 		// use the new session; streams on the old one finish there.
-		go func() { <-old.idle(); old.sess.Close() }()
+		a.spawn(func() { old.retire(a.ctx) })
 	}
 	a.sessions[ps.key] = ps
 	return nil
@@ -145,22 +145,21 @@ func (a *Agent) removeSession(ps *peerSession) {
 	a.mu.Unlock()
 }
 
-// idle is closed once the session has no open stream (or is closed).
-func (ps *peerSession) idle() <-chan struct{} {
-	ch := make(chan struct{})
-	go func() {
-		defer close(ch)
-		t := time.NewTicker(time.Second)
-		defer t.Stop()
-		for ps.sess.NumStreams() > 0 {
-			select {
-			case <-ps.sess.CloseChan():
-				return
-			case <-t.C:
-			}
+// retire closes a replaced session once its last stream has ended, or when
+// the agent stops.
+func (ps *peerSession) retire(ctx context.Context) {
+	defer ps.sess.Close()
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for ps.sess.NumStreams() > 0 {
+		select {
+		case <-ctx.Done():
+			return
+		case <-ps.sess.CloseChan():
+			return
+		case <-t.C:
 		}
-	}()
-	return ch
+	}
 }
 
 func (a *Agent) closeSessions() {
