@@ -63,7 +63,7 @@ func (a *Agent) serveStream(ctx context.Context, ps *peerSession, st *yamux.Stre
 		st.Close()
 		return
 	}
-	pipe(st, target, &a.stats, &ps.stats, s.stats)
+	pipe(ps, st, target, &a.stats, &ps.stats, s.stats)
 }
 
 // authorized checks a stream's claim to a share: a ticket proof bound to this
@@ -309,7 +309,7 @@ func (f *forward) serve(ctx context.Context, c net.Conn) {
 		c.Close()
 		return
 	}
-	pipe(st, c, &f.a.stats, &ps.stats, &f.stats)
+	pipe(ps, st, c, &f.a.stats, &ps.stats, &f.stats)
 }
 
 // waitSession gets the session for an accepted connection, retrying for up
@@ -355,7 +355,8 @@ func (f *forward) open(ps *peerSession) (*yamux.Stream, error) {
 // half-close across (yamux's Close is a half-close: it sends FIN and keeps
 // reading), and counts bytes as they pass into each set of counters. "In" is
 // what came from the peer.
-func pipe(st *yamux.Stream, c net.Conn, cs ...*counters) {
+func pipe(ps *peerSession, st *yamux.Stream, c net.Conn, cs ...*counters) {
+	defer mux.ReleaseReads(ps.closed, st)() // the session dying ends our read at once
 	for _, k := range cs {
 		k.streams.Add(1)
 		k.total.Add(1)

@@ -37,6 +37,7 @@ type sessionKey struct {
 type peerSession struct {
 	key      sessionKey
 	sess     *yamux.Session
+	closed   context.Context // ends with sess
 	tls      *tls.Conn
 	state    tls.ConnectionState
 	log      logrus.FieldLogger
@@ -73,6 +74,7 @@ func newPeerSession(key sessionKey, c *tls.Conn, log logrus.FieldLogger) (*peerS
 	if err != nil {
 		return nil, fmt.Errorf("start session: %w", err)
 	}
+	ps.closed = mux.Closed(ps.sess)
 	return ps, nil
 }
 

@@ -18,6 +18,7 @@
 package mux
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -75,6 +76,26 @@ func Client(conn net.Conn, log logrus.FieldLogger) (*yamux.Session, error) {
 // Server starts the sharer's side of a session over conn.
 func Server(conn net.Conn, log logrus.FieldLogger) (*yamux.Session, error) {
 	return yamux.Server(conn, Config(log))
+}
+
+// Closed returns a context that ends when sess does.
+func Closed(sess *yamux.Session) context.Context {
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() {
+		<-sess.CloseChan()
+		cancel()
+	}()
+	return ctx
+}
+
+// ReleaseReads makes a read blocked on st return once closed (see Closed)
+// ends. hashicorp/yamux v0.1.2 wakes such readers when the session shuts
+// down but lets them loop until it has marked each stream closed; with
+// thousands of readers that loop starves the marking for minutes (upstream
+// PR #176). A read deadline in the past sends each reader out at its next
+// turn. stop unregisters it, for a stream that ended by itself.
+func ReleaseReads(closed context.Context, st *yamux.Stream) (stop func() bool) {
+	return context.AfterFunc(closed, func() { st.SetReadDeadline(time.Unix(1, 0)) })
 }
 
 // HeaderVersion is the stream header version this build writes.
