@@ -79,6 +79,8 @@ func muxChild(n int) error {
 	if err != nil {
 		return err
 	}
+	// As the agent does: a session's death ends its readers (mux.ReleaseReads).
+	cClosed, sClosed := mux.Closed(cs), mux.Closed(ss)
 	var readers sync.WaitGroup
 	block := func(c io.ReadWriter) {
 		defer readers.Done()
@@ -96,6 +98,7 @@ func muxChild(n int) error {
 				if _, err := io.ReadFull(st, b); err == nil {
 					st.Write(b)
 				}
+				mux.ReleaseReads(sClosed, st)
 				block(st)
 			}()
 		}
@@ -120,6 +123,7 @@ func muxChild(n int) error {
 		if _, err := io.ReadFull(st, b); err != nil {
 			return err
 		}
+		mux.ReleaseReads(cClosed, st)
 		go block(st)
 	}
 	time.Sleep(time.Second)
