@@ -530,26 +530,10 @@ func cutSection(s, begin, end string) (rest, section string) {
 
 func opsSection(r *Report) string {
 	var b strings.Builder
-	m := r.Machine
 	b.WriteString(opsBegin + "\n## Operations: broker restart, idle RSS of `agent up` (`go run ./bench -only ops`)\n\n")
 	b.WriteString("Issue 6's closing-note figures, with the built binaries on 127.0.0.1; see bench/ops.go.\n" +
 		"Written by the last run that included the ops part.\n\n")
-	fmt.Fprintf(&b, "- date: %s\n- machine: %d CPUs, %s, kernel %s\n- go: %s\n\n", r.Date, m.CPUs, m.CPU, m.Kernel, m.Go)
-	b.WriteString("| part | figure | value | baseline (same run) | ratio | target |\n|---|---|---|---|---|---|\n")
-	for _, f := range r.Figures {
-		base, ratio := "-", "-"
-		if f.Baseline != 0 {
-			base = fmt.Sprintf("%.4g %s (%s)", f.Baseline, f.Unit, f.BaseName)
-			ratio = fmt.Sprintf("%.2fx", f.Ratio)
-		}
-		fmt.Fprintf(&b, "| %s | %s | %.4g %s | %s | %s | %s |\n", f.Part, f.Name, f.Value, f.Unit, base, ratio, f.Target)
-	}
-	b.WriteString("\nNotes:\n\n")
-	for _, f := range r.Figures {
-		if f.Note != "" {
-			fmt.Fprintf(&b, "- %s: %s\n", f.Name, f.Note)
-		}
-	}
+	writeFigures(&b, r, false)
 	js, _ := json.MarshalIndent(r, "", "  ")
 	fmt.Fprintf(&b, "\n```json\n%s\n```\n%s\n", js, opsEnd)
 	return b.String()

@@ -482,27 +482,11 @@ func saveResults(path string, rep *Report) error {
 
 func punchSection(r *Report) string {
 	var b strings.Builder
-	m := r.Machine
 	b.WriteString(punchBegin + "\n## Hole punching in the NAT lab (`go run ./bench -only punch`)\n\n")
 	b.WriteString("Cone-cone timing at 0 and 50 ms RTT, then every topology of the matrix several times\n" +
 		"(success = the expected outcome; run counts in the notes). Needs root and the NAT lab;\n" +
 		"see bench/punch.go. Written by the last run that included the punch part.\n\n")
-	fmt.Fprintf(&b, "- date: %s\n- machine: %d CPUs, %s, kernel %s\n- go: %s\n\n", r.Date, m.CPUs, m.CPU, m.Kernel, m.Go)
-	b.WriteString("| part | figure | value | baseline (same run) | ratio | target |\n|---|---|---|---|---|---|\n")
-	for _, f := range r.Figures {
-		base, ratio := "-", "-"
-		if f.Baseline != 0 {
-			base = fmt.Sprintf("%.4g %s (%s)", f.Baseline, f.Unit, f.BaseName)
-			ratio = fmt.Sprintf("%.2fx", f.Ratio)
-		}
-		fmt.Fprintf(&b, "| %s | %s | %.4g %s | %s | %s | %s |\n", f.Part, f.Name, f.Value, f.Unit, base, ratio, f.Target)
-	}
-	b.WriteString("\nNotes:\n\n")
-	for _, f := range r.Figures {
-		if f.Note != "" {
-			fmt.Fprintf(&b, "- %s: %s\n", f.Name, f.Note)
-		}
-	}
+	writeFigures(&b, r, false)
 	js, _ := json.MarshalIndent(r, "", "  ")
 	fmt.Fprintf(&b, "\n```json\n%s\n```\n%s\n", js, punchEnd)
 	return b.String()

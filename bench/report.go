@@ -25,10 +25,18 @@ func printTable(w io.Writer, r *Report) {
 // writeResults saves the table, the machine and the JSON as markdown.
 func writeResults(path string, r *Report, js []byte) error {
 	var b strings.Builder
-	m := r.Machine
 	fmt.Fprintf(&b, "# Benchmark results\n\nLast run of `go run ./bench` (see bench/main.go for flags). Every figure is\n"+
 		"beside its baseline measured in the same run; compare ratios, not absolute values.\n\n")
-	fmt.Fprintf(&b, "- date: %s\n- machine: %d CPUs, %s, kernel %s\n- go: %s\n\n", r.Date, m.CPUs, m.CPU, m.Kernel, m.Go)
+	writeFigures(&b, r, true)
+	fmt.Fprintf(&b, "\n```json\n%s\n```\n", js)
+	return os.WriteFile(path, []byte(b.String()), 0o644)
+}
+
+// writeFigures writes the machine, the table of figures beside their
+// baselines, and the notes; withPart names each note's part too.
+func writeFigures(b *strings.Builder, r *Report, withPart bool) {
+	m := r.Machine
+	fmt.Fprintf(b, "- date: %s\n- machine: %d CPUs, %s, kernel %s\n- go: %s\n\n", r.Date, m.CPUs, m.CPU, m.Kernel, m.Go)
 	b.WriteString("| part | figure | value | baseline (same run) | ratio | target |\n|---|---|---|---|---|---|\n")
 	for _, f := range r.Figures {
 		base, ratio := "-", "-"
@@ -36,14 +44,16 @@ func writeResults(path string, r *Report, js []byte) error {
 			base = fmt.Sprintf("%.4g %s (%s)", f.Baseline, f.Unit, f.BaseName)
 			ratio = fmt.Sprintf("%.2fx", f.Ratio)
 		}
-		fmt.Fprintf(&b, "| %s | %s | %.4g %s | %s | %s | %s |\n", f.Part, f.Name, f.Value, f.Unit, base, ratio, f.Target)
+		fmt.Fprintf(b, "| %s | %s | %.4g %s | %s | %s | %s |\n", f.Part, f.Name, f.Value, f.Unit, base, ratio, f.Target)
 	}
 	b.WriteString("\nNotes:\n\n")
 	for _, f := range r.Figures {
-		if f.Note != "" {
-			fmt.Fprintf(&b, "- %s, %s: %s\n", f.Part, f.Name, f.Note)
+		switch {
+		case f.Note == "":
+		case withPart:
+			fmt.Fprintf(b, "- %s, %s: %s\n", f.Part, f.Name, f.Note)
+		default:
+			fmt.Fprintf(b, "- %s: %s\n", f.Name, f.Note)
 		}
 	}
-	fmt.Fprintf(&b, "\n```json\n%s\n```\n", js)
-	return os.WriteFile(path, []byte(b.String()), 0o644)
 }
