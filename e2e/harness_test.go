@@ -207,8 +207,28 @@ func echoServer(t testing.TB) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var wg sync.WaitGroup
-	t.Cleanup(func() { ln.Close(); wg.Wait() })
+	return serveEcho(t, ln)
+}
+
+// serveEcho echoes every connection ln accepts, half-closing when the
+// client does, until the test ends; then it closes what is still open.
+func serveEcho(t testing.TB, ln net.Listener) string {
+	var (
+		wg     sync.WaitGroup
+		mu     sync.Mutex
+		open   = map[net.Conn]bool{}
+		closed bool
+	)
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		closed = true
+		for c := range open {
+			c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
@@ -217,12 +237,23 @@ func echoServer(t testing.TB) string {
 			if err != nil {
 				return
 			}
+			mu.Lock()
+			if closed {
+				mu.Unlock()
+				c.Close()
+				return
+			}
+			open[c] = true
 			wg.Add(1)
+			mu.Unlock()
 			go func() {
 				defer wg.Done()
-				defer c.Close()
 				io.Copy(c, c)
 				c.(*net.TCPConn).CloseWrite()
+				mu.Lock()
+				delete(open, c)
+				mu.Unlock()
+				c.Close()
 			}()
 		}
 	}()

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/netip"
 	"os/exec"
 	"strings"
@@ -100,21 +99,7 @@ func (w *labWorld) echoIn(h *natlab.Node) string {
 	if err != nil {
 		w.t.Fatal(err)
 	}
-	w.t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				io.Copy(c, c)
-				c.(*net.TCPConn).CloseWrite()
-			}()
-		}
-	}()
-	return ln.Addr().String()
+	return serveEcho(w.t, ln)
 }
 
 // shareConnect shares an echo service on "a" and connects to it from "b";

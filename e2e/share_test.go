@@ -148,20 +148,7 @@ func echoServerAt(t testing.TB, addr string) {
 	if err != nil {
 		t.Fatalf("port %s was taken meanwhile: %v", addr, err)
 	}
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				io.Copy(c, c)
-				c.(*net.TCPConn).CloseWrite()
-			}()
-		}
-	}()
-	t.Cleanup(func() { ln.Close() })
+	serveEcho(t, ln)
 }
 
 // TestEmbeddedBroker: no login, no broker: `agent share` embeds one.
