@@ -14,19 +14,16 @@ import (
 )
 
 // Agent metrics are read from the same counters status shows, at scrape
-// time: nothing on the forwarding path does extra work for them. They live
-// in a registry of the agent's own, never the global one.
+// time, from one snapshot per scrape: nothing on the forwarding path does
+// extra work for them. They live in a registry of the agent's own, never
+// the global one.
 
 func (a *Agent) registry() *prometheus.Registry {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	gauge := func(name, help string, f func(AgentStatus) float64) {
-		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "peerport", Subsystem: "agent", Name: name, Help: help},
-			func() float64 { return f(a.Status()) }))
-	}
-	counter := func(name, help string, f func() float64) {
-		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "peerport", Subsystem: "agent", Name: name, Help: help}, f))
-	}
+	c := &statusCollector{a: a}
+	gauge := func(name, help string, f func(AgentStatus) float64) { c.add(name, help, prometheus.GaugeValue, f) }
+	counter := func(name, help string, f func(AgentStatus) float64) { c.add(name, help, prometheus.CounterValue, f) }
 	gauge("peer_sessions", "Peer sessions up.", func(s AgentStatus) float64 { return float64(len(s.Peers)) })
 	gauge("brokers_connected", "Control sessions up.", func(s AgentStatus) float64 {
 		n := 0
@@ -47,10 +44,41 @@ func (a *Agent) registry() *prometheus.Registry {
 		return float64(n)
 	})
 	gauge("connections_open", "Forwarded TCP connections open now.", func(AgentStatus) float64 { return float64(a.stats.streams.Load()) })
-	counter("connections_total", "Forwarded TCP connections since start.", func() float64 { return float64(a.stats.total.Load()) })
-	counter("received_bytes_total", "Bytes received from peers.", func() float64 { return float64(a.stats.bytesIn.Load()) })
-	counter("sent_bytes_total", "Bytes sent to peers.", func() float64 { return float64(a.stats.bytesOut.Load()) })
+	counter("connections_total", "Forwarded TCP connections since start.", func(AgentStatus) float64 { return float64(a.stats.total.Load()) })
+	counter("received_bytes_total", "Bytes received from peers.", func(AgentStatus) float64 { return float64(a.stats.bytesIn.Load()) })
+	counter("sent_bytes_total", "Bytes sent to peers.", func(AgentStatus) float64 { return float64(a.stats.bytesOut.Load()) })
+	reg.MustRegister(c)
 	return reg
+}
+
+// statusCollector turns one Status snapshot per scrape into metrics.
+type statusCollector struct {
+	a       *Agent
+	metrics []statusMetric
+}
+
+type statusMetric struct {
+	desc  *prometheus.Desc
+	kind  prometheus.ValueType
+	value func(AgentStatus) float64
+}
+
+func (c *statusCollector) add(name, help string, kind prometheus.ValueType, f func(AgentStatus) float64) {
+	desc := prometheus.NewDesc(prometheus.BuildFQName("peerport", "agent", name), help, nil, nil)
+	c.metrics = append(c.metrics, statusMetric{desc, kind, f})
+}
+
+func (c *statusCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, m := range c.metrics {
+		ch <- m.desc
+	}
+}
+
+func (c *statusCollector) Collect(ch chan<- prometheus.Metric) {
+	st := c.a.Status()
+	for _, m := range c.metrics {
+		ch <- prometheus.MustNewConstMetric(m.desc, m.kind, m.value(st))
+	}
 }
 
 // serveMetrics serves /metrics and /healthz on addr until ctx ends.
