@@ -61,7 +61,6 @@ func remoteErr(code, msg string) error {
 type controlConn struct {
 	conn     *tls.Conn
 	welcome  *proto.Welcome
-	maxSize  int
 	log      logrus.FieldLogger
 	onIntro  func(*proto.Intro) *proto.IntroReply
 	writeMu  sync.Mutex
@@ -143,7 +142,7 @@ func (c *controlConn) serve(ctx context.Context) error {
 func (c *controlConn) readLoop() error {
 	for {
 		c.conn.SetReadDeadline(time.Now().Add(3 * controlPingEvery))
-		m, err := proto.Read(c.conn, c.maxSize)
+		m, err := proto.Read(c.conn, proto.MaxMessageSize)
 		if err != nil {
 			return fmt.Errorf("control read: %w", err)
 		}
@@ -310,7 +309,6 @@ func (b *brokerClient) run(ctx context.Context) error {
 		c, err := dialControl(ctx, b.agent.id, b.url, b.log)
 		if err == nil {
 			c.onIntro = func(in *proto.Intro) *proto.IntroReply { return b.agent.onIntro(ctx, b, in) }
-			c.maxSize = proto.MaxMessageSize
 			err = b.session(ctx, c, &bo)
 		}
 		if ctx.Err() != nil {
