@@ -12,7 +12,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/hashicorp/yamux"
 	"github.com/sirupsen/logrus"
 
 	"github.com/peerport/peerport/internal/backoff"
@@ -30,7 +29,7 @@ const (
 )
 
 // serveStream is the sharer's side of one forwarded connection.
-func (a *Agent) serveStream(ctx context.Context, ps *peerSession, st *yamux.Stream) {
+func (a *Agent) serveStream(ctx context.Context, ps *peerSession, st *mux.Stream) {
 	st.SetReadDeadline(time.Now().Add(headerTimeout))
 	h, err := mux.ReadHeader(st)
 	st.SetReadDeadline(time.Time{})
@@ -328,7 +327,7 @@ func (f *forward) waitSession(ctx context.Context) (*peerSession, error) {
 	}
 }
 
-func (f *forward) open(ps *peerSession) (*yamux.Stream, error) {
+func (f *forward) open(ps *peerSession) (*mux.Stream, error) {
 	proof, err := ps.proof(f.spec.Ticket)
 	if err != nil {
 		return nil, err
@@ -355,7 +354,7 @@ func (f *forward) open(ps *peerSession) (*yamux.Stream, error) {
 // half-close across (yamux's Close is a half-close: it sends FIN and keeps
 // reading), and counts bytes as they pass into each set of counters. "In" is
 // what came from the peer.
-func pipe(ps *peerSession, st *yamux.Stream, c net.Conn, cs ...*counters) {
+func pipe(ps *peerSession, st *mux.Stream, c net.Conn, cs ...*counters) {
 	defer mux.ReleaseReads(ps.closed, st)() // the session dying ends our read at once
 	for _, k := range cs {
 		k.streams.Add(1)

@@ -8,7 +8,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/hashicorp/yamux"
 	"github.com/sirupsen/logrus"
 
 	"github.com/peerport/peerport/internal/secure"
@@ -36,7 +35,7 @@ type sessionKey struct {
 // peerSession is one TLS peer channel with its yamux session.
 type peerSession struct {
 	key      sessionKey
-	sess     *yamux.Session
+	sess     *mux.Session
 	closed   context.Context // ends with sess
 	tls      *tls.Conn
 	state    tls.ConnectionState

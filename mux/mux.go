@@ -40,6 +40,13 @@ const (
 	OpenTimeout       = 30 * time.Second
 )
 
+// Session and Stream are the multiplexer's types as the agent uses them;
+// only this package names the implementation.
+type (
+	Session = yamux.Session
+	Stream  = yamux.Stream
+)
+
 // Config returns the yamux configuration of every peer session, logging to log.
 func Config(log logrus.FieldLogger) *yamux.Config {
 	if log == nil {
@@ -69,17 +76,17 @@ func (a logAdapter) Println(v ...any)          { a.l.Debug(v...) }
 func (a logAdapter) Printf(f string, v ...any) { a.l.Debugf(f, v...) }
 
 // Client starts the connector's side of a session over conn.
-func Client(conn net.Conn, log logrus.FieldLogger) (*yamux.Session, error) {
+func Client(conn net.Conn, log logrus.FieldLogger) (*Session, error) {
 	return yamux.Client(conn, Config(log))
 }
 
 // Server starts the sharer's side of a session over conn.
-func Server(conn net.Conn, log logrus.FieldLogger) (*yamux.Session, error) {
+func Server(conn net.Conn, log logrus.FieldLogger) (*Session, error) {
 	return yamux.Server(conn, Config(log))
 }
 
 // Closed returns a context that ends when sess does.
-func Closed(sess *yamux.Session) context.Context {
+func Closed(sess *Session) context.Context {
 	ctx, cancel := context.WithCancel(context.Background())
 	go func() {
 		<-sess.CloseChan()
@@ -94,7 +101,7 @@ func Closed(sess *yamux.Session) context.Context {
 // thousands of readers that loop starves the marking for minutes (upstream
 // PR #176). A read deadline in the past sends each reader out at its next
 // turn. stop unregisters it, for a stream that ended by itself.
-func ReleaseReads(closed context.Context, st *yamux.Stream) (stop func() bool) {
+func ReleaseReads(closed context.Context, st *Stream) (stop func() bool) {
 	return context.AfterFunc(closed, func() { st.SetReadDeadline(time.Unix(1, 0)) })
 }
 

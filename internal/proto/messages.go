@@ -23,7 +23,23 @@ const (
 	CodeLimit        = "limit" // a broker limit was hit; retry later
 	CodeTimeout      = "timeout"
 	CodeInternal     = "internal"
+	CodeNoRelay      = "no_relay" // a relay introduction, but the broker offers no relay
 )
+
+// Paths of a Connect: how the peer channel of this introduction is made.
+const (
+	PathDirect = "direct" // hole punching; also what an empty Path means
+	PathRelay  = "relay"  // the sharer allocates on TURN, the connector dials the relayed address
+)
+
+// TURN is a short-lived TURN credential (TURN REST style: the username is
+// "expiry:agentid", the password an HMAC of it under the server's secret)
+// and where it is good.
+type TURN struct {
+	URL      string `json:"url"` // turn:host:port?transport=tcp
+	Username string `json:"username"`
+	Password string `json:"password"`
+}
 
 // Candidate is an address at which an agent may be reached.
 type Candidate struct {
@@ -104,6 +120,7 @@ type Connect struct {
 	Candidates []Candidate `json:"candidates,omitempty"`
 	NAT        *NAT        `json:"nat,omitempty"`
 	RTTMillis  float64     `json:"rtt_ms,omitempty"` // the connector's control RTT: times the sharer's start
+	Path       string      `json:"path,omitempty"`   // PathDirect (or empty) or PathRelay
 }
 
 // Intro tells a sharer that Connector wants Share, with its candidates.
@@ -114,6 +131,10 @@ type Intro struct {
 	Candidates []Candidate `json:"candidates,omitempty"`
 	NAT        *NAT        `json:"nat,omitempty"`
 	RTTMillis  float64     `json:"rtt_ms,omitempty"` // copied from Connect
+	Path       string      `json:"path,omitempty"`   // copied from Connect
+	// TURN is the sharer's credential for a relay introduction, when the
+	// broker runs or knows the relay; the sharer may use its own instead.
+	TURN *TURN `json:"turn,omitempty"`
 }
 
 // IntroReply is the sharer's answer to an Intro.
@@ -231,10 +252,28 @@ func (m *Connect) validate() error {
 	if len(m.Admit) != 0 && len(m.Admit) != 32 {
 		return fmt.Errorf("connect: admit of %d bytes, want 32", len(m.Admit))
 	}
-	return firstErr(strs(m.Sharer, m.Share), candidates(m.Candidates), m.NAT.validate())
+	return firstErr(strs(m.Sharer, m.Share), candidates(m.Candidates), m.NAT.validate(), path(m.Path))
 }
 func (m *Intro) validate() error {
-	return firstErr(strs(m.Connector, m.Share), candidates(m.Candidates), m.NAT.validate())
+	return firstErr(strs(m.Connector, m.Share), candidates(m.Candidates), m.NAT.validate(), path(m.Path), m.TURN.validate())
+}
+
+func (t *TURN) validate() error {
+	if t == nil {
+		return nil
+	}
+	if t.URL == "" || t.Username == "" {
+		return errors.New("turn: empty url or username")
+	}
+	return strs(t.URL, t.Username, t.Password)
+}
+
+func path(p string) error {
+	switch p {
+	case "", PathDirect, PathRelay:
+		return nil
+	}
+	return fmt.Errorf("path %q: want %s or %s", p, PathDirect, PathRelay)
 }
 func (m *IntroReply) validate() error {
 	return firstErr(strs(m.Code, m.Message), candidates(m.Candidates), m.NAT.validate())
