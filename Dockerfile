@@ -7,13 +7,23 @@
 # Run the broker; its key and token live in the volume, so the broker URL (and
 # with it every agent's pin) survives a restart. The URL is printed on stdout:
 #
-#   docker run -d --name peerport-broker -p 7000:7000 \
-#       -p 3478:3478/tcp -p 3478:3478/udp -p 3479:3479/tcp -p 3479:3479/udp \
+#   docker run -d --name peerport-broker --network host \
 #       -v peerport:/var/lib/peerport \
 #       peerport --public-addr broker.example.com
 #
+# Host networking, because the TURN relay binds one TCP port per allocation out
+# of 49152-65535. With published ports instead, narrow that range in a mounted
+# broker.yaml (turn: {relay_ports: 50000-50099}) and publish it:
+#
+#   docker run -d --name peerport-broker -p 7000:7000 \
+#       -p 3478:3478/tcp -p 3478:3478/udp -p 3479:3479/tcp -p 3479:3479/udp \
+#       -p 3480:3480 -p 50000-50099:50000-50099 \
+#       -v peerport:/var/lib/peerport -v $PWD/broker.yaml:/etc/peerport/broker.yaml:ro \
+#       peerport -c /etc/peerport/broker.yaml --public-addr broker.example.com
+#
 # Ports 3478 and 3479 (TCP and UDP) are the broker's STUN server, which tells
-# agents their NAT type. With --metrics-listen :9102 (and -p 9102:9102, kept
+# agents their NAT type; TCP 3480 and the relay ports are its TURN relay, for
+# agents that cannot punch a direct path. With --metrics-listen :9102 (and -p 9102:9102, kept
 # off the public internet), Prometheus scrapes /metrics and /healthz.
 #
 # Run the agent instead, one-off:
@@ -56,7 +66,7 @@ COPY --from=build --chown=65532:65532 /out/state /var/lib/peerport
 ENV PEERPORT_HOME=/var/lib/peerport
 VOLUME ["/var/lib/peerport"]
 # Control channel, then STUN (RFC 5389 and 5780: two ports, both networks).
-EXPOSE 7000/tcp 3478/tcp 3478/udp 3479/tcp 3479/udp
+EXPOSE 7000/tcp 3478/tcp 3478/udp 3479/tcp 3479/udp 3480/tcp
 USER nonroot:nonroot
 # --state-dir sits in the entrypoint, not in CMD, so arguments given to
 # `docker run` add to it instead of replacing it.

@@ -98,6 +98,10 @@ type PeerStatus struct {
 	Pair      CandidatePair `json:"candidate_pair"`
 	LocalNAT  string        `json:"nat"`      // this side's NAT type when the path was made
 	PeerNAT   string        `json:"peer_nat"` // the peer's, as it reported
+	// Relay is the relayed address on the TURN server when Path is
+	// "relay"; RelayedBytes what passed it both ways, TLS included.
+	Relay        string `json:"relay,omitempty"`
+	RelayedBytes int64  `json:"relayed_bytes,omitempty"`
 }
 
 // Status returns a snapshot of the agent.
@@ -126,14 +130,19 @@ func (a *Agent) Status() AgentStatus {
 			Streams: f.stats.streams.Load(), Total: f.stats.total.Load(), BytesIn: f.stats.bytesIn.Load(),
 			BytesOut: f.stats.bytesOut.Load(), LastError: f.lastErr, Reconnects: f.reconnects}
 		f.mu.Unlock()
-		if ps := a.sessions[sessionKey{f.peer, roleConnector}]; ps != nil {
-			cs.Path, cs.RTTMillis = ps.path, millis(time.Duration(ps.rtt.Load()))
+		if ps := a.connectorSession(f.peer); ps != nil {
+			cs.Path, cs.RTTMillis = ps.key.path, millis(time.Duration(ps.rtt.Load()))
 		}
 		st.Connects = append(st.Connects, cs)
 	}
 	sort.Slice(st.Connects, func(i, j int) bool { return st.Connects[i].Listen < st.Connects[j].Listen })
 	for _, ps := range a.sessions {
-		st.Peers = append(st.Peers, PeerStatus{Peer: ps.key.peer.String(), Role: ps.key.role, Path: ps.path,
+		var relayed int64
+		if ps.relayed != nil {
+			relayed = ps.relayed.Load()
+		}
+		st.Peers = append(st.Peers, PeerStatus{Peer: ps.key.peer.String(), Role: ps.key.role, Path: ps.key.path,
+			Relay: ps.relay, RelayedBytes: relayed,
 			Remote: ps.tls.RemoteAddr().String(), Local: ps.tls.LocalAddr().String(),
 			RTTMillis: millis(time.Duration(ps.rtt.Load())), Streams: ps.sess.NumStreams(),
 			BytesIn: ps.stats.bytesIn.Load(), BytesOut: ps.stats.bytesOut.Load(), Since: ps.since,

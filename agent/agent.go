@@ -39,6 +39,7 @@ type ShareSpec struct {
 	Name   string
 	Target string // host:port
 	Allow  []secure.AgentID
+	Path   string // PathAuto (or empty), PathDirect or PathRelay
 }
 
 // ConnectSpec declares a forward to a share: by ticket, or by peer ID and
@@ -48,10 +49,12 @@ type ConnectSpec struct {
 	Peer   secure.AgentID
 	Share  string
 	Listen string // host:port; "" picks 127.0.0.1:<target port>, or a free port
+	Path   string // PathAuto (or empty), PathDirect or PathRelay
 }
 
 // key identifies a forward across reloads: the same ticket (or peer and
-// share) on the same listen address is the same forward.
+// share) on the same listen address is the same forward. Its path policy
+// may change in place.
 func (c ConnectSpec) key() string {
 	if c.Ticket != nil {
 		return c.Ticket.String() + "|" + c.Listen
@@ -85,6 +88,9 @@ type Options struct {
 	// candidates) to these prefixes; empty: every interface address. The
 	// STUN mapping is always offered.
 	Candidates []netip.Prefix
+	// TURN, when set, is the relay this agent's shares allocate on instead
+	// of the broker's.
+	TURN *TURNServer
 	// KeepGoing makes a forward that fails for good (its ticket refused)
 	// stop alone, reported in status, instead of ending the agent: for
 	// agent up, where one bad entry must not take the others down.
@@ -172,6 +178,9 @@ func validate(o Options) error {
 			return fmt.Errorf("share %q declared twice", s.Name)
 		}
 		names[s.Name] = true
+		if err := ValidPath(s.Path); err != nil {
+			return fmt.Errorf("share %q: %w", s.Name, err)
+		}
 	}
 	for _, c := range o.Connects {
 		if c.Ticket == nil && (c.Peer.IsZero() || c.Share == "") {
@@ -180,6 +189,12 @@ func validate(o Options) error {
 		if c.Ticket == nil && o.Broker == nil {
 			return errors.New("connect by peer ID needs a broker: run `agent login BROKER_URL` or pass --broker")
 		}
+		if err := ValidPath(c.Path); err != nil {
+			return err
+		}
+	}
+	if t := o.TURN; t != nil && len(t.Secret) == 0 {
+		return errors.New("relay: an external TURN server needs its shared secret")
 	}
 	return nil
 }
@@ -322,7 +337,7 @@ func (a *Agent) apply(o Options) error {
 	}
 	for name, spec := range wantShares {
 		old := a.shares[name]
-		if old != nil && old.Target == spec.Target && slices.Equal(old.Allow, spec.Allow) {
+		if old != nil && old.Target == spec.Target && slices.Equal(old.Allow, spec.Allow) && old.Path == spec.Path {
 			continue
 		}
 		s := &share{ShareSpec: spec, broker: b, ticket: tickets[name], stats: &counters{}, announced: &atomic.Bool{}}
@@ -345,7 +360,9 @@ func (a *Agent) apply(o Options) error {
 		}
 	}
 	for k, c := range wantForwards {
-		if _, ok := a.forwards[k]; !ok {
+		if f, ok := a.forwards[k]; ok {
+			f.setPath(c.Path)
+		} else {
 			f := newForward(a, c)
 			a.forwards[k] = f
 			start = append(start, f)
@@ -489,10 +506,19 @@ func (a *Agent) onIntro(ctx context.Context, b *brokerClient, in *proto.Intro) *
 		n, _ := strconv.ParseUint(p, 10, 16)
 		rep.Port = uint16(n)
 	}
-	if len(in.Candidates) > 0 {
+	switch {
+	case in.Path == proto.PathRelay && s.Path == PathDirect:
+		rep.Code, rep.Message = proto.CodeRefused, "share "+in.Share+" takes direct connections only"
+		log.Info("relay introduction refused: the share takes direct connections only")
+		return rep
+	case in.Path == proto.PathRelay:
+		a.relayForIntro(ctx, b, in, connector, rep)
+	case len(in.Candidates) > 0 && s.Path == PathRelay:
+		rep.Path = proto.PathRelay // no punch: ask the connector for a relay introduction
+	case len(in.Candidates) > 0:
 		a.punchForIntro(ctx, b, in, connector, rep)
 	}
-	log.WithFields(logrus.Fields{"candidates": len(rep.Candidates), "peer_nat": natType(in.NAT)}).Info("introduced")
+	log.WithFields(logrus.Fields{"candidates": len(rep.Candidates), "peer_nat": natType(in.NAT), "path": in.Path}).Info("introduced")
 	return rep
 }
 

@@ -1,7 +1,9 @@
 package agent
 
 import (
+	"bytes"
 	"fmt"
+	"os"
 
 	"github.com/peerport/peerport/internal/config"
 	"github.com/peerport/peerport/internal/secure"
@@ -11,6 +13,19 @@ import (
 // state dir and logger are the caller's to fill.
 func OptionsFromConfig(c *config.Agent) (Options, error) {
 	o := Options{MetricsListen: c.MetricsListen}
+	if r := c.Relay; r.URL != "" {
+		secret := []byte(r.Secret)
+		if r.SecretFile != "" {
+			b, err := os.ReadFile(r.SecretFile)
+			if err != nil {
+				return o, fmt.Errorf("relay.secret_file: %w", err)
+			}
+			if secret = bytes.TrimSpace(b); len(secret) == 0 {
+				return o, fmt.Errorf("relay.secret_file %s: empty", r.SecretFile)
+			}
+		}
+		o.TURN = &TURNServer{URL: r.URL, Secret: secret}
+	}
 	if c.Broker != "" {
 		u, err := secure.ParseBrokerURL(c.Broker)
 		if err != nil {
@@ -19,7 +34,7 @@ func OptionsFromConfig(c *config.Agent) (Options, error) {
 		o.Broker = &u
 	}
 	for i, s := range c.Shares {
-		spec := ShareSpec{Name: s.Name, Target: s.Target}
+		spec := ShareSpec{Name: s.Name, Target: s.Target, Path: s.Path}
 		for _, a := range s.Allow {
 			id, err := secure.ParseAgentID(a)
 			if err != nil {
@@ -30,7 +45,7 @@ func OptionsFromConfig(c *config.Agent) (Options, error) {
 		o.Shares = append(o.Shares, spec)
 	}
 	for i, c := range c.Connects {
-		spec := ConnectSpec{Share: c.Share, Listen: c.Listen}
+		spec := ConnectSpec{Share: c.Share, Listen: c.Listen, Path: c.Path}
 		if c.Ticket != "" {
 			t, err := secure.ParseTicket(c.Ticket)
 			if err != nil {

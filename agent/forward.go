@@ -91,13 +91,14 @@ type forward struct {
 	cancel context.CancelFunc
 
 	mu         sync.Mutex
+	path       string // policy; a reload may change it
 	listen     string
 	lastErr    string
 	reconnects int
 }
 
 func newForward(a *Agent, c ConnectSpec) *forward {
-	f := &forward{a: a, spec: c, share: c.Share, peer: c.Peer}
+	f := &forward{a: a, spec: c, share: c.Share, peer: c.Peer, path: c.Path}
 	f.ctx, f.cancel = context.WithCancel(a.ctx)
 	if c.Ticket != nil {
 		f.share, f.peer = c.Ticket.Share, c.Ticket.Sharer
@@ -186,10 +187,10 @@ func (f *forward) firstSession(ctx context.Context) (uint16, error) {
 	bo := backoff.Backoff{Base: 500 * time.Millisecond, Cap: 15 * time.Second}
 	for {
 		var port atomic.Uint32
-		_, err := f.a.session(ctx, f.peer, f.dialer(&port))
+		_, err := f.a.session(ctx, f.peer, f.policy(), f.dialer(&port))
 		if err == nil && port.Load() == 0 {
 			var rep *proto.ConnectReply
-			if rep, err = f.intro(ctx, nil, nil, 0); err == nil {
+			if rep, err = f.intro(ctx, &proto.Connect{}); err == nil {
 				port.Store(uint32(rep.Port))
 			}
 		}
@@ -214,7 +215,7 @@ func (f *forward) broker() *brokerClient { return f.a.brokerFor(f.spec.Ticket) }
 // to a sharer is shared by its forwards, so an unauthorized dial may have
 // been another forward's bad ticket; only our own refusal is final.
 func (f *forward) refused(ctx context.Context) bool {
-	_, err := f.intro(ctx, nil, nil, 0)
+	_, err := f.intro(ctx, &proto.Connect{})
 	return errors.Is(err, ErrUnauthorized)
 }
 
@@ -224,7 +225,7 @@ func (f *forward) refused(ctx context.Context) bool {
 func (f *forward) keep(ctx context.Context) {
 	bo := backoff.Backoff{Base: 500 * time.Millisecond, Cap: 30 * time.Second, Stable: time.Minute}
 	for {
-		ps, err := f.a.session(ctx, f.peer, f.dialer(nil))
+		ps, err := f.a.session(ctx, f.peer, f.policy(), f.dialer(nil))
 		if err == nil {
 			bo.Connected(time.Now())
 			select {
@@ -261,8 +262,12 @@ func (f *forward) keep(ctx context.Context) {
 // dialer makes this forward's peer channel; port, when set, receives the
 // share's port from the introduction.
 func (f *forward) dialer(port *atomic.Uint32) dialFunc {
-	return func(ctx context.Context) (*tls.Conn, punchOutcome, error) {
-		c, out, rep, err := f.a.dialSharer(ctx, f.broker(), f.peer, f.intro)
+	return func(ctx context.Context, path string) (*tls.Conn, outcome, error) {
+		dial := f.a.dialSharer
+		if path == PathRelay {
+			dial = f.a.dialRelay
+		}
+		c, out, rep, err := dial(ctx, f.broker(), f.peer, f.intro)
 		if rep != nil && port != nil {
 			port.Store(uint32(rep.Port))
 		}
@@ -270,19 +275,36 @@ func (f *forward) dialer(port *atomic.Uint32) dialFunc {
 	}
 }
 
-// intro asks the broker to introduce us to the sharer with our punch
-// candidates; with none, it only checks the ticket and learns the port.
-func (f *forward) intro(ctx context.Context, cands []proto.Candidate, n *proto.NAT, rtt float64) (*proto.ConnectReply, error) {
+// intro asks the broker to introduce us to the sharer, for a punch or a
+// relay; a direct one without candidates only checks the ticket and learns
+// the port.
+func (f *forward) intro(ctx context.Context, req *proto.Connect) (*proto.ConnectReply, error) {
 	c, err := f.broker().conn(ctx)
 	if err != nil {
 		return nil, err
 	}
-	req := &proto.Connect{Sharer: f.peer.String(), Share: f.share, Candidates: cands, NAT: n, RTTMillis: rtt}
+	req.Sharer, req.Share = f.peer.String(), f.share
 	if t := f.spec.Ticket; t != nil {
 		k := t.AdmitKey()
 		req.Admit = k[:]
 	}
 	return c.connect(ctx, req)
+}
+
+func (f *forward) policy() string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.path
+}
+
+// setPath takes a reloaded path policy; it applies from the next dial.
+func (f *forward) setPath(p string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if p != f.path {
+		f.log.WithFields(logrus.Fields{"from": f.path, "to": p}).Info("path policy changed; applies from the next connection to the sharer")
+		f.path = p
+	}
 }
 
 func (f *forward) setErr(err error) {
@@ -317,7 +339,7 @@ func (f *forward) waitSession(ctx context.Context) (*peerSession, error) {
 	ctx, cancel := context.WithTimeout(ctx, peerWait)
 	defer cancel()
 	for {
-		ps, err := f.a.session(ctx, f.peer, f.dialer(nil))
+		ps, err := f.a.session(ctx, f.peer, f.policy(), f.dialer(nil))
 		if err == nil || ctx.Err() != nil || (errors.Is(err, ErrUnauthorized) && f.refused(ctx)) {
 			return ps, err
 		}

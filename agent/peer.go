@@ -4,12 +4,14 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
+	"net"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/peerport/peerport/internal/proto"
 	"github.com/peerport/peerport/internal/secure"
 	"github.com/peerport/peerport/mux"
 )
@@ -27,9 +29,12 @@ const (
 	roleConnector = "connector" // we connect to the peer's share
 )
 
+// sessionKey names a peer session. A pair of agents may hold a relayed and
+// a direct session side by side while new streams move to the direct one.
 type sessionKey struct {
 	peer secure.AgentID
 	role string
+	path string // proto.PathDirect or proto.PathRelay
 }
 
 // peerSession is one TLS peer channel with its yamux session.
@@ -41,12 +46,13 @@ type peerSession struct {
 	state    tls.ConnectionState
 	log      logrus.FieldLogger
 	since    time.Time
-	path     string
 	punch    time.Duration
 	attempts int
 	pair     CandidatePair
 	localNAT string
 	peerNAT  string
+	relay    string        // the relayed address, on the relay path
+	relayed  *atomic.Int64 // bytes through the relay; nil on the direct path
 	rtt      atomic.Int64
 	stats    counters
 
@@ -62,8 +68,8 @@ type counters struct {
 }
 
 func newPeerSession(key sessionKey, c *tls.Conn, log logrus.FieldLogger) (*peerSession, error) {
-	ps := &peerSession{key: key, tls: c, state: c.ConnectionState(), since: time.Now(), path: "direct",
-		log: log.WithFields(logrus.Fields{"peer": key.peer.Short(), "role": key.role, "remote": c.RemoteAddr().String()})}
+	ps := &peerSession{key: key, tls: c, state: c.ConnectionState(), since: time.Now(),
+		log: log.WithFields(logrus.Fields{"peer": key.peer.Short(), "role": key.role, "path": key.path, "remote": c.RemoteAddr().String()})}
 	var err error
 	if key.role == roleConnector {
 		ps.sess, err = mux.Client(c, ps.log)
@@ -129,12 +135,34 @@ func (a *Agent) addSession(ps *peerSession) error {
 	if len(a.sessions) >= maxSessions {
 		return fmt.Errorf("%d peer sessions open, limit reached", len(a.sessions))
 	}
-	if old := a.sessions[ps.key]; old != nil {
-		// The peer reconnected (new path, or it restarted). New streams
-		// use the new session; streams on the old one finish there.
-		a.spawn(func() { old.retire(a.ctx) })
+	// The peer reconnected (new path, or it restarted), or a direct path
+	// came up beside a relayed one: new streams use the new session, those
+	// on the old one finish there before it closes.
+	olds := []sessionKey{ps.key}
+	if ps.key.role == roleConnector && ps.key.path == proto.PathDirect {
+		olds = append(olds, sessionKey{ps.key.peer, roleConnector, proto.PathRelay})
+	}
+	for _, k := range olds {
+		if old := a.sessions[k]; old != nil {
+			if k != ps.key {
+				old.log.Info("direct path up: new streams move to it; the relayed session closes once idle")
+				delete(a.sessions, k)
+			}
+			a.spawn(func() { old.retire(a.ctx) })
+		}
 	}
 	a.sessions[ps.key] = ps
+	return nil
+}
+
+// connectorSession is the live session to sharer that new streams use: the
+// direct one when it is up, else the relayed one. Callers hold a.mu.
+func (a *Agent) connectorSession(sharer secure.AgentID) *peerSession {
+	for _, path := range []string{proto.PathDirect, proto.PathRelay} {
+		if ps := a.sessions[sessionKey{sharer, roleConnector, path}]; ps != nil && !ps.sess.IsClosed() {
+			return ps
+		}
+	}
 	return nil
 }
 
@@ -172,8 +200,9 @@ func (a *Agent) closeSessions() {
 }
 
 // setOutcome records how the path was made.
-func (ps *peerSession) setOutcome(out punchOutcome) {
+func (ps *peerSession) setOutcome(out outcome) {
 	ps.localNAT, ps.peerNAT = out.localNAT, out.peerNAT
+	ps.relay, ps.relayed = out.relay, out.relayed
 	if r := out.res; r != nil {
 		ps.punch, ps.attempts = r.Elapsed, r.Attempts
 		ps.pair = CandidatePair{Local: r.Local.String(), Remote: r.Remote.String(), Kind: string(r.Candidate.Kind)}
@@ -183,10 +212,17 @@ func (ps *peerSession) setOutcome(out punchOutcome) {
 // servePeer is the sharer's side of a punched peer channel: only the
 // connector the broker introduced may complete it, and each of its streams
 // still has to prove a ticket or be allowed.
-func (a *Agent) servePeer(ctx context.Context, c *tls.Conn, want secure.AgentID, out punchOutcome) {
-	log := a.log.WithFields(logrus.Fields{"component": "peer", "remote": c.RemoteAddr().String()})
+func (a *Agent) servePeer(ctx context.Context, conn net.Conn, want secure.AgentID, out outcome) {
+	log := a.log.WithFields(logrus.Fields{"component": "peer", "remote": conn.RemoteAddr().String(), "path": out.path})
+	cfg, err := secure.PeerServerConfig(a.id)
+	if err != nil {
+		log.WithError(err).Error("peer tls config")
+		conn.Close()
+		return
+	}
+	c := tls.Server(conn, cfg)
 	hctx, cancel := context.WithTimeout(ctx, peerHandshakeTimeout)
-	err := c.HandshakeContext(hctx)
+	err = c.HandshakeContext(hctx)
 	cancel()
 	if err != nil {
 		log.WithError(err).Info("peer handshake failed")
@@ -199,7 +235,7 @@ func (a *Agent) servePeer(ctx context.Context, c *tls.Conn, want secure.AgentID,
 		c.Close()
 		return
 	}
-	ps, err := newPeerSession(sessionKey{peer, roleSharer}, c, a.log.WithField("component", "peer"))
+	ps, err := newPeerSession(sessionKey{peer, roleSharer, out.path}, c, a.log.WithField("component", "peer"))
 	if err == nil {
 		ps.setOutcome(out)
 		err = a.addSession(ps)
@@ -236,15 +272,16 @@ type dialCall struct {
 	err  error
 }
 
-// dialFunc makes a peer channel to a sharer: introduction, punch, TLS.
-type dialFunc func(context.Context) (*tls.Conn, punchOutcome, error)
+// dialFunc makes a peer channel to a sharer over one path: introduction,
+// then punch or relay, then TLS.
+type dialFunc func(ctx context.Context, path string) (*tls.Conn, outcome, error)
 
 // session returns the live session to sharer, dialing once when there is
-// none; concurrent callers share that one dial.
-func (a *Agent) session(ctx context.Context, sharer secure.AgentID, dial dialFunc) (*peerSession, error) {
-	key := sessionKey{sharer, roleConnector}
+// none; concurrent callers share that one dial. policy is PathAuto,
+// PathDirect or PathRelay.
+func (a *Agent) session(ctx context.Context, sharer secure.AgentID, policy string, dial dialFunc) (*peerSession, error) {
 	a.mu.Lock()
-	if ps := a.sessions[key]; ps != nil && !ps.sess.IsClosed() {
+	if ps := a.connectorSession(sharer); ps != nil {
 		a.mu.Unlock()
 		return ps, nil
 	}
@@ -253,7 +290,7 @@ func (a *Agent) session(ctx context.Context, sharer secure.AgentID, dial dialFun
 		call = &dialCall{done: make(chan struct{})}
 		a.dialing[sharer] = call
 		a.spawn(func() {
-			call.ps, call.err = a.newConnectorSession(a.ctx, sharer, dial)
+			call.ps, call.err = a.dialPaths(a.ctx, sharer, policy, dial)
 			a.mu.Lock()
 			delete(a.dialing, sharer)
 			a.mu.Unlock()
@@ -276,12 +313,9 @@ type CandidatePair struct {
 	Kind   string `json:"kind"`
 }
 
-func (a *Agent) newConnectorSession(ctx context.Context, sharer secure.AgentID, dial dialFunc) (*peerSession, error) {
-	c, out, err := dial(ctx)
-	if err != nil {
-		return nil, err
-	}
-	ps, err := newPeerSession(sessionKey{sharer, roleConnector}, c, a.log.WithField("component", "peer"))
+// startConnectorSession runs the connector's session over a new peer channel.
+func (a *Agent) startConnectorSession(ctx context.Context, sharer secure.AgentID, c *tls.Conn, out outcome) (*peerSession, error) {
+	ps, err := newPeerSession(sessionKey{sharer, roleConnector, out.path}, c, a.log.WithField("component", "peer"))
 	if err == nil {
 		ps.setOutcome(out)
 		err = a.addSession(ps)
@@ -291,7 +325,7 @@ func (a *Agent) newConnectorSession(ctx context.Context, sharer secure.AgentID, 
 		return nil, err
 	}
 	ps.log.WithFields(logrus.Fields{"punch_ms": ps.punch.Milliseconds(), "candidate": ps.pair.Kind, "attempts": ps.attempts,
-		"nat": ps.localNAT, "peer_nat": ps.peerNAT}).Info("peer session up")
+		"nat": ps.localNAT, "peer_nat": ps.peerNAT, "relay": ps.relay}).Info("peer session up")
 	a.spawn(func() { ps.keepRTT(ctx) })
 	a.spawn(func() {
 		<-ps.sess.CloseChan()

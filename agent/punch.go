@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"sync/atomic"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -232,16 +233,19 @@ func toPunch(cs []proto.Candidate) []punch.Candidate {
 	return out
 }
 
-// punchOutcome is what a punch left for status and logs.
-type punchOutcome struct {
+// outcome is how a peer channel was made, for status and logs.
+type outcome struct {
+	path              string // proto.PathDirect or proto.PathRelay
 	res               *punch.Result
 	localNAT, peerNAT string
+	relay             string        // the relayed address, on the relay path
+	relayed           *atomic.Int64 // bytes through the relay, both ways
 }
 
 // punchTo runs one punch and returns the kept TCP connection.
 func (a *Agent) punchTo(ctx context.Context, ps *punchSocket, remote []proto.Candidate, initiator bool,
-	local *nat.Report, peer *proto.NAT, startAt time.Time, log logrus.FieldLogger) (net.Conn, punchOutcome, error) {
-	out := punchOutcome{localNAT: natType(natInfo(local)), peerNAT: natType(peer)}
+	local *nat.Report, peer *proto.NAT, startAt time.Time, log logrus.FieldLogger) (net.Conn, outcome, error) {
+	out := outcome{path: proto.PathDirect, localNAT: natType(natInfo(local)), peerNAT: natType(peer)}
 	conn, res, err := punch.Punch(ctx, punch.Config{
 		Listener: ps.ln, Remote: toPunch(remote), Initiator: initiator, Timeout: punchTimeout,
 		StartAt: startAt, LocalNAT: local, PeerNAT: peerReport(peer), Tracer: punch.LogTracer(log),
@@ -265,23 +269,35 @@ func (a *Agent) punchTo(ctx context.Context, ps *punchSocket, remote []proto.Can
 	return conn, out, nil
 }
 
-// dialSharer is the connector's way to a sharer: introduce with our punch
-// candidates, punch, then TLS as client pinning the sharer's key.
-func (a *Agent) dialSharer(ctx context.Context, b *brokerClient, sharer secure.AgentID,
-	intro func(context.Context, []proto.Candidate, *proto.NAT, float64) (*proto.ConnectReply, error)) (*tls.Conn, punchOutcome, *proto.ConnectReply, error) {
-	var none punchOutcome
+// introFunc asks the broker to introduce us to a sharer; the caller fills
+// in path, candidates and NAT, the forward who and with what ticket.
+type introFunc func(context.Context, *proto.Connect) (*proto.ConnectReply, error)
+
+// dialSharer is the connector's direct way to a sharer: introduce with our
+// punch candidates, punch, then TLS as client pinning the sharer's key.
+func (a *Agent) dialSharer(ctx context.Context, b *brokerClient, sharer secure.AgentID, intro introFunc) (*tls.Conn, outcome, *proto.ConnectReply, error) {
+	none := outcome{path: proto.PathDirect}
 	if err := b.ready(ctx); err != nil {
 		return nil, none, nil, err
+	}
+	local := b.natReport()
+	if local.RelayNeeded() {
+		// Our own NAT rules punching out: spare both sides the attempt.
+		none.localNAT = natType(natInfo(local))
+		return nil, none, nil, fmt.Errorf("direct path to %s (NAT %s): %w", sharer.Short(), none.localNAT, ErrRelayNeeded)
 	}
 	ps, err := b.openPunch(ctx)
 	if err != nil {
 		return nil, none, nil, err
 	}
-	local := b.natReport()
-	rep, err := intro(ctx, ps.cands, natInfo(local), b.rttMillis())
+	rep, err := intro(ctx, &proto.Connect{Path: proto.PathDirect, Candidates: ps.cands, NAT: natInfo(local), RTTMillis: b.rttMillis()})
 	if err != nil {
 		ps.ln.Close()
 		return nil, none, nil, err
+	}
+	if rep.Path == proto.PathRelay {
+		ps.ln.Close()
+		return nil, none, rep, fmt.Errorf("direct path to %s: %w", sharer.Short(), errSharerWantsRelay)
 	}
 	log := a.log.WithFields(logrus.Fields{"component": "punch", "peer": sharer.Short(), "role": roleConnector})
 	conn, out, err := a.punchTo(ctx, ps, rep.Candidates, true, local, rep.NAT, time.Time{}, log)
@@ -289,23 +305,30 @@ func (a *Agent) dialSharer(ctx context.Context, b *brokerClient, sharer secure.A
 	if err != nil {
 		return nil, out, rep, fmt.Errorf("direct path to %s (NAT %s, peer NAT %s): %w", sharer.Short(), out.localNAT, out.peerNAT, err)
 	}
+	c, err := a.clientTLS(ctx, conn, sharer)
+	return c, out, rep, err
+}
+
+// clientTLS runs the connector's TLS handshake over a punched or relayed
+// connection, pinning the sharer's key; it closes conn on failure.
+func (a *Agent) clientTLS(ctx context.Context, conn net.Conn, sharer secure.AgentID) (*tls.Conn, error) {
 	cfg, err := secure.PeerClientConfig(a.id, sharer)
 	if err != nil {
 		conn.Close()
-		return nil, out, rep, err
+		return nil, err
 	}
 	c := tls.Client(conn, cfg)
 	hctx, cancel := context.WithTimeout(ctx, peerHandshakeTimeout)
 	defer cancel()
 	if err := c.HandshakeContext(hctx); err != nil {
 		conn.Close()
-		return nil, out, rep, fmt.Errorf("peer tls: %w", err)
+		return nil, fmt.Errorf("peer tls: %w", err)
 	}
-	return c, out, rep, nil
+	return c, nil
 }
 
 // tellOutcome tells the broker how the punch went, for its metrics; best effort.
-func (b *brokerClient) tellOutcome(out punchOutcome, err error) {
+func (b *brokerClient) tellOutcome(out outcome, err error) {
 	o := &proto.Outcome{Result: proto.OutcomeDirect, NAT: out.localNAT, PeerNAT: out.peerNAT}
 	switch {
 	case errors.Is(err, punch.ErrRelayNeeded):
@@ -353,11 +376,6 @@ func (a *Agent) punchForIntro(ctx context.Context, b *brokerClient, in *proto.In
 		if err != nil {
 			return
 		}
-		cfg, err := secure.PeerServerConfig(a.id)
-		if err != nil {
-			conn.Close()
-			return
-		}
-		a.servePeer(ctx, tls.Server(conn, cfg), connector, out)
+		a.servePeer(ctx, conn, connector, out)
 	})
 }

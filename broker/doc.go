@@ -3,6 +3,9 @@
 // their shares, and introductions between a connector and a sharer. It also
 // owns the broker's persistent state (key, pin, token) and Start, which is
 // everything the `broker` command does, so the agent's embedded broker reuses it.
+// Its TURN relay (relay.go: RFC 6062 TCP allocations, embedding pion/turn) is
+// tied to the control channel: credentials come with relay introductions,
+// only agents online may allocate, and only to peers the broker introduced.
 // Its Prometheus metrics live in a registry each Server owns (Registry), never
 // the global one; Start serves them on Options.MetricsListen.
 //
@@ -23,9 +26,12 @@
 //
 // An introduction, the connector C and the sharer S each on their own session:
 //
-//	C: Connect{id, sharer, share, admit, candidates} ──▶ broker
+//	C: Connect{id, sharer, share, admit, candidates[, path]} ──▶ broker
 //	   broker checks sha256(admit) == the share's admit_hash, or C's ID in allow
-//	S: ◀── Intro{intro, connector, share, candidates}
+//	S: ◀── Intro{intro, connector, share, candidates[, path, turn]}
+//	       path relay: turn is a fresh TURN credential for S, the candidates
+//	       gain C's observed address, and the relay admits C's addresses as
+//	       S's peers; without a relay C gets no_relay at once
 //	S: IntroReply{intro, candidates, port} ──▶ broker
 //	C: ◀── ConnectReply{id, candidates, port} (or code: not_found, unauthorized,
 //	       timeout, limit, or the sharer's own code)

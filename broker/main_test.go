@@ -30,16 +30,32 @@ type harness struct {
 	dial  func(t *testing.T) net.Conn
 }
 
-type testLogWriter struct{ t *testing.T }
+// testLogWriter logs to t until the test's cleanup: goroutines that end
+// after it (pion's, which Close does not wait for) must not call t.Log.
+type testLogWriter struct {
+	t    *testing.T
+	mu   sync.Mutex
+	done bool
+}
 
-func (w testLogWriter) Write(b []byte) (int, error) {
-	w.t.Log(strings.TrimRight(string(b), "\n"))
+func (w *testLogWriter) Write(b []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !w.done {
+		w.t.Log(strings.TrimRight(string(b), "\n"))
+	}
 	return len(b), nil
 }
 
 func testLogger(t *testing.T) logrus.FieldLogger {
+	w := &testLogWriter{t: t}
+	t.Cleanup(func() {
+		w.mu.Lock()
+		w.done = true
+		w.mu.Unlock()
+	})
 	l := logrus.New()
-	l.SetOutput(testLogWriter{t})
+	l.SetOutput(w)
 	l.SetLevel(logrus.DebugLevel)
 	return l
 }

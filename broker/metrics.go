@@ -39,6 +39,7 @@ type metrics struct {
 	introductions prometheus.Counter
 	introFailed   *prometheus.CounterVec // by code
 	punches       *prometheus.CounterVec // by result and both NAT types, as connectors report them
+	turnIssued    prometheus.Counter     // TURN credentials issued with relay introductions
 }
 
 func newMetrics(s *Server) *metrics {
@@ -64,6 +65,10 @@ func newMetrics(s *Server) *metrics {
 			Namespace: metricsNamespace, Subsystem: "broker", Name: "punches_total",
 			Help: "Hole punches after an introduction, as connectors report them, by result (direct, relay_needed, failed) and the NAT types of connector (nat) and sharer (peer_nat).",
 		}, []string{"result", "nat", "peer_nat"}),
+		turnIssued: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: metricsNamespace, Subsystem: "broker", Name: "turn_credentials_issued_total",
+			Help: "TURN credentials issued to sharers with relay introductions, for the embedded relay or an external one.",
+		}),
 	}
 	// Pre-create the common series so a dashboard sees 0, not "no data".
 	for _, r := range []string{"member", "guest"} {
@@ -75,7 +80,7 @@ func newMetrics(s *Server) *metrics {
 		}, func() float64 { return float64(f(s.Stats())) })
 	}
 	m.reg.MustRegister(
-		m.sessions, m.refused, m.introductions, m.introFailed, m.punches,
+		m.sessions, m.refused, m.introductions, m.introFailed, m.punches, m.turnIssued,
 		gauge("agents_online", "Member agents (distinct identities) with a control session.", func(st Stats) int { return st.Agents }),
 		gauge("guests_online", "Guest (ticket-only) control sessions.", func(st Stats) int { return st.Guests }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
@@ -92,6 +97,48 @@ func newMetrics(s *Server) *metrics {
 			Help: "Always 1; the version label is the broker's software version.", ConstLabels: prometheus.Labels{"version": s.cfg.Version},
 		}, func() float64 { return 1 }),
 	)
+	return m
+}
+
+// relayMetrics are the embedded TURN relay's, registered by NewRelay.
+type relayMetrics struct {
+	allocations  prometheus.Counter     // allocations made
+	allocRefused *prometheus.CounterVec // by reason: quota
+	bytes        *prometheus.CounterVec // relayed, by direction: to_peer, from_peer
+	denials      *prometheus.CounterVec // peers refused, by reason
+	authFailures *prometheus.CounterVec // by reason
+}
+
+func newRelayMetrics(reg prometheus.Registerer, active func() int) *relayMetrics {
+	opts := func(name, help string) prometheus.CounterOpts {
+		return prometheus.CounterOpts{Namespace: metricsNamespace, Subsystem: "broker", Name: name, Help: help}
+	}
+	m := &relayMetrics{
+		allocations: prometheus.NewCounter(opts("turn_allocations_total", "TURN TCP allocations made on the embedded relay.")),
+		allocRefused: prometheus.NewCounterVec(opts("turn_allocations_refused_total",
+			"TURN allocations refused, by reason: quota (the agent's allocations per agent)."), []string{"reason"}),
+		bytes: prometheus.NewCounterVec(opts("turn_relayed_bytes_total",
+			"Bytes relayed between TURN clients and their peers, by direction: to_peer, from_peer."), []string{"direction"}),
+		denials: prometheus.NewCounterVec(opts("turn_permission_denials_total",
+			"Peers the relay refused (CreatePermission, Connect, inbound), by reason: denied_address, not_introduced, quota, no_allocation."), []string{"reason"}),
+		authFailures: prometheus.NewCounterVec(opts("turn_auth_failures_total",
+			"TURN requests refused for their credential, by reason: malformed, offline (no broker session), expired, forged."), []string{"reason"}),
+	}
+	m.allocRefused.WithLabelValues(refusedQuota)
+	for _, d := range []string{directionToPeer, directionFromPeer} {
+		m.bytes.WithLabelValues(d)
+	}
+	for _, r := range []string{deniedAddress, deniedNotIntroduced, deniedQuota} {
+		m.denials.WithLabelValues(r)
+	}
+	for _, r := range []string{authMalformed, authOffline, authExpired, authForged} {
+		m.authFailures.WithLabelValues(r)
+	}
+	reg.MustRegister(m.allocations, m.allocRefused, m.bytes, m.denials, m.authFailures,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Namespace: metricsNamespace, Subsystem: "broker", Name: "turn_allocations",
+			Help: "TURN TCP allocations live on the embedded relay.",
+		}, func() float64 { return float64(active()) }))
 	return m
 }
 

@@ -2,10 +2,16 @@ package broker
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
+	"slices"
 	"strconv"
+	"strings"
+	"sync"
+	"time"
 
 	"github.com/sirupsen/logrus"
 
@@ -37,6 +43,24 @@ type Options struct {
 	// metrics hold no secrets but counts and the version; still, bind it to
 	// loopback or a private address.
 	MetricsListen string
+
+	// TURNListen is where the embedded TURN relay (TURN over TCP, RFC 6062
+	// TCP allocations) listens. Empty: Listen's host, port 3480, and a
+	// failure to bind it is logged, not fatal. NoTURN turns the relay off.
+	// With ExternalTURN the broker runs none and issues credentials for
+	// that server instead.
+	TURNListen   string
+	NoTURN       bool
+	ExternalTURN *ExternalTURN
+	// TURN are the embedded relay's ports, peer policy and quotas. Its
+	// RelayIP defaults to the public address's IP (resolved if a name),
+	// BindIP to that IP if it is this machine's, else TURNListen's host, else
+	// the unspecified address; OwnAddrs get the machine's interface
+	// addresses and the listeners'.
+	TURN RelayConfig
+	// TURNCredentialTTL is the lifetime of the TURN credentials issued with
+	// relay introductions; default 1h.
+	TURNCredentialTTL time.Duration
 }
 
 // Running is a started broker.
@@ -48,7 +72,12 @@ type Running struct {
 	STUN   []string        // bound STUN addresses (UDP and TCP each); none when off
 	// MetricsAddr is the bound metrics listener; nil when MetricsListen is empty.
 	MetricsAddr net.Addr
-	err         error
+	// TURN is the embedded relay's bound listener; nil when it does not run.
+	TURN net.Addr
+	// TURNURL is the TURN server relay introductions send sharers to, the
+	// embedded relay or the external one; empty: the broker offers no relay.
+	TURNURL string
+	err     error
 }
 
 // Err is why the broker stopped: nil after ctx was done. Valid after Done.
@@ -65,6 +94,7 @@ func (r *Running) Err() error {
 // until ctx is done. The URL's port is the bound one, so ":0" works. Its host
 // is PublicAddr if set, else the listener's host if specific, else the first
 // global unicast IPv4 address of an up, non-loopback interface, else 127.0.0.1.
+// The TURN URL has the same host.
 func Start(ctx context.Context, o Options) (*Running, error) {
 	if o.Listen == "" {
 		o.Listen = DefaultListen
@@ -78,16 +108,39 @@ func Start(ctx context.Context, o Options) (*Running, error) {
 	if err != nil {
 		return nil, err
 	}
+	// undo closes, last first, what is open when Start fails.
+	var undo []func()
+	fail := func(err error) (*Running, error) {
+		for i := len(undo) - 1; i >= 0; i-- {
+			undo[i]()
+		}
+		return nil, err
+	}
 	stun, err := listenSTUN(ctx, o)
 	if err != nil {
 		return nil, err
 	}
-	closeSTUN := func() {
-		if stun != nil {
-			stun.Close()
-		}
+	if stun != nil {
+		undo = append(undo, func() { stun.Close() })
 	}
-	cfg := Config{Token: st.Token, Cert: st.Cert, Log: o.Log, Version: o.Version}
+	var lc net.ListenConfig
+	ln, err := lc.Listen(ctx, "tcp", o.Listen)
+	if err != nil {
+		return fail(fmt.Errorf("broker listen: %w", err))
+	}
+	undo = append(undo, func() { ln.Close() })
+	addr, err := publicAddr(o.PublicAddr, ln.Addr())
+	if err != nil {
+		return fail(err)
+	}
+	turnLn, issuer, rc, err := setupTURN(ctx, o, st, addr, ln.Addr())
+	if err != nil {
+		return fail(err)
+	}
+	if turnLn != nil {
+		undo = append(undo, func() { turnLn.Close() })
+	}
+	cfg := Config{Token: st.Token, Cert: st.Cert, Log: o.Log, Version: o.Version, Relay: issuer}
 	if stun != nil {
 		cfg.STUN = stun.Addrs()
 	}
@@ -96,8 +149,7 @@ func Start(ctx context.Context, o Options) (*Running, error) {
 	}
 	srv, err := New(cfg)
 	if err != nil {
-		closeSTUN()
-		return nil, err
+		return fail(err)
 	}
 	if stun != nil {
 		newSTUNMetrics(srv.Registry()).wrap(stun)
@@ -106,69 +158,174 @@ func Start(ctx context.Context, o Options) (*Running, error) {
 	if o.MetricsListen != "" {
 		registerProcessCollectors(srv.Registry())
 		if ms, err = listenMetrics(ctx, o.MetricsListen, srv.Registry(), srv.log); err != nil {
-			closeSTUN()
-			return nil, err
+			return fail(err)
 		}
+		undo = append(undo, func() { ms.ln.Close() })
 	}
-	closeMetrics := func() {
-		if ms != nil {
-			ms.ln.Close()
+	var rl *Relay
+	if turnLn != nil {
+		if rl, err = NewRelay(srv, rc); err != nil {
+			return fail(err)
 		}
-	}
-	var lc net.ListenConfig
-	ln, err := lc.Listen(ctx, "tcp", o.Listen)
-	if err != nil {
-		closeMetrics()
-		closeSTUN()
-		return nil, fmt.Errorf("broker listen: %w", err)
-	}
-	addr, err := publicAddr(o.PublicAddr, ln.Addr())
-	if err != nil {
-		ln.Close()
-		closeMetrics()
-		closeSTUN()
-		return nil, err
 	}
 	done := make(chan struct{})
 	r := &Running{URL: st.URL(addr), Addr: ln.Addr(), Server: srv, Done: done}
+	if issuer != nil {
+		r.TURNURL = issuer.URL
+	}
 	srv.log.WithFields(logrus.Fields{"listen": ln.Addr().String(), "url": r.URL.Redacted()}).Info("broker listening")
-	mctx, stopMetrics := context.WithCancel(ctx)
-	metricsDone := make(chan struct{})
+	// Each part below runs until the control server stops.
+	var parts sync.WaitGroup
+	pctx, stopParts := context.WithCancel(ctx)
 	if ms != nil {
 		r.MetricsAddr = ms.ln.Addr()
 		mlog := o.Log.WithField("component", "metrics")
 		mlog.WithField("listen", r.MetricsAddr.String()).Info("metrics listening (/metrics, /healthz)")
-		go func() {
-			defer close(metricsDone)
-			ms.serve(mctx, mlog)
-		}()
-	} else {
-		close(metricsDone)
+		parts.Go(func() { ms.serve(pctx, mlog) })
 	}
-	sctx, stopSTUN := context.WithCancel(ctx)
-	stunDone := make(chan struct{})
 	if stun != nil {
 		r.STUN = stun.Addrs()
 		slog := o.Log.WithField("component", "stun")
 		slog.WithField("listen", r.STUN).Info("STUN listening")
-		go func() {
-			defer close(stunDone)
-			if err := nat.NewServer(nat.ServerConfig{Log: slog}).Serve(sctx, stun); err != nil {
+		parts.Go(func() {
+			if err := nat.NewServer(nat.ServerConfig{Log: slog}).Serve(pctx, stun); err != nil {
 				slog.WithError(err).Warn("STUN server stopped")
 			}
-		}()
-	} else {
-		close(stunDone)
+		})
+	}
+	if rl != nil {
+		r.TURN = turnLn.Addr()
+		parts.Go(func() {
+			if err := rl.Serve(pctx, turnLn); err != nil {
+				rl.log.WithError(err).Warn("TURN relay stopped")
+			}
+		})
+	} else if issuer != nil {
+		srv.log.WithField("turn", issuer.URL).Info("relay introductions use an external TURN server")
 	}
 	go func() {
 		defer close(done)
 		r.err = srv.Serve(ctx, ln)
-		stopSTUN()
-		stopMetrics()
-		<-stunDone
-		<-metricsDone
+		stopParts()
+		parts.Wait()
 	}()
 	return r, nil
+}
+
+// setupTURN decides the relay of relay introductions: the external TURN
+// server, or the embedded one, whose listener it binds; none when off, or
+// when the default listener cannot be bound.
+func setupTURN(ctx context.Context, o Options, st *State, public string, ctrl net.Addr) (net.Listener, *RelayIssuer, RelayConfig, error) {
+	ttl := o.TURNCredentialTTL
+	if e := o.ExternalTURN; e != nil {
+		if !strings.HasPrefix(e.URL, "turn:") || len(e.Secret) == 0 {
+			return nil, nil, RelayConfig{}, errors.New("broker: external TURN server: want a turn:HOST:PORT?transport=tcp URL and its shared secret")
+		}
+		return nil, &RelayIssuer{URL: e.URL, Secret: e.Secret, TTL: ttl}, RelayConfig{}, nil
+	}
+	if o.NoTURN {
+		return nil, nil, RelayConfig{}, nil
+	}
+	log := o.Log.WithField("component", "relay")
+	host, _, _ := net.SplitHostPort(public)
+	listen, soft := o.TURNListen, o.TURNListen == ""
+	if soft {
+		h, _, _ := net.SplitHostPort(o.Listen)
+		listen = net.JoinHostPort(h, strconv.Itoa(DefaultTURNPort))
+	}
+	rc := o.TURN
+	if !rc.RelayIP.IsValid() {
+		ip, err := resolveRelayIP(ctx, host)
+		if err != nil {
+			if soft {
+				log.WithError(err).Warn("TURN relay not started; relay introductions fail with no_relay (set turn.relay_ip)")
+				return nil, nil, RelayConfig{}, nil
+			}
+			return nil, nil, RelayConfig{}, fmt.Errorf("broker turn: %w; set turn.relay_ip", err)
+		}
+		rc.RelayIP = ip
+	}
+	var lc net.ListenConfig
+	tln, err := lc.Listen(ctx, "tcp", listen)
+	if err != nil {
+		if soft {
+			log.WithError(err).Warn("TURN relay not started; relay introductions fail with no_relay (set turn.listen, or turn.off)")
+			return nil, nil, RelayConfig{}, nil
+		}
+		return nil, nil, RelayConfig{}, fmt.Errorf("broker turn listen: %w", err)
+	}
+	ta := tln.Addr().(*net.TCPAddr).AddrPort()
+	if !rc.BindIP.IsValid() {
+		rc.BindIP = relayBindIP(rc.RelayIP, ta.Addr())
+	}
+	rc.OwnAddrs = append(slices.Clone(rc.OwnAddrs), ownAddrs(ctrl, tln.Addr())...)
+	issuer := &RelayIssuer{URL: turnURL(host, int(ta.Port())), Secret: []byte(st.TURNSecret), TTL: ttl}
+	return tln, issuer, rc, nil
+}
+
+// resolveRelayIP is the IP of the broker's public host, IPv4 preferred.
+func resolveRelayIP(ctx context.Context, host string) (netip.Addr, error) {
+	if ip, err := netip.ParseAddr(host); err == nil {
+		return ip.Unmap(), nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	ips, err := net.DefaultResolver.LookupNetIP(ctx, "ip", host)
+	if err != nil || len(ips) == 0 {
+		return netip.Addr{}, fmt.Errorf("public address %q does not resolve to the relay's IP (%v)", host, err)
+	}
+	for _, ip := range ips {
+		if ip.Unmap().Is4() {
+			return ip.Unmap(), nil
+		}
+	}
+	return ips[0], nil
+}
+
+// relayBindIP is where relay ports are bound: the relay IP if it is this
+// machine's, else the TURN listener's address if specific (behind a 1:1 NAT,
+// the private address the public one maps to), else every address.
+func relayBindIP(relayIP, turnIP netip.Addr) netip.Addr {
+	turnIP = turnIP.Unmap()
+	if slices.Contains(interfaceAddrs(), relayIP) {
+		return relayIP
+	}
+	if turnIP.IsValid() && !turnIP.IsUnspecified() && turnIP.Is4() == relayIP.Is4() {
+		return turnIP
+	}
+	if relayIP.Is4() {
+		return netip.IPv4Unspecified()
+	}
+	return netip.IPv6Unspecified()
+}
+
+// ownAddrs are the broker's addresses: the machine's and the listeners'.
+func ownAddrs(ls ...net.Addr) []netip.Addr {
+	out := interfaceAddrs()
+	for _, a := range ls {
+		if ta, ok := a.(*net.TCPAddr); ok {
+			if ip := ta.AddrPort().Addr().Unmap(); !ip.IsUnspecified() {
+				out = append(out, ip)
+			}
+		}
+	}
+	return out
+}
+
+func interfaceAddrs() []netip.Addr {
+	as, err := net.InterfaceAddrs()
+	if err != nil {
+		return nil
+	}
+	var out []netip.Addr
+	for _, a := range as {
+		if n, ok := a.(*net.IPNet); ok {
+			if ip, ok := netip.AddrFromSlice(n.IP); ok {
+				out = append(out, ip.Unmap())
+			}
+		}
+	}
+	return out
 }
 
 // listenSTUN binds the STUN sockets; nil when off or, with the default

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -16,6 +17,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/peerport/peerport/internal/proto"
+	"github.com/peerport/peerport/internal/relay"
 	"github.com/peerport/peerport/internal/secure"
 )
 
@@ -58,6 +60,11 @@ type Config struct {
 	MaxPendingIntros  int              // Connects in flight per session; default 64
 	MaxMessageSize    int              // default proto.MaxMessageSize
 	Now               func() time.Time // injected clock, default time.Now
+	// Relay issues TURN credentials to sharers for relay introductions
+	// (Connect with Path relay), for the embedded relay (NewRelay) or an
+	// external TURN server; nil: this broker offers no relay, and such a
+	// Connect fails with no_relay.
+	Relay *RelayIssuer
 }
 
 func (c *Config) setDefaults() {
@@ -90,6 +97,13 @@ func (c *Config) setDefaults() {
 	if c.Now == nil {
 		c.Now = time.Now
 	}
+	if c.Relay != nil {
+		r := *c.Relay // the caller's stays as it was
+		if r.TTL == 0 {
+			r.TTL = DefaultCredentialTTL
+		}
+		c.Relay = &r
+	}
 }
 
 func (c *Config) validate() error {
@@ -116,6 +130,17 @@ func (c *Config) validate() error {
 			errs = append(errs, fmt.Errorf("%s: %d is negative", n.name, n.v))
 		}
 	}
+	if r := c.Relay; r != nil {
+		if !strings.HasPrefix(r.URL, "turn:") {
+			errs = append(errs, fmt.Errorf("relay.url: %q, want turn:HOST:PORT?transport=tcp", r.URL))
+		}
+		if len(r.Secret) == 0 {
+			errs = append(errs, errors.New("relay.secret: empty"))
+		}
+		if r.TTL < 0 {
+			errs = append(errs, fmt.Errorf("relay.ttl: %v is negative", r.TTL))
+		}
+	}
 	if c.MaxMessageSize > 0 && c.MaxMessageSize < 1024 {
 		errs = append(errs, fmt.Errorf("max_message_size: %d is too small for a Register (min 1024)", c.MaxMessageSize))
 	}
@@ -135,6 +160,7 @@ type Server struct {
 	guests    int
 	shares    int
 	nextIntro uint64
+	relay     *Relay // the embedded TURN relay, if NewRelay made one
 
 	introductions atomic.Uint64
 	metrics       *metrics
@@ -249,6 +275,21 @@ func (s *Server) Accept(ctx context.Context, conn net.Conn) {
 	}
 	sess := newSession(s, tc, conn, id, log)
 	sess.run()
+}
+
+// memberOnline reports whether id holds a member (token) session now.
+func (s *Server) memberOnline(id secure.AgentID) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.agents[id]) > 0
+}
+
+// issueTURN makes a TURN credential for sharer, good for Config.Relay.TTL.
+func (s *Server) issueTURN(sharer secure.AgentID) *proto.TURN {
+	r := s.cfg.Relay
+	user, pass := relay.Credentials(r.Secret, sharer.String(), s.cfg.Now().Add(r.TTL))
+	s.metrics.turnIssued.Inc()
+	return &proto.TURN{URL: r.URL, Username: user, Password: pass}
 }
 
 // checkToken compares in constant time, also in length (both are hashed).

@@ -154,18 +154,20 @@ func (s *session) admit(h *proto.Hello) bool {
 }
 
 // leave removes the session and its shares from the registry. Introductions
-// waiting on it see done closed.
+// waiting on it see done closed; the relay learns when an agent's last
+// member session is gone.
 func (s *session) leave() {
 	srv := s.srv
 	srv.mu.Lock()
-	defer srv.mu.Unlock()
 	srv.sessions--
+	gone := false
 	if s.guest {
 		srv.guests--
 	} else {
 		rest := slices.DeleteFunc(srv.agents[s.id], func(o *session) bool { return o == s })
 		if len(rest) == 0 {
 			delete(srv.agents, s.id)
+			gone = true
 		} else {
 			srv.agents[s.id] = rest
 		}
@@ -173,6 +175,11 @@ func (s *session) leave() {
 	srv.shares -= len(s.shares)
 	clear(s.shares)
 	clear(s.intros)
+	emb := srv.relay
+	srv.mu.Unlock()
+	if gone && emb != nil {
+		emb.agentOffline(s.id)
+	}
 }
 
 func (s *session) loop() {
@@ -353,6 +360,14 @@ func (srv *Server) introduce(c *session, m *proto.Connect) *proto.ConnectReply {
 		log.Warn("introduction refused: ticket not valid for this share")
 		return fail(proto.CodeUnauthorized, "ticket not valid for this share, and this agent is not on its allow list")
 	}
+	relayed := m.Path == proto.PathRelay
+	if relayed && srv.cfg.Relay == nil {
+		srv.mu.Unlock()
+		log.Info("introduction refused: a relay was asked for, and this broker offers none")
+		return fail(proto.CodeNoRelay, "this broker offers no relay (its TURN server is off and no external one is configured); "+
+			"connect with path direct, or ask the broker's operator to turn the relay on")
+	}
+	emb := srv.relay
 	srv.nextIntro++
 	id := srv.nextIntro
 	ch := make(chan *proto.IntroReply, 1)
@@ -365,7 +380,18 @@ func (srv *Server) introduce(c *session, m *proto.Connect) *proto.ConnectReply {
 	}()
 	log = log.WithField("intro", id)
 
-	intro := &proto.Intro{Intro: id, Connector: c.id.String(), Share: m.Share, Candidates: m.Candidates, NAT: m.NAT, RTTMillis: m.RTTMillis}
+	intro := &proto.Intro{Intro: id, Connector: c.id.String(), Share: m.Share, Candidates: m.Candidates, NAT: m.NAT, RTTMillis: m.RTTMillis, Path: m.Path}
+	if relayed {
+		// The sharer permits the connector's public address on its relay:
+		// the broker saw it, whatever the connector found out itself.
+		obs := observed(c.raw.RemoteAddr())
+		intro.Candidates = withObserved(m.Candidates, obs)
+		intro.TURN = srv.issueTURN(sharerID)
+		if emb != nil {
+			emb.introduce(sharerID, connectorIPs(obs, m.Candidates))
+		}
+		log = log.WithField("path", proto.PathRelay)
+	}
 	if err := sharer.send(intro); err != nil {
 		log.WithError(err).Info("introduction: sharer went offline")
 		return fail(proto.CodeNotFound, "sharer %s went offline", sharerID.Short())
@@ -385,7 +411,7 @@ func (srv *Server) introduce(c *session, m *proto.Connect) *proto.ConnectReply {
 		srv.introductions.Add(1)
 		srv.metrics.introductions.Inc()
 		log.WithField("candidates", len(r.Candidates)).Info("introduced")
-		return &proto.ConnectReply{ID: m.ID, Candidates: r.Candidates, Port: r.Port, NAT: r.NAT}
+		return &proto.ConnectReply{ID: m.ID, Candidates: r.Candidates, Port: r.Port, NAT: r.NAT, Path: r.Path}
 	case <-sharer.done:
 		log.Info("introduction: sharer went offline")
 		return fail(proto.CodeNotFound, "sharer %s went offline", sharerID.Short())
@@ -488,12 +514,45 @@ func observed(a net.Addr) string {
 	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()).String()
 }
 
+// withObserved returns cands with obs (ip:port) as an observed candidate
+// when no candidate has that address; at the candidate limit it takes the
+// last one's place. cands itself is not changed.
+func withObserved(cands []proto.Candidate, obs string) []proto.Candidate {
+	if obs == "" || slices.ContainsFunc(cands, func(c proto.Candidate) bool { return c.Addr == obs }) {
+		return cands
+	}
+	out := slices.Clone(cands)
+	if len(out) >= proto.MaxCandidates {
+		out = out[:proto.MaxCandidates-1]
+	}
+	return append(out, proto.Candidate{Kind: proto.KindObserved, Addr: obs})
+}
+
+// connectorIPs are the addresses a connector's relayed connection may come
+// from: the source the broker saw (obs), and its server-reflexive and
+// observed candidates.
+func connectorIPs(obs string, cands []proto.Candidate) []netip.Addr {
+	var ips []netip.Addr
+	add := func(s string) {
+		if ap, err := netip.ParseAddrPort(s); err == nil && !slices.Contains(ips, ap.Addr().Unmap()) {
+			ips = append(ips, ap.Addr().Unmap())
+		}
+	}
+	add(obs)
+	for _, c := range cands {
+		if c.Kind == proto.KindSrflx || c.Kind == proto.KindObserved {
+			add(c.Addr)
+		}
+	}
+	return ips
+}
+
 // metricCode bounds the label values of a failure code: the sharer chooses
 // its own code, and a label per arbitrary string would grow without end.
 func metricCode(code string) string {
 	switch code {
 	case proto.CodeUnauthorized, proto.CodeNotFound, proto.CodeRefused, proto.CodeBadRequest,
-		proto.CodeLimit, proto.CodeTimeout, proto.CodeInternal:
+		proto.CodeLimit, proto.CodeTimeout, proto.CodeInternal, proto.CodeNoRelay:
 		return code
 	}
 	return "other"

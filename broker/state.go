@@ -17,8 +17,9 @@ import (
 
 // Files of the broker's state directory.
 const (
-	KeyFile   = "broker.key" // PEM PKCS#8 ed25519, 0600
-	TokenFile = "token"      // one line, 0600
+	KeyFile        = "broker.key"  // PEM PKCS#8 ed25519, 0600
+	TokenFile      = "token"       // one line, 0600
+	TURNSecretFile = "turn.secret" // one line, 0600: the TURN relay's shared secret
 )
 
 // ErrBadState is returned for a state file that exists but cannot be used.
@@ -29,13 +30,21 @@ var ErrBadState = errors.New("unusable broker state")
 // in a URL's user part.
 var tokenRE = regexp.MustCompile(`^[A-Za-z0-9._~-]{16,128}$`)
 
-// State is what a broker keeps across restarts: its key (hence its pin) and
-// the token agents log in with.
+// turnSecretRE admits generated TURN secrets and hand-picked ones (say, a
+// coturn static-auth-secret copied in): printable ASCII without spaces.
+var turnSecretRE = regexp.MustCompile(`^[!-~]{16,256}$`)
+
+// State is what a broker keeps across restarts: its key (hence its pin),
+// the token agents log in with, and the shared secret of its TURN relay.
 type State struct {
 	Key   ed25519.PrivateKey
 	Cert  tls.Certificate
 	Pin   secure.Pin
 	Token string
+	// TURNSecret keys the relay's TURN REST credentials (HMAC-SHA1 of the
+	// username): the text itself is the key, as coturn's static-auth-secret.
+	// Changing it only invalidates credentials issued before.
+	TURNSecret string
 }
 
 // LoadOrCreateState reads the broker state in dir, creating dir (0700), the
@@ -60,7 +69,37 @@ func LoadOrCreateState(dir string) (*State, error) {
 	if err != nil {
 		return nil, fmt.Errorf("broker state: %w", err)
 	}
-	return &State{Key: key, Cert: cert, Pin: secure.PinOf(cert.Leaf), Token: token}, nil
+	turnSecret, err := loadOrCreateTURNSecret(filepath.Join(dir, TURNSecretFile))
+	if err != nil {
+		return nil, fmt.Errorf("broker state: %w", err)
+	}
+	return &State{Key: key, Cert: cert, Pin: secure.PinOf(cert.Leaf), Token: token, TURNSecret: turnSecret}, nil
+}
+
+// loadOrCreateTURNSecret reads the TURN secret, creating it (32 random
+// bytes, base32) on first use. Unlike the token it is in no URL, so a lost
+// one may be deleted to make a new one: only live credentials break.
+func loadOrCreateTURNSecret(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		var r [32]byte
+		if _, err := rand.Read(r[:]); err != nil {
+			return "", fmt.Errorf("generate TURN secret: %w", err)
+		}
+		s := strings.ToLower(base32.StdEncoding.WithPadding(base32.NoPadding).EncodeToString(r[:]))
+		if err := secure.WriteFileAtomic(path, []byte(s+"\n"), 0o600); err != nil {
+			return "", fmt.Errorf("write TURN secret: %w", err)
+		}
+		return s, nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("read TURN secret: %w", err)
+	}
+	s := strings.TrimSpace(string(b))
+	if !turnSecretRE.MatchString(s) {
+		return "", fmt.Errorf("read TURN secret %s: %w: want one line of 16-256 printable characters without spaces; fix it, or delete it to make a new one", path, ErrBadState)
+	}
+	return s, nil
 }
 
 func loadOrCreateToken(path string) (string, error) {

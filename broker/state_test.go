@@ -29,7 +29,7 @@ func TestLoadOrCreateState(t *testing.T) {
 	if first.Pin != secure.PinOf(first.Cert.Leaf) || first.Pin.IsZero() {
 		t.Error("pin does not match the certificate")
 	}
-	for name, want := range map[string]os.FileMode{".": 0o700, KeyFile: 0o600, TokenFile: 0o600} {
+	for name, want := range map[string]os.FileMode{".": 0o700, KeyFile: 0o600, TokenFile: 0o600, TURNSecretFile: 0o600} {
 		st, err := os.Stat(filepath.Join(dir, name))
 		if err != nil {
 			t.Fatal(err)
@@ -44,6 +44,9 @@ func TestLoadOrCreateState(t *testing.T) {
 	}
 	if second.Pin != first.Pin || second.Token != first.Token {
 		t.Error("second start changed the pin or token")
+	}
+	if len(first.TURNSecret) != 52 || second.TURNSecret != first.TURNSecret || first.TURNSecret == first.Token {
+		t.Errorf("TURN secret %q, then %q: want one of 52 characters, kept", first.TURNSecret, second.TURNSecret)
 	}
 	u := second.URL("broker.example.com:7000")
 	parsed, err := secure.ParseBrokerURL(u.String())
@@ -65,6 +68,8 @@ func TestLoadOrCreateStateCorrupt(t *testing.T) {
 		{"token short", TokenFile, "abc\n", ErrBadState},
 		{"token with @", TokenFile, "abcdefghijklmnop@", ErrBadState},
 		{"token two lines", TokenFile, "abcdefghijklmnop\nabcdefghijklmnop\n", ErrBadState},
+		{"TURN secret short", TURNSecretFile, "short\n", ErrBadState},
+		{"TURN secret with a space", TURNSecretFile, "abcdefgh ijklmnopq\n", ErrBadState},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -157,7 +157,7 @@ func loginCmd(g *globals) *cobra.Command {
 }
 
 func shareCmd(g *globals) *cobra.Command {
-	var name, brokerURL, embedListen, publicAddr string
+	var name, brokerURL, embedListen, publicAddr, path string
 	var allow []string
 	c := &cobra.Command{
 		Use:   "share TARGET",
@@ -178,7 +178,7 @@ func shareCmd(g *globals) *cobra.Command {
 			if name == "" {
 				_, name, _ = net.SplitHostPort(target)
 			}
-			spec := agent.ShareSpec{Name: name, Target: target}
+			spec := agent.ShareSpec{Name: name, Target: target, Path: path}
 			for _, s := range allow {
 				a, err := secure.ParseAgentID(s)
 				if err != nil {
@@ -212,6 +212,7 @@ func shareCmd(g *globals) *cobra.Command {
 	f.StringArrayVar(&allow, "allow", nil, "agent ID that may connect by identity, without a ticket (repeatable)")
 	f.StringVar(&embedListen, "embedded-listen", ":0", "listen address of the embedded broker")
 	f.StringVar(&publicAddr, "public-addr", "", "host the embedded broker advertises in tickets (default: this host's first address)")
+	f.StringVar(&path, "path", agent.PathAuto, pathUsage)
 	return c
 }
 
@@ -229,9 +230,16 @@ func chooseBroker(ctx context.Context, dir, flag, embedListen, publicAddr string
 	if err != nil || u != nil {
 		return u, err
 	}
+	// The relay takes a free port like the control listener, so two
+	// `agent share` on one machine each run their own.
+	host, _, err := net.SplitHostPort(embedListen)
+	if err != nil {
+		return nil, fmt.Errorf("--embedded-listen: %w", err)
+	}
 	r, err := broker.Start(ctx, broker.Options{
 		Listen: embedListen, PublicAddr: publicAddr, StateDir: statedir.Broker(dir),
 		Log: log.WithField("component", "embedded-broker"), Version: version,
+		TURNListen: net.JoinHostPort(host, "0"),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("embedded broker: %w", err)
@@ -240,8 +248,10 @@ func chooseBroker(ctx context.Context, dir, flag, embedListen, publicAddr string
 	return &r.URL, nil
 }
 
+const pathUsage = "how peer channels are made: auto (punch, else relay, moving to direct when it comes up), direct, or relay"
+
 func connectCmd(g *globals) *cobra.Command {
-	var listen string
+	var listen, path string
 	c := &cobra.Command{
 		Use:   "connect TICKET",
 		Short: "Forward a local port to a share; prints the local address as the first line of stdout",
@@ -266,7 +276,7 @@ func connectCmd(g *globals) *cobra.Command {
 			out := cmd.OutOrStdout()
 			a, err := agent.New(agent.Options{
 				Identity: id, StateDir: dir, Broker: u, Log: log, DrainTimeout: g.drain, Candidates: g.offer,
-				Connects: []agent.ConnectSpec{{Ticket: &t, Listen: listen}},
+				Connects: []agent.ConnectSpec{{Ticket: &t, Listen: listen, Path: path}},
 				OnListen: func(_ agent.ConnectSpec, addr net.Addr) { fmt.Fprintln(out, addr.String()) },
 			})
 			if err != nil {
@@ -276,6 +286,7 @@ func connectCmd(g *globals) *cobra.Command {
 		},
 	}
 	c.Flags().StringVar(&listen, "listen", "", "local address (default 127.0.0.1:<shared port>, or a free port if taken)")
+	c.Flags().StringVar(&path, "path", agent.PathAuto, pathUsage)
 	return c
 }
 
@@ -433,7 +444,11 @@ func printStatus(w io.Writer, st agent.Status) {
 			fmt.Fprintf(tw, "  connect\t%s -> %s\t%s\t%d open, %d total\tin %d B, out %d B\t%s\n", c.Listen, c.Share, c.Peer[:12], c.Streams, c.Total, c.BytesIn, c.BytesOut, c.LastError)
 		}
 		for _, p := range a.Peers {
-			fmt.Fprintf(tw, "  peer\t%s\t%s\t%s %s\trtt %.1fms\t%d streams\tin %d B, out %d B\n", p.Peer[:12], p.Role, p.Path, p.Remote, p.RTTMillis, p.Streams, p.BytesIn, p.BytesOut)
+			path := p.Path
+			if p.Relay != "" {
+				path += " via " + p.Relay
+			}
+			fmt.Fprintf(tw, "  peer\t%s\t%s\t%s %s\trtt %.1fms\t%d streams\tin %d B, out %d B\n", p.Peer[:12], p.Role, path, p.Remote, p.RTTMillis, p.Streams, p.BytesIn, p.BytesOut)
 		}
 	}
 }

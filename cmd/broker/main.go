@@ -5,10 +5,12 @@ package main
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"os"
 	"os/signal"
 	"syscall"
 
+	"github.com/sirupsen/logrus"
 	"github.com/spf13/cobra"
 
 	"github.com/peerport/peerport/broker"
@@ -30,8 +32,8 @@ func main() {
 }
 
 func newRoot() *cobra.Command {
-	var file, listen, publicAddr, stateDir, metricsListen, logLevel, logFormat string
-	var showVersion bool
+	var file, listen, publicAddr, stateDir, metricsListen, logLevel, logFormat, turnListen string
+	var showVersion, noTURN bool
 	c := &cobra.Command{
 		Use:   "broker",
 		Short: "Introduce peerport agents to each other",
@@ -68,6 +70,12 @@ func newRoot() *cobra.Command {
 			if f.Changed("metrics-listen") {
 				cfg.MetricsListen = metricsListen
 			}
+			if f.Changed("turn-listen") {
+				cfg.TURN.Listen = turnListen
+			}
+			if f.Changed("no-turn") {
+				cfg.TURN.Off = noTURN
+			}
 			if f.Changed("log-level") || cfg.Log.Level == "" {
 				cfg.Log.Level = logLevel
 			}
@@ -84,8 +92,11 @@ func newRoot() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			for _, w := range cfg.Warnings {
+				log.Warn(w)
+			}
 			lim := cfg.Limits
-			r, err := broker.Start(cmd.Context(), broker.Options{
+			o := broker.Options{
 				Listen: cfg.Listen, PublicAddr: cfg.PublicAddr,
 				StateDir: brokerDir(cfg.StateDir), MetricsListen: cfg.MetricsListen,
 				Log: log.WithField("component", "broker"), Version: version,
@@ -94,12 +105,20 @@ func newRoot() *cobra.Command {
 					b.MaxMessageSize = lim.MaxMessageBytes
 					b.HandshakeTimeout, b.IdleTimeout, b.IntroTimeout = lim.HandshakeTimeout, lim.IdleTimeout, lim.IntroTimeout
 				},
-			})
+			}
+			if err := turnOptions(&o, cfg.TURN); err != nil {
+				return err
+			}
+			r, err := broker.Start(cmd.Context(), o)
 			if err != nil {
 				return err
 			}
 			fmt.Fprintln(cmd.OutOrStdout(), r.URL.String())
-			log.WithField("addr", r.Addr.String()).Info("broker running; agents log in with the URL on stdout")
+			fields := logrus.Fields{"addr": r.Addr.String()}
+			if r.TURNURL != "" {
+				fields["turn"] = r.TURNURL
+			}
+			log.WithFields(fields).Info("broker running; agents log in with the URL on stdout")
 			<-r.Done
 			return r.Err()
 		},
@@ -109,11 +128,45 @@ func newRoot() *cobra.Command {
 	f.StringVar(&listen, "listen", ":7000", "control listen address")
 	f.StringVar(&publicAddr, "public-addr", "", "host (or host:port) advertised in the broker URL")
 	f.StringVar(&metricsListen, "metrics-listen", "", "serve Prometheus /metrics and /healthz here (PORT means 127.0.0.1:PORT); default off")
+	f.StringVar(&turnListen, "turn-listen", "", "TURN relay listen address (default: the control listener's host, port 3480)")
+	f.BoolVar(&noTURN, "no-turn", false, "run no TURN relay (relay introductions then fail, unless broker.yaml names an external one)")
 	f.StringVar(&stateDir, "state-dir", "", "state directory for key and token (default $PEERPORT_HOME/broker or ~/.config/peerport/broker)")
 	f.StringVar(&logLevel, "log-level", "info", "trace, debug, info, warn or error")
 	f.StringVar(&logFormat, "log-format", "text", "text or json")
 	f.BoolVar(&showVersion, "version", false, "print the version")
 	return c
+}
+
+// turnOptions sets o's relay from the turn: section (validated).
+func turnOptions(o *broker.Options, t config.BrokerTURN) error {
+	o.TURNListen, o.NoTURN, o.TURNCredentialTTL = t.Listen, t.Off, t.CredentialTTL
+	if t.External.URL != "" {
+		secret, err := t.External.LoadSecret()
+		if err != nil {
+			return err
+		}
+		o.ExternalTURN = &broker.ExternalTURN{URL: t.External.URL, Secret: secret}
+		return nil
+	}
+	lo, hi, err := config.ParsePortRange(t.RelayPorts)
+	if err != nil {
+		return err
+	}
+	allow, err := t.AllowPrefixes()
+	if err != nil {
+		return err
+	}
+	o.TURN = broker.RelayConfig{
+		PortMin: lo, PortMax: hi, AllowPeers: allow,
+		MaxAllocationsPerAgent: t.MaxAllocationsPerAgent, MaxPermissionsPerAllocation: t.MaxPermissionsPerAllocation,
+		Bandwidth: t.Bandwidth,
+	}
+	if t.RelayIP != "" {
+		if o.TURN.RelayIP, err = netip.ParseAddr(t.RelayIP); err != nil {
+			return fmt.Errorf("turn.relay_ip: %w", err)
+		}
+	}
+	return nil
 }
 
 // brokerDir is --state-dir as given, else the broker/ subdirectory of the

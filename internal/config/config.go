@@ -46,6 +46,13 @@ type Agent struct {
 	Log           Log       `yaml:"log"`
 	Shares        []Share   `yaml:"shares"`
 	Connects      []Connect `yaml:"connects"`
+	// Path is the default path policy of shares and connects: auto
+	// (punch, relay when punching cannot work, move to direct when it comes
+	// up), direct, or relay. Default auto.
+	Path string `yaml:"path"`
+	// Relay is an external TURN server this agent's shares allocate on
+	// instead of the broker's relay; empty URL: the broker's.
+	Relay Relay `yaml:"relay"`
 
 	// Warnings are problems of the file that do not stop it from loading,
 	// such as a mode that lets other users read the secrets in it. LoadAgent
@@ -58,6 +65,15 @@ type Share struct {
 	Name   string   `yaml:"name"`   // required; secure.ValidShareName
 	Target string   `yaml:"target"` // required; PORT or HOST:PORT, normalized to host:port (host default 127.0.0.1)
 	Allow  []string `yaml:"allow"`  // agent IDs that may connect by identity, without a ticket
+	Path   string   `yaml:"path"`   // auto|direct|relay; default: the file's path
+}
+
+// Relay is an external TURN server with TURN REST credentials (coturn's
+// use-auth-secret): the agent makes its own from the shared secret.
+type Relay struct {
+	URL        string `yaml:"url"`         // turn:HOST:PORT?transport=tcp
+	Secret     string `yaml:"secret"`      // the shared secret; or
+	SecretFile string `yaml:"secret_file"` // a file holding it (surrounding whitespace ignored)
 }
 
 // Connect reaches one share, by ticket or (team mode) by peer and share name.
@@ -66,6 +82,7 @@ type Connect struct {
 	Peer   string `yaml:"peer"`   // agent ID of the sharer (team mode)
 	Share  string `yaml:"share"`  // share name on that peer (team mode)
 	Listen string `yaml:"listen"` // empty: the agent picks 127.0.0.1:<port>; else host:port or port (normalized to 127.0.0.1:port)
+	Path   string `yaml:"path"`   // auto|direct|relay; default: the file's path
 }
 
 // Broker is broker.yaml.
@@ -78,6 +95,12 @@ type Broker struct {
 	MetricsListen string       `yaml:"metrics_listen"`
 	Log           Log          `yaml:"log"`
 	Limits        BrokerLimits `yaml:"limits"`
+	TURN          BrokerTURN   `yaml:"turn"` // the relay; see broker_turn.go
+
+	// Warnings are problems of the file that do not stop it from loading
+	// (a TURN secret other users may read). LoadBroker sets them; the
+	// caller logs them. Never part of the YAML.
+	Warnings []string `yaml:"-"`
 }
 
 // BrokerLimits bound what one broker holds in memory.
@@ -149,6 +172,9 @@ func (c *Agent) secrets() []string {
 	if c.Broker != "" {
 		out = append(out, "the broker token")
 	}
+	if c.Relay.Secret != "" {
+		out = append(out, "the relay secret")
+	}
 	for _, cn := range c.Connects {
 		if cn.Ticket != "" {
 			out = append(out, "tickets")
@@ -174,11 +200,20 @@ func ParseAgent(name string, data []byte) (*Agent, error) {
 
 // LoadBroker reads, decodes, defaults and validates a broker.yaml.
 func LoadBroker(path string) (*Broker, error) {
-	data, _, err := readFile(path)
+	data, fi, err := readFile(path)
 	if err != nil {
 		return nil, err
 	}
-	return ParseBroker(path, data)
+	c, err := ParseBroker(path, data)
+	if err != nil {
+		return nil, err
+	}
+	if c.TURN.External.Secret != "" {
+		if w := exposed(path, fi, []string{"the TURN secret"}); w != "" {
+			c.Warnings = append(c.Warnings, w)
+		}
+	}
+	return c, nil
 }
 
 // ParseBroker is LoadBroker from bytes; name stands for the file in messages.

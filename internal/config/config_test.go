@@ -171,6 +171,17 @@ func TestParseAgentErrors(t *testing.T) {
 			[]string{`agent.yaml:1: metrics_listen: "localhost" is not PORT or HOST:PORT`}},
 		{"metrics listen clashes with a connect", "metrics_listen: 9101\nconnects:\n  - ticket: {TICKET}\n    listen: \":9101\"\n",
 			[]string{`agent.yaml:4: connects[0].listen: address :9101 clashes with metrics_listen`}},
+		{"bad path", "path: fast\nshares:\n  - name: web\n    target: 80\n    path: relay\n  - name: db\n    target: 81\n",
+			[]string{`agent.yaml:1: path: "fast": want auto, direct or relay`}},
+		{"bad share and connect path", "shares:\n  - name: web\n    target: 80\n    path: turn\nconnects:\n  - ticket: {TICKET}\n    path: p2p\n",
+			[]string{`agent.yaml:4: shares[0].path: "turn": want auto, direct or relay`, `agent.yaml:7: connects[0].path: "p2p": want auto, direct or relay`}},
+		{"relay secret without url", "relay:\n  secret: s3cret\n",
+			[]string{`agent.yaml:2: relay.url: required with a secret (turn:HOST:PORT?transport=tcp)`}},
+		{"relay url without secret", "relay:\n  url: turn:t.example.com:3478\n",
+			[]string{`agent.yaml:2: relay: exactly one of secret and secret_file is required with url`}},
+		{"relay with both secrets and a stun url", "relay:\n  url: stun:t.example.com:3478\n  secret: a\n  secret_file: /b\n",
+			[]string{`agent.yaml:2: relay.url: "stun:t.example.com:3478": want turn:HOST:PORT?transport=tcp`,
+				`agent.yaml:2: relay: exactly one of secret and secret_file is required with url`}},
 		{"every validation problem at once", "broker: pp://x\nlog: {level: x}\nshares:\n  - name: web\n    target: 0\nconnects:\n  - {}\n",
 			[]string{
 				`agent.yaml:1: broker: malformed broker URL: missing token (pp://TOKEN@host:port#pin)`,
@@ -205,21 +216,24 @@ func TestParseAgentValid(t *testing.T) {
 		yaml string
 		want Agent
 	}{
-		{"empty file", "", Agent{Log: Log{Level: "info", Format: "text"}}},
-		{"only comments", "# nothing here\n", Agent{Log: Log{Level: "info", Format: "text"}}},
-		{"null document", "~\n", Agent{Log: Log{Level: "info", Format: "text"}}},
-		{"null sections", "log:\nshares:\nconnects: []\n", Agent{Log: Log{Level: "info", Format: "text"}}},
+		{"empty file", "", Agent{Log: Log{Level: "info", Format: "text"}, Path: "auto"}},
+		{"only comments", "# nothing here\n", Agent{Log: Log{Level: "info", Format: "text"}, Path: "auto"}},
+		{"null document", "~\n", Agent{Log: Log{Level: "info", Format: "text"}, Path: "auto"}},
+		{"null sections", "log:\nshares:\nconnects: []\n", Agent{Log: Log{Level: "info", Format: "text"}, Path: "auto"}},
 		{"full", `
 broker: {BROKER}
 state_dir: /var/lib/peerport
 metrics_listen: 9101
 log: {level: debug, format: json}
+path: direct
+relay: {url: "turn:turn.example.com:3478?transport=tcp", secret_file: /etc/peerport/turn.secret}
 shares:
   - name: web
     target: 8080
     allow: [{ID2}]
   - name: db
     target: "[::1]:5432"
+    path: relay
   - name: api
     target: api.internal:443
 connects:
@@ -229,6 +243,7 @@ connects:
   - peer: {ID}
     share: web
     listen: ":9001"
+    path: auto
   - ticket: {TICKET}
     listen: 0
   - ticket: {TICKET}
@@ -238,23 +253,25 @@ connects:
 			StateDir:      "/var/lib/peerport",
 			MetricsListen: "127.0.0.1:9101",
 			Log:           Log{Level: "debug", Format: "json"},
+			Path:          "direct",
+			Relay:         Relay{URL: "turn:turn.example.com:3478?transport=tcp", SecretFile: "/etc/peerport/turn.secret"},
 			Shares: []Share{
-				{Name: "web", Target: "127.0.0.1:8080", Allow: []string{c.id2}},
-				{Name: "db", Target: "[::1]:5432"},
-				{Name: "api", Target: "api.internal:443"},
+				{Name: "web", Target: "127.0.0.1:8080", Allow: []string{c.id2}, Path: "direct"},
+				{Name: "db", Target: "[::1]:5432", Path: "relay"},
+				{Name: "api", Target: "api.internal:443", Path: "direct"},
 			},
 			Connects: []Connect{
-				{Ticket: c.ticket},
-				{Ticket: c.ticket, Listen: "127.0.0.1:9000"},
-				{Peer: c.id, Share: "web", Listen: ":9001"},
-				{Ticket: c.ticket, Listen: "127.0.0.1:0"},
-				{Ticket: c.ticket, Listen: "127.0.0.1:0"},
+				{Ticket: c.ticket, Path: "direct"},
+				{Ticket: c.ticket, Listen: "127.0.0.1:9000", Path: "direct"},
+				{Peer: c.id, Share: "web", Listen: ":9001", Path: "auto"},
+				{Ticket: c.ticket, Listen: "127.0.0.1:0", Path: "direct"},
+				{Ticket: c.ticket, Listen: "127.0.0.1:0", Path: "direct"},
 			},
 		}},
 		{"anchors and aliases", "shares:\n  - name: a\n    target: 1\n    allow: &team [{ID}, {ID2}]\n  - name: b\n    target: 2\n    allow: *team\n",
-			Agent{Log: Log{Level: "info", Format: "text"}, Shares: []Share{
-				{Name: "a", Target: "127.0.0.1:1", Allow: []string{c.id, c.id2}},
-				{Name: "b", Target: "127.0.0.1:2", Allow: []string{c.id, c.id2}},
+			Agent{Log: Log{Level: "info", Format: "text"}, Path: "auto", Shares: []Share{
+				{Name: "a", Target: "127.0.0.1:1", Allow: []string{c.id, c.id2}, Path: "auto"},
+				{Name: "b", Target: "127.0.0.1:2", Allow: []string{c.id, c.id2}, Path: "auto"},
 			}}},
 	}
 	for _, tt := range tests {
@@ -302,6 +319,12 @@ func defaultBroker() Broker {
 			HandshakeTimeout:  10 * time.Second,
 			IdleTimeout:       90 * time.Second,
 			IntroTimeout:      10 * time.Second,
+		},
+		TURN: BrokerTURN{
+			RelayPorts:                  "49152-65535",
+			CredentialTTL:               time.Hour,
+			MaxAllocationsPerAgent:      16,
+			MaxPermissionsPerAllocation: 8,
 		},
 	}
 }

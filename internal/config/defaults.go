@@ -30,15 +30,24 @@ func (c *Agent) SetDefaults() {
 	if l, err := NormalizeListen(c.MetricsListen); err == nil {
 		c.MetricsListen = l
 	}
+	setString(&c.Path, PathAuto)
+	// A bad default is reported once, at path, not again at every entry.
+	inherit := func(p *string) {
+		if validPathValue(c.Path) {
+			setString(p, c.Path)
+		}
+	}
 	for i := range c.Shares {
 		if t, err := NormalizeTarget(c.Shares[i].Target); err == nil {
 			c.Shares[i].Target = t
 		}
+		inherit(&c.Shares[i].Path)
 	}
 	for i := range c.Connects {
 		if l, err := NormalizeListen(c.Connects[i].Listen); err == nil {
 			c.Connects[i].Listen = l
 		}
+		inherit(&c.Connects[i].Path)
 	}
 }
 
@@ -54,6 +63,7 @@ func (c *Broker) SetDefaults() {
 	}
 	c.Log.SetDefaults()
 	c.Limits.SetDefaults()
+	c.TURN.SetDefaults()
 }
 
 // SetDefaults fills the unset (zero) limits.

@@ -66,6 +66,8 @@ func (c *Agent) validate(p *problems) error {
 			p.addErr("metrics_listen", err)
 		}
 	}
+	validPath(p, "path", c.Path)
+	c.Relay.validate(p, "relay")
 
 	names := map[string]int{}
 	for i, s := range c.Shares {
@@ -92,6 +94,7 @@ func (c *Agent) validate(p *problems) error {
 				p.addErr(fmt.Sprintf("%s.allow[%d]", at, j), err)
 			}
 		}
+		entryPath(p, at+".path", s.Path)
 	}
 
 	type bound struct {
@@ -131,6 +134,7 @@ func (c *Agent) validate(p *problems) error {
 			// Without broker: here the agent uses the one `agent login` saved,
 			// and says so when there is none.
 		}
+		entryPath(p, at+".path", cn.Path)
 		if cn.Listen == "" {
 			continue
 		}
@@ -198,7 +202,46 @@ func (c *Broker) validate(p *problems) error {
 	positive(p, "limits.handshake_timeout", l.HandshakeTimeout)
 	positive(p, "limits.idle_timeout", l.IdleTimeout)
 	positive(p, "limits.intro_timeout", l.IntroTimeout)
+	c.TURN.validate(p, c)
 	return p.err()
+}
+
+// Path policies of shares and connects.
+const (
+	PathAuto   = "auto"
+	PathDirect = "direct"
+	PathRelay  = "relay"
+)
+
+func validPathValue(v string) bool { return v == PathAuto || v == PathDirect || v == PathRelay }
+
+func validPath(p *problems, at, v string) {
+	if !validPathValue(v) {
+		p.add(at, nil, "%s: want %s, %s or %s", quote(v), PathAuto, PathDirect, PathRelay)
+	}
+}
+
+// entryPath checks a share's or connect's path; empty is the file's, which
+// is reported at path when bad.
+func entryPath(p *problems, at, v string) {
+	if v != "" {
+		validPath(p, at, v)
+	}
+}
+
+func (r Relay) validate(p *problems, at string) {
+	if r.URL == "" {
+		if r.Secret != "" || r.SecretFile != "" {
+			p.add(at+".url", nil, "required with a secret (turn:HOST:PORT?transport=tcp)")
+		}
+		return
+	}
+	if !strings.HasPrefix(r.URL, "turn:") {
+		p.add(at+".url", nil, "%s: want turn:HOST:PORT?transport=tcp", quote(r.URL))
+	}
+	if (r.Secret == "") == (r.SecretFile == "") {
+		p.add(at, nil, "exactly one of secret and secret_file is required with url")
+	}
 }
 
 func intRange(p *problems, path string, v, lo, hi int) {

@@ -143,8 +143,11 @@ type IntroReply struct {
 	Candidates []Candidate `json:"candidates,omitempty"`
 	Port       uint16      `json:"port,omitempty"` // the target's port: the connector's default listen port
 	NAT        *NAT        `json:"nat,omitempty"`
-	Code       string      `json:"code,omitempty"`
-	Message    string      `json:"message,omitempty"`
+	// Path, on a direct introduction, is PathRelay when the share takes
+	// relayed connections only: the connector should ask for a relay.
+	Path    string `json:"path,omitempty"`
+	Code    string `json:"code,omitempty"`
+	Message string `json:"message,omitempty"`
 }
 
 // ConnectReply answers Connect with the sharer's candidates, or an error.
@@ -153,6 +156,7 @@ type ConnectReply struct {
 	Candidates []Candidate `json:"candidates,omitempty"`
 	Port       uint16      `json:"port,omitempty"` // copied from IntroReply
 	NAT        *NAT        `json:"nat,omitempty"`  // copied from IntroReply
+	Path       string      `json:"path,omitempty"` // copied from IntroReply
 	Code       string      `json:"code,omitempty"`
 	Message    string      `json:"message,omitempty"`
 }
@@ -276,10 +280,10 @@ func path(p string) error {
 	return fmt.Errorf("path %q: want %s or %s", p, PathDirect, PathRelay)
 }
 func (m *IntroReply) validate() error {
-	return firstErr(strs(m.Code, m.Message), candidates(m.Candidates), m.NAT.validate())
+	return firstErr(strs(m.Code, m.Message), candidates(m.Candidates), m.NAT.validate(), path(m.Path))
 }
 func (m *ConnectReply) validate() error {
-	return firstErr(strs(m.Code, m.Message), candidates(m.Candidates), m.NAT.validate())
+	return firstErr(strs(m.Code, m.Message), candidates(m.Candidates), m.NAT.validate(), path(m.Path))
 }
 func (*Ping) validate() error { return nil }
 func (*Pong) validate() error { return nil }
