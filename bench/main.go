@@ -58,7 +58,7 @@ func main() {
 	flag.StringVar(&muxStreams, "mux-streams", "1000,10000", "idle streams on a bare mux session (comma list)")
 	flag.IntVar(&o.brokerAgents, "broker-agents", 10000, "control clients registered at the broker")
 	flag.IntVar(&o.introSecs, "intro-seconds", 3, "seconds of sustained introductions")
-	flag.StringVar(&only, "only", "", "comma list of parts: throughput,latency,connect,memory,mux,broker,ops,punch (default all; punch only where the NAT lab can run)")
+	flag.StringVar(&only, "only", "", "comma list of parts: throughput,latency,connect,memory,mux,broker,ops,punch,relay (default all; punch and relay only where the NAT lab can run)")
 	flag.IntVar(&o.punchRuns, "punch-runs", 20, "punch: cone-cone runs per WAN RTT")
 	flag.IntVar(&o.punchMatrixRuns, "punch-matrix-runs", 5, "punch: runs per topology of the success matrix")
 	flag.StringVar(&o.results, "results", "bench/RESULTS.md", "markdown file for the results (empty: none)")
@@ -156,7 +156,11 @@ func fmtFigure(f Figure) string {
 }
 
 func run(ctx context.Context, o options) error {
-	doPunch, err := wantPunch(o)
+	doPunch, err := wantLab(o, punchPart)
+	if err != nil {
+		return err
+	}
+	doRelay, err := wantLab(o, relayPart)
 	if err != nil {
 		return err
 	}
@@ -212,6 +216,12 @@ func run(ctx context.Context, o options) error {
 		fmt.Fprintf(os.Stderr, "== %s\n", punchPart)
 		if err := punchBench(ctx, bin, tmp, o, rep); err != nil {
 			return fmt.Errorf("%s: %w", punchPart, err)
+		}
+	}
+	if doRelay {
+		fmt.Fprintf(os.Stderr, "== %s\n", relayPart)
+		if err := relayBench(ctx, bin, tmp, o, rep); err != nil {
+			return fmt.Errorf("%s: %w", relayPart, err)
 		}
 	}
 	printTable(os.Stdout, rep)

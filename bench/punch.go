@@ -39,11 +39,11 @@ const (
 // loopbackParts are the parts that need the loopback world (world.up).
 var loopbackParts = []string{"throughput", "latency", "connect", "memory", "mux", "broker"}
 
-// wantPunch says whether the punch part runs: when asked for by name (then
-// the lab must be available, else an error in one line), or by default
-// where the lab can run.
-func wantPunch(o options) (bool, error) {
-	if o.only != nil && !o.only[punchPart] {
+// wantLab says whether a part that runs in the NAT lab (punch, relay)
+// runs: when asked for by name (then the lab must be available, else an
+// error in one line), or by default where the lab can run.
+func wantLab(o options, part string) (bool, error) {
+	if o.only != nil && !o.only[part] {
 		return false, nil
 	}
 	err := natlab.Available()
@@ -51,7 +51,7 @@ func wantPunch(o options) (bool, error) {
 		return err == nil, nil
 	}
 	if err != nil {
-		return false, fmt.Errorf("part punch needs the NAT lab: %w", err)
+		return false, fmt.Errorf("part %s needs the NAT lab: %w", part, err)
 	}
 	return true, nil
 }
@@ -68,6 +68,7 @@ type punchLab struct {
 	tmp    string
 	name   string
 	lab    *natlab.Lab
+	url    string // the broker's
 	ticket string
 	echo   net.Listener
 }
@@ -104,6 +105,7 @@ func (l *punchLab) start() error {
 	if err != nil {
 		return err
 	}
+	l.url = url
 	a := l.lab.Host("a")
 	sdir := l.dir("sharer")
 	if out, err := a.RunCommand(l.ctx, natlab.Command{Path: l.bin.agent, Args: []string{"--state-dir", sdir, "login", url}}); err != nil {
@@ -168,21 +170,22 @@ type peerJSON struct {
 	} `json:"candidate_pair"`
 }
 
-// connectOnce runs a new connector on "b" against the sharer. wantRelay:
-// the expected outcome is the connector reporting "relay needed".
-func (l *punchLab) connectOnce(i int, wantRelay bool) punchRun {
+// connectOnce runs a new connector on "b" against the sharer, with extra
+// arguments, and expects a session on path want (direct or relay), or
+// want "relay needed" in its log.
+func (l *punchLab) connectOnce(i int, want string, extra ...string) punchRun {
 	ctx, cancel := context.WithTimeout(l.ctx, punchRunTimeout)
 	defer cancel()
 	dir := l.dir(fmt.Sprintf("conn-%d", i))
 	b := l.lab.Host("b")
 	t0 := time.Now()
 	p, err := b.StartCommand(ctx, natlab.Command{Path: l.bin.agent,
-		Args: []string{"--state-dir", dir, "connect", l.ticket, "--listen", "127.0.0.1:18080"}})
+		Args: append([]string{"--state-dir", dir, "connect", l.ticket, "--listen", "127.0.0.1:18080"}, extra...)})
 	if err != nil {
 		return punchRun{outcome: err.Error()}
 	}
 	defer p.Stop()
-	if wantRelay {
+	if want == relayNeeded {
 		return waitRelay(ctx, p, t0)
 	}
 	addr, err := p.ReadLine(ctx)
@@ -209,7 +212,7 @@ func (l *punchLab) connectOnce(i int, wantRelay bool) punchRun {
 	if err != nil {
 		return punchRun{outcome: err.Error()}
 	}
-	r := punchRun{ok: pj.Path == "direct", outcome: pj.Path, punchMS: pj.PunchMS, firstMS: ms(first),
+	r := punchRun{ok: pj.Path == want, outcome: pj.Path, punchMS: pj.PunchMS, firstMS: ms(first),
 		upMS: ms(pj.Since.Sub(t0)), rttMS: pj.RTTMS, attempts: pj.Attempts,
 		pair: fmt.Sprintf("%s->%s (%s)", pj.Pair.Local, pj.Pair.Remote, pj.Pair.Kind), nat: pj.NAT + "/" + pj.PeerNAT}
 	return r
@@ -280,22 +283,29 @@ func quantile(v []float64, q float64) float64 {
 
 // punchCase is one topology of the matrix and its expected outcome.
 type punchCase struct {
-	name      string
-	topo      natlab.Topology
-	wantRelay bool
+	name string
+	topo natlab.Topology
+	want string // direct, relay, or relayNeeded
+	args []string
 }
+
+// relayNeeded: the run's expected outcome is the connector saying so.
+const relayNeeded = "relay needed"
 
 func punchMatrix() []punchCase {
 	return []punchCase{
-		{"public-public", natlab.Pair(natlab.Public, natlab.Public), false},
-		{"cone-public", natlab.Pair(natlab.BehindCone, natlab.Public), false},
-		{"public-cone", natlab.Pair(natlab.Public, natlab.BehindCone), false},
-		{"cone-cone", natlab.Pair(natlab.BehindCone, natlab.BehindCone), false},
-		{"double-cone", natlab.Pair(natlab.BehindCGN, natlab.BehindCone), false},
-		{"firewall-firewall", natlab.Pair(natlab.BehindFW, natlab.BehindFW), false},
-		{"shared", natlab.Shared(), false},
-		{"ipv6", natlab.IPv6Pair(), false},
-		{"symmetric-cone", natlab.Pair(natlab.BehindSym, natlab.BehindCone), true},
+		{"public-public", natlab.Pair(natlab.Public, natlab.Public), pathDirect, nil},
+		{"cone-public", natlab.Pair(natlab.BehindCone, natlab.Public), pathDirect, nil},
+		{"public-cone", natlab.Pair(natlab.Public, natlab.BehindCone), pathDirect, nil},
+		{"cone-cone", natlab.Pair(natlab.BehindCone, natlab.BehindCone), pathDirect, nil},
+		{"double-cone", natlab.Pair(natlab.BehindCGN, natlab.BehindCone), pathDirect, nil},
+		{"firewall-firewall", natlab.Pair(natlab.BehindFW, natlab.BehindFW), pathDirect, nil},
+		{"shared", natlab.Shared(), pathDirect, nil},
+		{"ipv6", natlab.IPv6Pair(), pathDirect, nil},
+		{"symmetric-cone", natlab.Pair(natlab.BehindSym, natlab.BehindCone), pathRelay, nil},
+		{"symmetric-symmetric", natlab.Pair(natlab.BehindSym, natlab.BehindSym), pathRelay, nil},
+		{"firewall-symmetric", natlab.Pair(natlab.BehindFW, natlab.BehindSym), pathRelay, nil},
+		{"symmetric-cone, --path direct", natlab.Pair(natlab.BehindSym, natlab.BehindCone), relayNeeded, []string{"--path", "direct"}},
 	}
 }
 
@@ -334,7 +344,7 @@ func punchTiming(ctx context.Context, bin binaries, tmp string, runs, rtt int, t
 	var punchMS, upMS, firstMS, rtts []float64
 	failed := 0
 	for i := range runs {
-		run := l.connectOnce(i, false)
+		run := l.connectOnce(i, pathDirect)
 		if !run.ok {
 			failed++
 			fmt.Fprintf(os.Stderr, "  run %d failed: %s\n", i, run.outcome)
@@ -387,10 +397,10 @@ func punchSuccess(ctx context.Context, bin binaries, tmp string, runs int, r *Re
 		var times []float64
 		var pairs, fails []string
 		for i := range runs {
-			run := l.connectOnce(i, pc.wantRelay)
+			run := l.connectOnce(i, pc.want, pc.args...)
 			if run.ok {
 				ok++
-				if pc.wantRelay {
+				if pc.want != pathDirect {
 					times = append(times, run.firstMS)
 				} else {
 					times = append(times, run.punchMS)
@@ -404,10 +414,13 @@ func punchSuccess(ctx context.Context, bin binaries, tmp string, runs int, r *Re
 		}
 		l.close()
 		total, good = total+runs, good+ok
-		want := "direct"
+		want := pc.want
 		detail := "punch_ms median"
-		if pc.wantRelay {
-			want, detail = "relay needed", "connect start to \"relay needed\" median"
+		switch want {
+		case relayNeeded:
+			detail = "connect start to \"relay needed\" median"
+		case pathRelay:
+			detail = "connect start to first byte median"
 		}
 		note := fmt.Sprintf("%d/%d %s; %s %.0f ms", ok, runs, want, detail, median(times))
 		if len(pairs) > 0 {
@@ -447,7 +460,7 @@ func saveResults(path string, rep *Report) error {
 	loop, punch := *rep, *rep
 	loop.Figures, punch.Figures = nil, nil
 	for _, f := range rep.Figures {
-		if f.Part == punchPart {
+		if f.Part == punchPart || f.Part == relayPart {
 			punch.Figures = append(punch.Figures, f)
 		} else {
 			loop.Figures = append(loop.Figures, f)
@@ -482,10 +495,12 @@ func saveResults(path string, rep *Report) error {
 
 func punchSection(r *Report) string {
 	var b strings.Builder
-	b.WriteString(punchBegin + "\n## Hole punching in the NAT lab (`go run ./bench -only punch`)\n\n")
-	b.WriteString("Cone-cone timing at 0 and 50 ms RTT, then every topology of the matrix several times\n" +
-		"(success = the expected outcome; run counts in the notes). Needs root and the NAT lab;\n" +
-		"see bench/punch.go. Written by the last run that included the punch part.\n\n")
+	b.WriteString(punchBegin + "\n## Hole punching and the relay in the NAT lab (`go run ./bench -only punch,relay`)\n\n")
+	b.WriteString("Punch: cone-cone timing at 0 and 50 ms RTT, then every topology of the matrix several times\n" +
+		"(success = the expected outcome; run counts in the notes). Relay: the broker's TURN relay beside\n" +
+		"the punched path on the same cone-cone lab (connect time, iperf3), and symmetric-cone as users\n" +
+		"meet it. Needs root and the NAT lab; see bench/punch.go and bench/relay.go. Written by the last\n" +
+		"run that included a lab part.\n\n")
 	writeFigures(&b, r, false)
 	js, _ := json.MarshalIndent(r, "", "  ")
 	fmt.Fprintf(&b, "\n```json\n%s\n```\n%s\n", js, punchEnd)
