@@ -16,6 +16,7 @@ import (
 	"github.com/pion/turn/v5"
 	"github.com/sirupsen/logrus"
 
+	"github.com/peerport/peerport/internal/logging"
 	"github.com/peerport/peerport/internal/nat"
 	"github.com/peerport/peerport/internal/relay"
 	"github.com/peerport/peerport/internal/secure"
@@ -311,7 +312,7 @@ func (r *Relay) Serve(ctx context.Context, ln net.Listener) error {
 			RelayAddressGenerator: relayGenerator{r},
 			PermissionHandler:     r.permit,
 		}},
-		LoggerFactory: pionLoggers{r.log},
+		LoggerFactory: logging.Pion(r.log),
 		Realm:         TURNRealm,
 		// Without REQUESTED-ADDRESS-FAMILY, an IPv4 relay allocates IPv4
 		// also for a client that came over IPv6 to a dual-stack listener.

@@ -7,7 +7,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/pion/logging"
 	"github.com/sirupsen/logrus"
 )
 
@@ -288,40 +287,3 @@ func (b *bucket) reserve(now time.Time, n int) time.Duration {
 	}
 	return time.Duration(-b.tokens / b.rate * float64(time.Second))
 }
-
-// pionLoggers feeds pion's loggers into logrus: all its levels at debug
-// (trace at trace), as pion reports ordinary events, such as a client
-// going away, as errors. What operators need, the relay logs itself.
-type pionLoggers struct{ log logrus.FieldLogger }
-
-func (f pionLoggers) NewLogger(scope string) logging.LeveledLogger {
-	return pionLogger{f.log.WithField("pion", scope)}
-}
-
-type pionLogger struct{ l logrus.FieldLogger }
-
-type tracer interface {
-	Trace(args ...any)
-	Tracef(format string, args ...any)
-}
-
-func (p pionLogger) Trace(msg string) {
-	if t, ok := p.l.(tracer); ok {
-		t.Trace(msg)
-	}
-}
-
-func (p pionLogger) Tracef(format string, args ...any) {
-	if t, ok := p.l.(tracer); ok {
-		t.Tracef(format, args...)
-	}
-}
-
-func (p pionLogger) Debug(msg string)                  { p.l.Debug(msg) }
-func (p pionLogger) Debugf(format string, args ...any) { p.l.Debugf(format, args...) }
-func (p pionLogger) Info(msg string)                   { p.l.Debug(msg) }
-func (p pionLogger) Infof(format string, args ...any)  { p.l.Debugf(format, args...) }
-func (p pionLogger) Warn(msg string)                   { p.l.Debug(msg) }
-func (p pionLogger) Warnf(format string, args ...any)  { p.l.Debugf(format, args...) }
-func (p pionLogger) Error(msg string)                  { p.l.Debug(msg) }
-func (p pionLogger) Errorf(format string, args ...any) { p.l.Debugf(format, args...) }

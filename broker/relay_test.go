@@ -18,6 +18,7 @@ import (
 	"github.com/pion/turn/v5"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/peerport/peerport/internal/logging"
 	"github.com/peerport/peerport/internal/proto"
 	"github.com/peerport/peerport/internal/relay"
 	"github.com/peerport/peerport/internal/secure"
@@ -135,7 +136,7 @@ func dialTURN(t *testing.T, addr, user, pass string) *turn.Client {
 	cl, err := turn.NewClient(&turn.ClientConfig{
 		TURNServerAddr: addr, Conn: turn.NewSTUNConn(conn),
 		Username: user, Password: pass,
-		LoggerFactory: pionLoggers{testLogger(t).WithField("component", "turn-client")},
+		LoggerFactory: logging.Pion(testLogger(t).WithField("component", "turn-client")),
 	})
 	if err != nil {
 		conn.Close()

@@ -51,6 +51,8 @@ import (
 	"github.com/pion/stun/v4"
 	"github.com/pion/turn/v5"
 	"github.com/sirupsen/logrus"
+
+	"github.com/peerport/peerport/internal/logging"
 )
 
 // Timings. Permissions last 300 s on the server (RFC 5766 §8); they are
@@ -200,7 +202,7 @@ func Allocate(ctx context.Context, cfg Config) (*Allocation, error) {
 		Password:               cfg.Password,
 		Software:               "peerport",
 		Conn:                   &controlConn{STUNConn: turn.NewSTUNConn(conn), a: a},
-		LoggerFactory:          pionLoggers{log},
+		LoggerFactory:          logging.Pion(log),
 		RequestedAddressFamily: turn.RequestedAddressFamilyIPv4,
 	})
 	if err != nil {

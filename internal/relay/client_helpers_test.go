@@ -15,6 +15,8 @@ import (
 
 	"github.com/pion/turn/v5"
 	"github.com/sirupsen/logrus"
+
+	"github.com/peerport/peerport/internal/logging"
 )
 
 // clientTestSecret is the TURN REST secret of the test servers.
@@ -99,7 +101,7 @@ func startPionTURN(t *testing.T, o pionOptions) *testTURN {
 	if err != nil {
 		t.Fatal(err)
 	}
-	loggers := pionLoggers{log}
+	loggers := logging.Pion(log)
 	cfg := turn.ServerConfig{
 		Realm:              "peerport",
 		AuthHandler:        turn.LongTermTURNRESTAuthHandler(clientTestSecret, loggers.NewLogger("auth")),
