@@ -9,7 +9,11 @@
 //
 // It builds the agent and broker (no -race), runs a broker, sharers and
 // connectors as separate processes on 127.0.0.1, drives them with iperf3 and
-// its own sockets, prints a table and JSON, and writes bench/RESULTS.md.
+// its own sockets, prints a table and JSON, and writes bench/RESULTS.md
+// (keeping its hand-written history section, see report.go). Part latency
+// also times two plain relay processes, the floor of any two-process
+// tunnel; part mux also runs the mux package's Go benchmarks (bare session
+// beside TLS alone and raw TCP, bench/session.go).
 // Everything is bounded in count and time and talks only to loopback, or
 // inside the NAT lab (part punch, bench/punch.go: by default only where the
 // lab can run, i.e. as root with nft).
@@ -47,6 +51,10 @@ type options struct {
 func main() {
 	if len(os.Args) > 2 && os.Args[1] == "-mux-streams-child" {
 		muxStreamsChild(os.Args[2])
+		return
+	}
+	if len(os.Args) > 2 && os.Args[1] == "-relay-child" {
+		relayChild(os.Args[2])
 		return
 	}
 	var o options
@@ -232,7 +240,7 @@ func run(ctx context.Context, o options) error {
 		if !filepath.IsAbs(path) {
 			path = filepath.Join(root, path)
 		}
-		if err := saveAll(path, rep); err != nil {
+		if err := saveKeepingHistory(path, rep); err != nil {
 			return err
 		}
 	}

@@ -29,7 +29,8 @@ type muxResult struct {
 
 // muxMemory runs bare mux sessions (both sides in a fresh child process) with
 // many idle streams: per-stream memory of the mux alone, beyond the agents'
-// per-stream cap, and how the session dies with all of them blocked.
+// per-stream cap, and how the session dies with all of them blocked; then
+// the mux package's throughput and latency benchmarks (sessionBench).
 func (w *world) muxMemory(r *Report) error {
 	self, err := os.Executable()
 	if err != nil {
@@ -52,7 +53,7 @@ func (w *world) muxMemory(r *Report) error {
 		r.add(Figure{Part: "mux", Name: fmt.Sprintf("session death, %d streams: CPU in the next second", n),
 			Value: m.CPUAfter * 100, Unit: "% of a core", Target: "idle"})
 	}
-	return nil
+	return w.sessionBench(r)
 }
 
 func muxStreamsChild(arg string) {
@@ -79,8 +80,7 @@ func muxChild(n int) error {
 	if err != nil {
 		return err
 	}
-	// As the agent does: a session's death ends its readers (mux.ReleaseReads).
-	cClosed, sClosed := mux.Closed(cs), mux.Closed(ss)
+	// A session's death must end its readers by itself.
 	var readers sync.WaitGroup
 	block := func(c io.ReadWriter) {
 		defer readers.Done()
@@ -98,7 +98,6 @@ func muxChild(n int) error {
 				if _, err := io.ReadFull(st, b); err == nil {
 					st.Write(b)
 				}
-				mux.ReleaseReads(sClosed, st)
 				block(st)
 			}()
 		}
@@ -123,7 +122,6 @@ func muxChild(n int) error {
 		if _, err := io.ReadFull(st, b); err != nil {
 			return err
 		}
-		mux.ReleaseReads(cClosed, st)
 		go block(st)
 	}
 	time.Sleep(time.Second)

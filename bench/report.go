@@ -57,3 +57,29 @@ func writeFigures(b *strings.Builder, r *Report, withPart bool) {
 		}
 	}
 }
+
+// The history section of RESULTS.md keeps earlier figures for comparison,
+// such as the before and after of a change, written by hand; every run
+// keeps it, at the end of the file.
+const (
+	historyBegin = "<!-- history:begin -->"
+	historyEnd   = "<!-- history:end -->"
+)
+
+// saveKeepingHistory is saveAll that keeps the history section.
+func saveKeepingHistory(path string, rep *Report) error {
+	old, _ := os.ReadFile(path)
+	_, hist := cutSection(string(old), historyBegin, historyEnd)
+	if err := saveAll(path, rep); err != nil {
+		return err
+	}
+	if hist == "" {
+		return nil
+	}
+	cur, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	s, _ := cutSection(string(cur), historyBegin, historyEnd)
+	return os.WriteFile(path, []byte(strings.TrimRight(s, "\n")+"\n\n"+hist), 0o644)
+}

@@ -27,14 +27,15 @@ type world struct {
 	mu    sync.Mutex
 	procs []*proc
 
-	brokerURL          string
-	brokerProc         *proc
-	iperfAddr          string // direct
-	echoAddr           string // direct
-	iperfTun, echoTun  string // through the tunnel
-	echoTicket         string
-	echoShare, echoCon *proc
-	echoLn             net.Listener
+	brokerURL            string
+	brokerProc           *proc
+	iperfAddr            string // direct
+	echoAddr             string // direct
+	iperfTun, echoTun    string // through the tunnel
+	echoTicket           string
+	echoShare, echoCon   *proc
+	iperfShare, iperfCon *proc
+	echoLn               net.Listener
 }
 
 func (w *world) start(name string, env []string, bin string, args ...string) (*proc, error) {
@@ -147,11 +148,11 @@ func (w *world) up() error {
 	if w.brokerURL, err = w.brokerProc.firstLine(w.ctx); err != nil {
 		return err
 	}
-	_, it, err := w.share("iperf", w.iperfAddr)
-	if err != nil {
+	var it string
+	if w.iperfShare, it, err = w.share("iperf", w.iperfAddr); err != nil {
 		return err
 	}
-	if _, w.iperfTun, err = w.connect("iperf-connector", it); err != nil {
+	if w.iperfCon, w.iperfTun, err = w.connect("iperf-connector", it); err != nil {
 		return err
 	}
 	if w.echoShare, w.echoTicket, err = w.share("echo", w.echoAddr); err != nil {
@@ -214,14 +215,84 @@ func median(v []float64) float64 {
 	return (s[len(s)/2-1] + s[len(s)/2]) / 2
 }
 
-// throughput interleaves direct and tunnel iperf3 runs and reports medians.
+// throughput interleaves direct and tunnel iperf3 runs and reports medians,
+// then the CPU time the two agents spent per GB carried: on a shared
+// machine that figure moves less than the rate, and it is what a change to
+// the forwarding path changes.
 func (w *world) throughput(r *Report) error {
-	return throughputFigures(r, "throughput", "", w.o.rounds, func(direct bool, n int) (float64, error) {
+	type use struct{ sharer, connector, gb, busy, total float64 }
+	cpu := map[int]*use{}
+	err := throughputFigures(r, "throughput", "", w.o.rounds, func(direct bool, n int) (float64, error) {
 		if direct {
 			return w.iperf(w.iperfAddr, n)
 		}
-		return w.iperf(w.iperfTun, n)
+		s0, c0 := cpuSeconds(w.iperfShare.pid()), cpuSeconds(w.iperfCon.pid())
+		b0, t0 := machineTicks()
+		g, err := w.iperf(w.iperfTun, n)
+		b1, t1 := machineTicks()
+		if err == nil {
+			u := cpu[n]
+			if u == nil {
+				u = &use{}
+				cpu[n] = u
+			}
+			u.sharer += cpuSeconds(w.iperfShare.pid()) - s0
+			u.connector += cpuSeconds(w.iperfCon.pid()) - c0
+			u.gb += g * float64(w.o.seconds) / 8
+			u.busy, u.total = u.busy+b1-b0, u.total+t1-t0
+		}
+		return g, err
 	})
+	if err != nil {
+		return err
+	}
+	for _, n := range []int{1, 8} {
+		if u := cpu[n]; u != nil && u.gb > 0 {
+			r.add(Figure{Part: "throughput", Name: fmt.Sprintf("agents' CPU per GB, iperf3 %d stream(s)", n),
+				Value: (u.sharer + u.connector) / u.gb, Unit: "CPU s/GB",
+				Note: fmt.Sprintf("user+system time of both agents during the tunnel runs (includes iperf3's setup and wind-down) over the bytes iperf3 received; sharer %.2f, connector %.2f CPU s/GB; all CPUs of the machine %.0f%% busy meanwhile",
+					u.sharer/u.gb, u.connector/u.gb, 100*u.busy/max(u.total, 1))})
+		}
+	}
+	return nil
+}
+
+// machineTicks is the busy and total time of all CPUs, from /proc/stat.
+func machineTicks() (busy, total float64) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0, 0
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	for i, f := range strings.Fields(line)[1:] {
+		v, _ := strconv.ParseFloat(f, 64)
+		if i >= 8 { // guest time is already in user
+			break
+		}
+		total += v
+		if i != 3 && i != 4 { // idle, iowait
+			busy += v
+		}
+	}
+	return busy, total
+}
+
+// cpuSeconds is the user and system time pid has used, from /proc (clock
+// ticks of 10 ms); 0 when it cannot be read.
+func cpuSeconds(pid int) float64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// Fields after the command name, which is in parentheses and may hold spaces.
+	i := strings.LastIndexByte(string(b), ')')
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 13 {
+		return 0
+	}
+	ut, _ := strconv.ParseFloat(f[11], 64) // utime, field 14
+	st, _ := strconv.ParseFloat(f[12], 64) // stime, field 15
+	return (ut + st) / 100
 }
 
 func throughputFigures(r *Report, part, suffix string, rounds int, measure func(direct bool, streams int) (float64, error)) error {
@@ -297,52 +368,109 @@ func pct(d []time.Duration, p float64) float64 {
 }
 
 func (w *world) latency(r *Report) error {
-	return latencyFigures(r, "latency", "", w.o.pings, func(direct bool) (net.Conn, error) {
-		if direct {
-			return net.DialTimeout("tcp", w.echoAddr, 10*time.Second)
-		}
-		return net.DialTimeout("tcp", w.echoTun, 10*time.Second)
+	relays, err := w.relayChain(w.echoAddr)
+	if err != nil {
+		return err
+	}
+	return latencyFigures(r, "latency", "", w.o.pings, func(path string) (net.Conn, error) {
+		addr := map[string]string{pathTunnel: w.echoTun, pathRaw: w.echoAddr, pathRelays: relays}[path]
+		return net.DialTimeout("tcp", addr, 10*time.Second)
 	})
 }
 
-// latencyFigures interleaves blocks of round trips on a tunnel and a direct
-// connection.
-func latencyFigures(r *Report, part, suffix string, pings int, dial func(direct bool) (net.Conn, error)) error {
-	tc, err := dial(false)
+// relayChain starts two plain TCP relay processes in a row in front of
+// target and returns the first one's address: the path of the tunnel
+// (client, connector, sharer, target) without TLS and mux, the floor of
+// what two forwarding processes cost on this machine.
+func (w *world) relayChain(target string) (string, error) {
+	self, err := os.Executable()
 	if err != nil {
-		return err
+		return "", err
 	}
-	defer tc.Close()
-	rc, err := dial(true)
+	for _, name := range []string{"relay-2", "relay-1"} {
+		p, err := w.start(name, nil, self, "-relay-child", target)
+		if err != nil {
+			return "", err
+		}
+		if target, err = p.firstLine(w.ctx); err != nil {
+			return "", err
+		}
+	}
+	return target, nil
+}
+
+// relayChild listens on loopback, prints its address, and relays every
+// connection to target with io.Copy both ways (splice(2) on Linux).
+func relayChild(target string) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		return err
+		fmt.Fprintln(os.Stderr, "relay child:", err)
+		os.Exit(1)
 	}
-	defer rc.Close()
+	fmt.Println(ln.Addr())
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		go func() {
+			defer c.Close()
+			t, err := net.Dial("tcp", target)
+			if err != nil {
+				return
+			}
+			defer t.Close()
+			go func() {
+				io.Copy(t, c)
+				t.(*net.TCPConn).CloseWrite()
+			}()
+			io.Copy(c, t)
+		}()
+	}
+}
+
+// Paths of the latency figures.
+const (
+	pathTunnel = "tunnel"
+	pathRaw    = "raw TCP"
+	pathRelays = "two plain relays"
+)
+
+// latencyFigures interleaves blocks of round trips through the tunnel,
+// directly, and through two plain relay processes.
+func latencyFigures(r *Report, part, suffix string, pings int, dial func(path string) (net.Conn, error)) error {
+	paths := []string{pathTunnel, pathRaw, pathRelays}
+	conns := map[string]net.Conn{}
+	rtts := map[string][]time.Duration{}
+	for _, p := range paths {
+		c, err := dial(p)
+		if err != nil {
+			return fmt.Errorf("%s: %w", p, err)
+		}
+		defer c.Close()
+		if _, err := pingPong(c, 50); err != nil { // warm up: stream open, TLS records sized
+			return fmt.Errorf("%s: %w", p, err)
+		}
+		conns[p] = c
+	}
 	const block = 250
-	var tun, raw []time.Duration
-	if _, err := pingPong(tc, 50); err != nil { // warm up: stream open, TLS records sized
-		return err
-	}
-	if _, err := pingPong(rc, 50); err != nil {
-		return err
-	}
-	for len(tun) < pings {
-		n := min(block, pings-len(tun))
-		t, err := pingPong(tc, n)
-		if err != nil {
-			return err
+	for done := 0; done < pings; done += block {
+		n := min(block, pings-done)
+		for _, p := range paths {
+			d, err := pingPong(conns[p], n)
+			if err != nil {
+				return fmt.Errorf("%s: %w", p, err)
+			}
+			rtts[p] = append(rtts[p], d...)
 		}
-		d, err := pingPong(rc, n)
-		if err != nil {
-			return err
-		}
-		tun, raw = append(tun, t...), append(raw, d...)
 	}
 	sfx := ""
 	if suffix != "" {
 		sfx = ", " + suffix
 	}
-	note := "1-byte ping-pong, interleaved blocks; target is on added latency (tunnel - raw <= 1.5x raw at p50, <= 3x at p99)"
+	tun, raw, rel := rtts[pathTunnel], rtts[pathRaw], rtts[pathRelays]
+	note := fmt.Sprintf("1-byte ping-pong, interleaved blocks; target is on added latency (tunnel - raw <= 1.5x raw at p50, <= 3x at p99); "+
+		"floor: two plain relay processes (io.Copy, no TLS, no mux) on the tunnel's path, p50 %.0f µs, p99 %.0f µs", pct(rel, .5), pct(rel, .99))
 	t50, r50, t99, r99 := pct(tun, .5), pct(raw, .5), pct(tun, .99), pct(raw, .99)
 	f50 := Figure{Part: part, Name: "round trip p50" + sfx, Value: t50, Unit: "µs", Baseline: r50, BaseName: "raw TCP", Note: note}
 	f99 := Figure{Part: part, Name: "round trip p99" + sfx, Value: t99, Unit: "µs", Baseline: r99, BaseName: "raw TCP", Note: note}
@@ -351,6 +479,10 @@ func latencyFigures(r *Report, part, suffix string, pings int, dial func(direct 
 	}
 	r.add(f50)
 	r.add(f99)
+	note = "the floor of any two-process tunnel here: client -> relay -> relay -> echo, each relay a process copying with io.Copy; " +
+		"each hop wakes a process on another CPU"
+	r.add(Figure{Part: part, Name: "round trip p50, two plain relays" + sfx, Value: pct(rel, .5), Unit: "µs", Baseline: r50, BaseName: "raw TCP", Note: note})
+	r.add(Figure{Part: part, Name: "round trip p99, two plain relays" + sfx, Value: pct(rel, .99), Unit: "µs", Baseline: r99, BaseName: "raw TCP", Note: note})
 	return nil
 }
 

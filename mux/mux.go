@@ -1,6 +1,23 @@
-// Package mux owns peer sessions: one multiplexed session (yamux) per pair of
-// agents over their TLS peer channel, its tuning and keepalive, and the small
-// header that opens every stream.
+// Package mux owns peer sessions: one multiplexed session per pair of agents
+// over their TLS peer channel, its tuning and keepalive, and the small header
+// that opens every stream.
+//
+// A session speaks yamux (hashicorp/yamux's spec.md), so it interoperates
+// with any yamux peer. Every frame starts with a 12-byte header; data frames
+// carry up to 64 KiB, window updates grant the peer more to send on a stream:
+//
+//	+-----+------+-------+-----------+--------+---------------+
+//	| ver | type | flags | stream ID | length | body (data)   |
+//	| 1 B | 1 B  | 2 B   | 4 B       | 4 B    | length B      |
+//	+-----+------+-------+-----------+--------+---------------+
+//	type: data, window update, ping, go away; flags: SYN, ACK, FIN, RST
+//
+// The implementation is libp2p/go-yamux, chosen over hashicorp/yamux by the
+// benchmarks (bench_test.go here, bench/RESULTS.md); only this package names
+// it. It writes each frame, header and body, to the TLS conn in one write,
+// so a small frame is one TLS record and one TCP segment; a dying session
+// wakes each blocked read once; receive windows grow with the measured
+// round trip, within a per-session budget.
 //
 // A stream starts with a header from the connector, answered by one status
 // from the sharer before any forwarded byte:
@@ -21,69 +38,175 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
+	"weak"
 
-	"github.com/hashicorp/yamux"
+	"github.com/libp2p/go-yamux/v5"
 	"github.com/sirupsen/logrus"
 )
 
-// Tuning. yamux's default 256 KiB window caps one stream at window/RTT, about
-// 40 Mbit/s on a 50 ms path; 16 MiB fills a gigabit path at 100 ms. The window
-// is a ceiling: yamux buffers only what the reader has not yet consumed.
+// Tuning.
 const (
-	StreamWindow      = 16 << 20
-	MaxStreams        = 4096 // accept backlog per session
-	KeepAliveInterval = 15 * time.Second
-	WriteTimeout      = 20 * time.Second
-	OpenTimeout       = 30 * time.Second
+	// InitialWindow is a stream's receive window to begin with: what the
+	// peer may send before the reader has consumed any. It must cover the
+	// bandwidth-delay product of the paths we expect, because growing it
+	// later does not make up for a window-limited start (the TCP
+	// connection beneath, held back early, did not catch up within 10 s).
+	// Measured (bench/RESULTS.md): on loopback yamux's 256 KiB held one
+	// stream to 0.7-0.8x of 1 MiB; on the NAT lab's 50 ms path (TCP about
+	// 50 MB/s) 1 and 2 MiB gave 0.7-0.86x of raw TCP and 4 MiB 1.0x on the
+	// punched path, but the TURN relay's path, whose relay holds data in
+	// flight too, needed 8 MiB for 0.9x of hashicorp/yamux's 16 MiB. An
+	// idle stream costs nothing for it; a stream whose reader stalls
+	// holds at most its window.
+	InitialWindow = 8 << 20
+	// StreamWindow is the most a stream's receive window grows to: it
+	// doubles whenever the reader consumes half of it within four round
+	// trips, so a stream on a longer, fatter path gets what it needs
+	// (16 MiB fills a gigabit path at 100 ms).
+	StreamWindow = 16 << 20
+	// WindowBudget bounds the growth beyond InitialWindow of all receive
+	// windows of one session together: a window is a promise to buffer
+	// what the reader has not consumed yet, so this bounds what a peer can
+	// make us hold across many streams.
+	WindowBudget = 128 << 20
+	// MaxStreams is the accept backlog per session, and the number of
+	// streams this side may have opened without the peer's answer yet.
+	MaxStreams = 4096
+	// MaxIncomingStreams is the most streams a peer may have open to us
+	// at once; the agent admits fewer (per connector) above this.
+	MaxIncomingStreams = 1 << 16
+	KeepAliveInterval  = 15 * time.Second
+	WriteTimeout       = 20 * time.Second
+	OpenTimeout        = 30 * time.Second
+	// CloseTimeout is how long a stream closed on our side waits for the
+	// peer to close its side before it is reset.
+	CloseTimeout = 5 * time.Minute
 )
 
-// Session and Stream are the multiplexer's types as the agent uses them;
-// only this package names the implementation.
-type (
-	Session = yamux.Session
-	Stream  = yamux.Stream
-)
+// ErrSessionClosed is what OpenStream, AcceptStream and Ping return once
+// the session was closed on this side.
+var ErrSessionClosed = errors.New("mux session closed")
 
-// Config returns the yamux configuration of every peer session, logging to log.
-func Config(log logrus.FieldLogger) *yamux.Config {
-	if log == nil {
-		l := logrus.New()
-		l.SetOutput(io.Discard)
-		log = l
+// sessionErr names yamux's "sent go away, code 0", its error for a session
+// closed on this side, as ErrSessionClosed.
+func sessionErr(err error) error {
+	if errors.Is(err, yamux.ErrSessionShutdown) {
+		return ErrSessionClosed
 	}
+	return err
+}
+
+// errWindowBudget is why a stream's receive window did not grow.
+var errWindowBudget = errors.New("mux: session window budget spent")
+
+// config returns the yamux configuration of every peer session.
+func config(log logrus.FieldLogger) *yamux.Config {
 	c := yamux.DefaultConfig()
 	c.AcceptBacklog = MaxStreams
+	c.MaxIncomingStreams = MaxIncomingStreams
 	c.EnableKeepAlive = true
 	c.KeepAliveInterval = KeepAliveInterval
+	c.MeasureRTTInterval = KeepAliveInterval // the RTT steers window growth
 	c.ConnectionWriteTimeout = WriteTimeout
+	c.InitialStreamWindowSize = InitialWindow
 	c.MaxStreamWindowSize = StreamWindow
-	c.StreamOpenTimeout = OpenTimeout
-	c.StreamCloseTimeout = 5 * time.Minute
-	c.LogOutput = nil
-	c.Logger = logAdapter{log}
+	c.LogOutput = logWriter{log}
 	return c
 }
 
-// logAdapter feeds yamux's printf logger into logrus at debug level: yamux
-// logs every broken session, which the agent reports itself at info.
-type logAdapter struct{ l logrus.FieldLogger }
-
-func (a logAdapter) Print(v ...any)            { a.l.Debug(v...) }
-func (a logAdapter) Println(v ...any)          { a.l.Debug(v...) }
-func (a logAdapter) Printf(f string, v ...any) { a.l.Debugf(f, v...) }
+// Session is one multiplexed session over a peer channel. Both sides may
+// open streams; closing the session, or losing its connection, ends every
+// stream at once: blocked reads and writes return an error.
+type Session struct {
+	ys     *yamux.Session
+	budget budget
+}
 
 // Client starts the connector's side of a session over conn.
 func Client(conn net.Conn, log logrus.FieldLogger) (*Session, error) {
-	return yamux.Client(conn, Config(log))
+	return newSession(conn, log, true)
 }
 
 // Server starts the sharer's side of a session over conn.
 func Server(conn net.Conn, log logrus.FieldLogger) (*Session, error) {
-	return yamux.Server(conn, Config(log))
+	return newSession(conn, log, false)
 }
+
+func newSession(conn net.Conn, log logrus.FieldLogger, client bool) (*Session, error) {
+	if log == nil {
+		l := logrus.New()
+		l.SetLevel(logrus.PanicLevel)
+		log = l
+	}
+	s := &Session{budget: budget{max: WindowBudget}}
+	mm := func() (yamux.MemoryManager, error) { return &span{b: &s.budget}, nil }
+	start := yamux.Server
+	if client {
+		start = yamux.Client
+	}
+	ys, err := start(conn, config(log), mm)
+	if err != nil {
+		return nil, fmt.Errorf("start mux session: %w", err)
+	}
+	s.ys = ys
+	return s, nil
+}
+
+// OpenStream opens a stream to the peer. It waits (up to OpenTimeout) only
+// while MaxStreams opens are still unanswered.
+func (s *Session) OpenStream() (*Stream, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), OpenTimeout)
+	defer cancel()
+	st, err := s.ys.OpenStream(ctx)
+	if err != nil {
+		return nil, sessionErr(err)
+	}
+	return &Stream{ys: st}, nil
+}
+
+// AcceptStream waits for the peer to open a stream.
+func (s *Session) AcceptStream() (*Stream, error) {
+	st, err := s.ys.AcceptStream()
+	if err != nil {
+		return nil, sessionErr(err)
+	}
+	return &Stream{ys: st}, nil
+}
+
+// Accept is AcceptStream as a net.Listener.
+func (s *Session) Accept() (net.Conn, error) {
+	st, err := s.AcceptStream()
+	if err != nil {
+		return nil, err
+	}
+	return st, nil
+}
+
+// Addr is the local address of the session's connection.
+func (s *Session) Addr() net.Addr { return s.ys.LocalAddr() }
+
+// Ping measures a round trip to the peer; it fails after WriteTimeout.
+func (s *Session) Ping() (time.Duration, error) {
+	d, err := s.ys.Ping()
+	return d, sessionErr(err)
+}
+
+// IsClosed tells whether the session has ended.
+func (s *Session) IsClosed() bool { return s.ys.IsClosed() }
+
+// Close ends the session, its connection and every stream.
+func (s *Session) Close() error { return s.ys.Close() }
+
+// CloseChan is closed when the session ends.
+func (s *Session) CloseChan() <-chan struct{} { return s.ys.CloseChan() }
+
+// NumStreams is the number of streams open now.
+func (s *Session) NumStreams() int { return s.ys.NumStreams() }
 
 // Closed returns a context that ends when sess does.
 func Closed(sess *Session) context.Context {
@@ -95,141 +218,130 @@ func Closed(sess *Session) context.Context {
 	return ctx
 }
 
-// ReleaseReads makes a read blocked on st return once closed (see Closed)
-// ends. hashicorp/yamux v0.1.2 wakes such readers when the session shuts
-// down but lets them loop until it has marked each stream closed; with
-// thousands of readers that loop starves the marking for minutes (upstream
-// PR #176). A read deadline in the past sends each reader out at its next
-// turn. stop unregisters it, for a stream that ended by itself.
-func ReleaseReads(closed context.Context, st *Stream) (stop func() bool) {
-	return context.AfterFunc(closed, func() { st.SetReadDeadline(time.Unix(1, 0)) })
+// ReleaseReads does nothing: reads on a session's streams return as soon as
+// the session dies. It was a workaround for hashicorp/yamux v0.1.2, whose
+// readers spun until the dying session had marked each stream closed
+// (upstream PR #176).
+//
+// Deprecated: not needed; TestSessionDeathEndsReads checks it.
+func ReleaseReads(context.Context, *Stream) (stop func() bool) {
+	return func() bool { return false }
 }
 
-// HeaderVersion is the stream header version this build writes.
-const HeaderVersion = 1
+// Stream is one stream of a session, a net.Conn whose Close is a half-close.
+type Stream struct {
+	ys *yamux.Stream
 
-// Errors of the stream header.
-var (
-	ErrHeaderVersion = errors.New("unsupported stream header version")
-	ErrHeader        = errors.New("malformed stream header")
-)
-
-// Header opens a stream.
-type Header struct {
-	Share string
-	Proof []byte
+	mu    sync.Mutex
+	ended bool        // our reads saw the peer's side end
+	reset *time.Timer // after Close: resets the stream if the peer never closes
 }
 
-// WriteHeader writes h in one write.
-func WriteHeader(w io.Writer, h Header) error {
-	if len(h.Share) == 0 || len(h.Share) > 255 || len(h.Proof) > 255 {
-		return fmt.Errorf("%w: share of %d bytes, proof of %d", ErrHeader, len(h.Share), len(h.Proof))
+// Read reads what the peer wrote; io.EOF once the peer closed its side.
+func (s *Stream) Read(b []byte) (int, error) {
+	n, err := s.ys.Read(b)
+	if err != nil && !isTimeout(err) {
+		s.readEnded()
 	}
-	b := make([]byte, 0, 3+len(h.Share)+len(h.Proof))
-	b = append(b, HeaderVersion, byte(len(h.Share)))
-	b = append(b, h.Share...)
-	b = append(b, byte(len(h.Proof)))
-	b = append(b, h.Proof...)
-	_, err := w.Write(b)
+	return n, err
+}
+
+func (s *Stream) readEnded() {
+	s.mu.Lock()
+	s.ended = true
+	if s.reset != nil {
+		s.reset.Stop()
+	}
+	s.mu.Unlock()
+}
+
+// Write writes b, waiting while the peer's window is full.
+func (s *Stream) Write(b []byte) (int, error) { return s.ys.Write(b) }
+
+// Close closes our side: the peer reads EOF after what we wrote, and we
+// keep reading until the peer closes its side, or reset the stream after
+// CloseTimeout.
+func (s *Stream) Close() error {
+	err := s.ys.CloseWrite()
+	s.mu.Lock()
+	if !s.ended && s.reset == nil {
+		// Weak: a stream that ends meanwhile (its session drops it) and
+		// that its owner dropped is not kept for CloseTimeout by the timer.
+		ys := weak.Make(s.ys)
+		s.reset = time.AfterFunc(closeTimeout, func() {
+			if st := ys.Value(); st != nil {
+				st.Reset()
+			}
+		})
+	}
+	s.mu.Unlock()
 	return err
 }
 
-// ReadHeader reads a stream header.
-func ReadHeader(r io.Reader) (Header, error) {
-	var h Header
-	var b [2]byte
-	if _, err := io.ReadFull(r, b[:]); err != nil {
-		return h, fmt.Errorf("%w: %w", ErrHeader, err)
-	}
-	if b[0] != HeaderVersion {
-		return h, fmt.Errorf("%w: %d", ErrHeaderVersion, b[0])
-	}
-	share, err := readBytes(r, int(b[1]))
-	if err != nil {
-		return h, err
-	}
-	if len(share) == 0 {
-		return h, fmt.Errorf("%w: empty share", ErrHeader)
-	}
-	if _, err := io.ReadFull(r, b[:1]); err != nil {
-		return h, fmt.Errorf("%w: %w", ErrHeader, err)
-	}
-	proof, err := readBytes(r, int(b[0]))
-	if err != nil {
-		return h, err
-	}
-	h.Share, h.Proof = string(share), proof
-	return h, nil
-}
+var closeTimeout = CloseTimeout // tests shorten it
 
-func readBytes(r io.Reader, n int) ([]byte, error) {
-	b := make([]byte, n)
-	if _, err := io.ReadFull(r, b); err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrHeader, err)
-	}
-	return b, nil
-}
-
-// Status is the sharer's answer to a stream header.
-type Status byte
-
-// Statuses.
-const (
-	StatusOK          Status = 0
-	StatusDenied      Status = 1 // unknown share, or not allowed
-	StatusUnreachable Status = 2 // the target refused or timed out
-	StatusBadHeader   Status = 3
-)
-
-func (s Status) String() string {
-	switch s {
-	case StatusOK:
-		return "ok"
-	case StatusDenied:
-		return "denied"
-	case StatusUnreachable:
-		return "target unreachable"
-	case StatusBadHeader:
-		return "bad header"
-	}
-	return fmt.Sprintf("status %d", byte(s))
-}
-
-// StatusError is a non-OK status received from the sharer.
-type StatusError struct {
-	Status  Status
-	Message string
-}
-
-func (e *StatusError) Error() string {
-	if e.Message == "" {
-		return "sharer: " + e.Status.String()
-	}
-	return "sharer: " + e.Status.String() + ": " + e.Message
-}
-
-// WriteStatus answers a stream header. msg is cut to 255 bytes.
-func WriteStatus(w io.Writer, s Status, msg string) error {
-	if len(msg) > 255 {
-		msg = msg[:255]
-	}
-	b := append([]byte{byte(s), byte(len(msg))}, msg...)
-	_, err := w.Write(b)
+// Reset ends both sides at once; the peer's reads and writes fail.
+func (s *Stream) Reset() error {
+	err := s.ys.Reset()
+	s.readEnded()
 	return err
 }
 
-// ReadStatus reads the sharer's answer; a non-OK status is a *StatusError.
-func ReadStatus(r io.Reader) error {
-	var b [2]byte
-	if _, err := io.ReadFull(r, b[:]); err != nil {
-		return fmt.Errorf("read stream status: %w", err)
+func (s *Stream) SetDeadline(t time.Time) error      { return s.ys.SetDeadline(t) }
+func (s *Stream) SetReadDeadline(t time.Time) error  { return s.ys.SetReadDeadline(t) }
+func (s *Stream) SetWriteDeadline(t time.Time) error { return s.ys.SetWriteDeadline(t) }
+func (s *Stream) LocalAddr() net.Addr                { return s.ys.LocalAddr() }
+func (s *Stream) RemoteAddr() net.Addr               { return s.ys.RemoteAddr() }
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// budget is a session's WindowBudget; span is one stream's share of it.
+// yamux reserves yamux's initial 256 KiB of a new stream at priority 255,
+// which is always granted (the rest of InitialWindow it grants without
+// asking), and each growth at a lower priority, which the budget may refuse.
+type budget struct {
+	used atomic.Int64
+	max  int64
+}
+
+type span struct {
+	b     *budget
+	grown atomic.Int64
+}
+
+func (s *span) ReserveMemory(size int, prio uint8) error {
+	if prio == 255 {
+		return nil
 	}
-	msg, err := readBytes(r, int(b[1]))
-	if err != nil {
-		return err
+	if s.b.used.Add(int64(size)) > s.b.max {
+		s.b.used.Add(-int64(size))
+		return errWindowBudget
 	}
-	if Status(b[0]) != StatusOK {
-		return &StatusError{Status: Status(b[0]), Message: string(msg)}
-	}
+	s.grown.Add(int64(size))
 	return nil
+}
+
+func (s *span) ReleaseMemory(size int) {
+	n := min(int64(size), s.grown.Load())
+	s.grown.Add(-n)
+	s.b.used.Add(-n)
+}
+
+func (s *span) Done() { s.b.used.Add(-s.grown.Swap(0)) }
+
+// logWriter feeds yamux's log lines into logrus at debug level: yamux logs
+// every broken session, which the agent reports itself at info.
+type logWriter struct{ l logrus.FieldLogger }
+
+func (w logWriter) Write(p []byte) (int, error) {
+	msg := strings.TrimSpace(string(p))
+	// yamux's log.Logger starts each line with "2006/01/02 15:04:05 ".
+	if len(msg) > 20 && msg[4] == '/' && msg[13] == ':' {
+		msg = msg[20:]
+	}
+	w.l.Debug(msg)
+	return len(p), nil
 }

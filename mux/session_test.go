@@ -12,13 +12,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hashicorp/yamux"
+	"github.com/libp2p/go-yamux/v5"
 	"github.com/sirupsen/logrus"
 
 	"github.com/peerport/peerport/internal/secure"
 )
 
-func testLog(t *testing.T) logrus.FieldLogger {
+func testLog(t testing.TB) logrus.FieldLogger {
 	l := logrus.New()
 	l.SetOutput(io.Discard)
 	l.SetLevel(logrus.DebugLevel) // exercise the adapter
@@ -26,11 +26,12 @@ func testLog(t *testing.T) logrus.FieldLogger {
 }
 
 func TestConfigValid(t *testing.T) {
-	c := Config(testLog(t))
+	c := config(testLog(t))
 	if err := yamux.VerifyConfig(c); err != nil {
 		t.Fatal(err)
 	}
-	if c.MaxStreamWindowSize != StreamWindow || !c.EnableKeepAlive || c.AcceptBacklog != MaxStreams {
+	if c.MaxStreamWindowSize != StreamWindow || c.InitialStreamWindowSize != InitialWindow || !c.EnableKeepAlive || c.AcceptBacklog != MaxStreams ||
+		c.MaxIncomingStreams != MaxIncomingStreams || c.ConnectionWriteTimeout != WriteTimeout {
 		t.Errorf("config %+v does not carry the package's tuning", c)
 	}
 }
@@ -39,14 +40,14 @@ func TestConfigValid(t *testing.T) {
 // TCP, and the TLS peer channel over loopback TCP, as in production.
 var transports = []struct {
 	name string
-	pair func(t *testing.T) (client, server net.Conn)
+	pair func(t testing.TB) (client, server net.Conn)
 }{
-	{"pipe", func(*testing.T) (net.Conn, net.Conn) { return net.Pipe() }},
+	{"pipe", func(testing.TB) (net.Conn, net.Conn) { return net.Pipe() }},
 	{"tcp", tcpPair},
 	{"tls", tlsPair},
 }
 
-func tcpPair(t *testing.T) (net.Conn, net.Conn) {
+func tcpPair(t testing.TB) (net.Conn, net.Conn) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -71,7 +72,10 @@ func tcpPair(t *testing.T) (net.Conn, net.Conn) {
 	return c, r.c
 }
 
-func tlsPair(t *testing.T) (net.Conn, net.Conn) {
+func tlsPair(t testing.TB) (net.Conn, net.Conn) { return tlsOver(t, tcpPair) }
+
+// tlsOver runs the peer channel's TLS handshake over a pair of conns.
+func tlsOver(t testing.TB, pair func(testing.TB) (net.Conn, net.Conn)) (net.Conn, net.Conn) {
 	t.Helper()
 	sharer, err := secure.NewIdentity()
 	if err != nil {
@@ -89,7 +93,7 @@ func tlsPair(t *testing.T) (net.Conn, net.Conn) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c1, c2 := tcpPair(t)
+	c1, c2 := pair(t)
 	cc, sc := tls.Client(c1, ccfg), tls.Server(c2, scfg)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -105,7 +109,7 @@ func tlsPair(t *testing.T) (net.Conn, net.Conn) {
 }
 
 // sessions returns a connected client and server session, closed at the end.
-func sessions(t *testing.T, pair func(*testing.T) (net.Conn, net.Conn)) (client, server *yamux.Session) {
+func sessions(t testing.TB, pair func(testing.TB) (net.Conn, net.Conn)) (client, server *Session) {
 	t.Helper()
 	c1, c2 := pair(t)
 	client, err := Client(c1, testLog(t))
@@ -133,7 +137,7 @@ func TestSession(t *testing.T) {
 // testSession runs one stream the way the agents do: header, status, then a
 // 4 MiB echo; the connector half-closes, the sharer sees EOF and still
 // answers with a trailer before closing its side.
-func testSession(t *testing.T, pair func(*testing.T) (net.Conn, net.Conn)) {
+func testSession(t *testing.T, pair func(testing.TB) (net.Conn, net.Conn)) {
 	client, server := sessions(t, pair)
 	const trailer = "bye"
 	proof := bytes.Repeat([]byte{7}, 32)
@@ -285,5 +289,209 @@ func TestSessionManyStreams(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestStreamCloseTimeout: Close is a half-close; when the peer never closes
+// its side, the stream is reset after the close timeout, so it does not
+// stay open forever: the peer's writes then fail.
+func TestStreamCloseTimeout(t *testing.T) {
+	closeTimeout = 50 * time.Millisecond
+	defer func() { closeTimeout = CloseTimeout }()
+	client, server := sessions(t, tcpPair)
+	st, err := client.OpenStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Write([]byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	peer, err := server.AcceptStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := io.ReadAll(peer); err != nil || string(got) != "x" {
+		t.Fatalf("peer read %q, %v; want what was written, then EOF", got, err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if _, err := peer.Write([]byte("y")); err != nil {
+			break // reset
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the peer can still write 10 s after our side closed")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if _, err := st.Read(make([]byte, 8)); err == nil || err == io.EOF {
+		t.Errorf("read on the reset stream: %v, want a reset error", err)
+	}
+	for time.Now().Before(deadline) && (client.NumStreams() > 0 || server.NumStreams() > 0) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if c, s := client.NumStreams(), server.NumStreams(); c+s > 0 {
+		t.Errorf("streams left: client %d, server %d", c, s)
+	}
+}
+
+// TestWindowBudget: a session's streams grow their receive windows from one
+// budget; initial windows are always granted, growth only while it lasts,
+// and a stream's growth returns to the budget when the stream ends.
+func TestWindowBudget(t *testing.T) {
+	b := &budget{max: 10}
+	s1, s2 := &span{b: b}, &span{b: b}
+	for _, tt := range []struct {
+		s    *span
+		size int
+		prio uint8
+		ok   bool
+	}{
+		{s1, 1 << 20, 255, true}, // initial window: not counted
+		{s1, 6, 128, true},
+		{s2, 6, 128, false}, // 12 > 10
+		{s2, 4, 128, true},
+		{s2, 1, 128, false},
+	} {
+		if err := tt.s.ReserveMemory(tt.size, tt.prio); (err == nil) != tt.ok {
+			t.Fatalf("ReserveMemory(%d, %d) = %v, want ok %v (used %d)", tt.size, tt.prio, err, tt.ok, b.used.Load())
+		}
+	}
+	s1.Done()
+	if got := b.used.Load(); got != 4 {
+		t.Fatalf("after one stream ended the budget holds %d, want 4", got)
+	}
+	s1.Done() // twice: no change
+	s2.ReleaseMemory(3)
+	s2.Done()
+	if got := b.used.Load(); got != 0 {
+		t.Fatalf("after both ended the budget holds %d, want 0", got)
+	}
+}
+
+// TestWindowGrows: on a path with a round trip of 10 ms, a stream read as
+// fast as it arrives gets a receive window beyond InitialWindow, charged to
+// the session's budget, and returns it when it ends.
+func TestWindowGrows(t *testing.T) {
+	client, server := sessions(t, delayPair(5*time.Millisecond))
+	// Growth is paced by the round trip, which each session measures at
+	// its start.
+	for _, s := range []*Session{client, server} {
+		for i := 0; s.ys.RTT() == 0; i++ {
+			if i == 1000 {
+				t.Fatal("no round trip measured in 10 s")
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	st, err := client.OpenStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		st.Write(make([]byte, 32<<20))
+		st.Close()
+	}()
+	peer, err := server.AcceptStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var grown int64
+	buf := make([]byte, 64<<10)
+	for {
+		_, err := peer.Read(buf)
+		grown = max(grown, server.budget.used.Load())
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	peer.Close()
+	if grown < 1<<20 {
+		t.Errorf("the receive window grew by %d bytes, want at least 1 MiB", grown)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for server.budget.used.Load() != 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got := server.budget.used.Load(); got != 0 {
+		t.Errorf("the ended stream still holds %d bytes of the budget", got)
+	}
+}
+
+// delayPair is a loopback TCP pair whose bytes arrive d after they were
+// sent, each way, without a bandwidth limit: a long path.
+func delayPair(d time.Duration) func(testing.TB) (net.Conn, net.Conn) {
+	return func(t testing.TB) (net.Conn, net.Conn) {
+		a, a2 := tcpPair(t)
+		b2, b := tcpPair(t)
+		go delayCopy(b2, a2, d)
+		go delayCopy(a2, b2, d)
+		return a, b
+	}
+}
+
+// delayCopy copies src to dst, each chunk d after it was read, until
+// either side closes; then it closes both.
+func delayCopy(dst, src net.Conn, d time.Duration) {
+	type chunk struct {
+		due time.Time
+		b   []byte
+	}
+	q := make(chan chunk, 1024)
+	go func() {
+		defer close(q)
+		for {
+			b := make([]byte, 64<<10)
+			n, err := src.Read(b)
+			if n > 0 {
+				q <- chunk{time.Now().Add(d), b[:n]}
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	defer src.Close()
+	defer dst.Close()
+	for c := range q {
+		time.Sleep(time.Until(c.due))
+		if _, err := dst.Write(c.b); err != nil {
+			src.Close()
+			for range q { // let the reader end
+			}
+			return
+		}
+	}
+}
+
+// TestSessionClosedErrors: a session closed on this side says so, and the
+// peer's session ends too.
+func TestSessionClosedErrors(t *testing.T) {
+	client, server := sessions(t, tcpPair)
+	client.Close()
+	if _, err := client.OpenStream(); !errors.Is(err, ErrSessionClosed) {
+		t.Errorf("OpenStream on a closed session: %v, want ErrSessionClosed", err)
+	}
+	if _, err := client.AcceptStream(); !errors.Is(err, ErrSessionClosed) {
+		t.Errorf("AcceptStream on a closed session: %v, want ErrSessionClosed", err)
+	}
+	if _, err := client.Ping(); !errors.Is(err, ErrSessionClosed) {
+		t.Errorf("Ping on a closed session: %v, want ErrSessionClosed", err)
+	}
+	if !client.IsClosed() {
+		t.Error("IsClosed = false after Close")
+	}
+	select {
+	case <-server.CloseChan():
+	case <-time.After(10 * time.Second):
+		t.Fatal("the peer's session did not end")
+	}
+	if _, err := server.AcceptStream(); err == nil || errors.Is(err, ErrSessionClosed) {
+		t.Errorf("AcceptStream on a session the peer closed: %v, want the connection's error", err)
 	}
 }
