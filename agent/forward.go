@@ -377,7 +377,6 @@ func (f *forward) open(ps *peerSession) (*mux.Stream, error) {
 // reading), and counts bytes as they pass into each set of counters. "In" is
 // what came from the peer.
 func pipe(ps *peerSession, st *mux.Stream, c net.Conn, cs ...*counters) {
-	defer mux.ReleaseReads(ps.closed, st)() // the session dying ends our read at once
 	for _, k := range cs {
 		k.streams.Add(1)
 		k.total.Add(1)

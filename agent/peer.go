@@ -41,7 +41,6 @@ type sessionKey struct {
 type peerSession struct {
 	key      sessionKey
 	sess     *mux.Session
-	closed   context.Context // ends with sess
 	tls      *tls.Conn
 	state    tls.ConnectionState
 	log      logrus.FieldLogger
@@ -79,7 +78,6 @@ func newPeerSession(key sessionKey, c *tls.Conn, log logrus.FieldLogger) (*peerS
 	if err != nil {
 		return nil, fmt.Errorf("start session: %w", err)
 	}
-	ps.closed = mux.Closed(ps.sess)
 	return ps, nil
 }
 

@@ -56,13 +56,13 @@ const (
 	// bandwidth-delay product of the paths we expect, because growing it
 	// later does not make up for a window-limited start (the TCP
 	// connection beneath, held back early, did not catch up within 10 s).
-	// Measured (bench/RESULTS.md): on loopback yamux's 256 KiB held one
-	// stream to 0.7-0.8x of 1 MiB; on the NAT lab's 50 ms path (TCP about
-	// 50 MB/s) 1 and 2 MiB gave 0.7-0.86x of raw TCP and 4 MiB 1.0x on the
-	// punched path, but the TURN relay's path, whose relay holds data in
-	// flight too, needed 8 MiB for 0.9x of hashicorp/yamux's 16 MiB. An
-	// idle stream costs nothing for it; a stream whose reader stalls
-	// holds at most its window.
+	// Measured (bench/RESULTS.md, history): on loopback yamux's 256 KiB
+	// held one stream to 0.6-0.87x of 1 MiB; on the NAT lab's 50 ms path
+	// (TCP about 50 MB/s) 1 and 2 MiB gave 0.7-0.87x of raw TCP and 4 MiB
+	// 1.0x on the punched path; the TURN relay's path, whose relay holds
+	// data in flight too, needed 8 MiB for 0.9x of hashicorp/yamux's
+	// 16 MiB. An idle stream costs nothing for it; a stream whose reader
+	// stalls holds at most its window.
 	InitialWindow = 8 << 20
 	// StreamWindow is the most a stream's receive window grows to: it
 	// doubles whenever the reader consumes half of it within four round
@@ -207,26 +207,6 @@ func (s *Session) CloseChan() <-chan struct{} { return s.ys.CloseChan() }
 
 // NumStreams is the number of streams open now.
 func (s *Session) NumStreams() int { return s.ys.NumStreams() }
-
-// Closed returns a context that ends when sess does.
-func Closed(sess *Session) context.Context {
-	ctx, cancel := context.WithCancel(context.Background())
-	go func() {
-		<-sess.CloseChan()
-		cancel()
-	}()
-	return ctx
-}
-
-// ReleaseReads does nothing: reads on a session's streams return as soon as
-// the session dies. It was a workaround for hashicorp/yamux v0.1.2, whose
-// readers spun until the dying session had marked each stream closed
-// (upstream PR #176).
-//
-// Deprecated: not needed; TestSessionDeathEndsReads checks it.
-func ReleaseReads(context.Context, *Stream) (stop func() bool) {
-	return func() bool { return false }
-}
 
 // Stream is one stream of a session, a net.Conn whose Close is a half-close.
 type Stream struct {

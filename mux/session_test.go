@@ -371,7 +371,7 @@ func TestWindowBudget(t *testing.T) {
 	}
 }
 
-// TestWindowGrows: on a path with a round trip of 10 ms, a stream read as
+// TestWindowGrows: on a path with a round trip of 40 ms, a stream read as
 // fast as it arrives gets a receive window beyond InitialWindow, charged to
 // the session's budget, and returns it when it ends.
 func TestWindowGrows(t *testing.T) {
