@@ -22,34 +22,7 @@ import (
 // a harness to log agents in to it.
 func startWithMetrics(t *testing.T) (*Running, *harness) {
 	t.Helper()
-	dir := t.TempDir()
-	ctx, cancel := context.WithCancel(context.Background())
-	r, err := Start(ctx, Options{Listen: "127.0.0.1:0", StateDir: dir, Log: testLogger(t), Version: "v-test",
-		MetricsListen: "127.0.0.1:0", STUNListen: []string{"127.0.0.1:0"}})
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case <-r.Done:
-		case <-time.After(10 * time.Second):
-			t.Error("broker did not stop")
-		}
-	})
-	st, err := LoadOrCreateState(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	h := &harness{srv: r.Server, state: st, dial: func(t *testing.T) net.Conn {
-		c, err := net.DialTimeout("tcp", r.Addr.String(), 5*time.Second)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return c
-	}}
-	return r, h
+	return startBroker(t, Options{Version: "v-test", MetricsListen: "127.0.0.1:0", STUNListen: []string{"127.0.0.1:0"}})
 }
 
 // get fetches path from the metrics listener without keeping a connection.

@@ -19,12 +19,12 @@ import (
 	"github.com/peerport/peerport/internal/relay"
 )
 
-// startBroker starts a broker on loopback with o's TURN options and a
-// harness to log agents in to it.
+// startBroker starts a broker on loopback with the rest of o (STUN off
+// unless o names its addresses) and a harness to log agents in to it.
 func startBroker(t *testing.T, o Options) (*Running, *harness) {
 	t.Helper()
 	dir := t.TempDir()
-	o.Listen, o.PublicAddr, o.StateDir, o.NoSTUN = "127.0.0.1:0", "127.0.0.1", dir, true
+	o.Listen, o.PublicAddr, o.StateDir, o.NoSTUN = "127.0.0.1:0", "127.0.0.1", dir, o.STUNListen == nil
 	if o.Log == nil {
 		o.Log = testLogger(t)
 	}
