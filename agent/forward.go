@@ -62,7 +62,7 @@ func (a *Agent) serveStream(ctx context.Context, ps *peerSession, st *mux.Stream
 		st.Close()
 		return
 	}
-	pipe(ps, st, target, &a.stats, &ps.stats, s.stats)
+	pipe(st, target, &a.stats, &ps.stats, s.stats)
 }
 
 // authorized checks a stream's claim to a share: a ticket proof bound to this
@@ -330,7 +330,7 @@ func (f *forward) serve(ctx context.Context, c net.Conn) {
 		c.Close()
 		return
 	}
-	pipe(ps, st, c, &f.a.stats, &ps.stats, &f.stats)
+	pipe(st, c, &f.a.stats, &ps.stats, &f.stats)
 }
 
 // waitSession gets the session for an accepted connection, retrying for up
@@ -376,7 +376,7 @@ func (f *forward) open(ps *peerSession) (*mux.Stream, error) {
 // half-close across (yamux's Close is a half-close: it sends FIN and keeps
 // reading), and counts bytes as they pass into each set of counters. "In" is
 // what came from the peer.
-func pipe(ps *peerSession, st *mux.Stream, c net.Conn, cs ...*counters) {
+func pipe(st *mux.Stream, c net.Conn, cs ...*counters) {
 	for _, k := range cs {
 		k.streams.Add(1)
 		k.total.Add(1)

@@ -99,25 +99,23 @@ func (a *Agent) dialPaths(ctx context.Context, sharer secure.AgentID, policy str
 	}
 	try(PathDirect)
 	pending, relaying := 1, false
+	// Whatever is still dialing when the race is decided finishes here.
+	defer func() { a.spawn(func() { a.lateAttempts(ctx, sharer, results, pending) }) }()
 	head := time.NewTimer(relayHeadStart)
 	defer head.Stop()
 	var errs []error
 	for {
 		select {
 		case <-ctx.Done():
-			a.spawn(func() { a.lateAttempts(ctx, sharer, results, pending) })
 			return nil, ctx.Err()
 		case <-head.C:
 		case r := <-results:
 			pending--
 			if r.err == nil {
-				ps, err := a.startConnectorSession(ctx, sharer, r.c, r.out)
-				a.spawn(func() { a.lateAttempts(ctx, sharer, results, pending) })
-				return ps, err
+				return a.startConnectorSession(ctx, sharer, r.c, r.out)
 			}
 			errs = append(errs, r.err)
 			if errors.Is(r.err, ErrUnauthorized) || (relaying && pending == 0) {
-				a.spawn(func() { a.lateAttempts(ctx, sharer, results, pending) })
 				return nil, errors.Join(errs...)
 			}
 		}
