@@ -74,6 +74,13 @@ const (
 	// what the reader has not consumed yet, so this bounds what a peer can
 	// make us hold across many streams.
 	WindowBudget = 128 << 20
+	// FrameSize is the most a data frame takes on the wire, header
+	// included: four full TLS records, so bulk data never leaves a small
+	// record (and its syscall) behind.
+	FrameSize = 64 << 10
+	// MaxPayload is the most data one frame carries; writers that size
+	// their writes in multiples of it make only full frames.
+	MaxPayload = FrameSize - 12
 	// MaxStreams is the accept backlog per session, and the number of
 	// streams this side may have opened without the peer's answer yet.
 	MaxStreams = 4096
@@ -86,6 +93,10 @@ const (
 	// CloseTimeout is how long a stream closed on our side waits for the
 	// peer to close its side before it is reset.
 	CloseTimeout = 5 * time.Minute
+	// RetireTimeout is how long a retired session waits for the peer to
+	// close it after the go away, which the peer does on reading it.
+	RetireTimeout = 30 * time.Second
+	retirePoll    = 100 * time.Millisecond
 )
 
 // ErrSessionClosed is what OpenStream, AcceptStream and Ping return once
@@ -115,6 +126,7 @@ func config(log logrus.FieldLogger) *yamux.Config {
 	c.ConnectionWriteTimeout = WriteTimeout
 	c.InitialStreamWindowSize = InitialWindow
 	c.MaxStreamWindowSize = StreamWindow
+	c.MaxMessageSize = FrameSize
 	c.LogOutput = logWriter{log}
 	return c
 }
@@ -123,8 +135,9 @@ func config(log logrus.FieldLogger) *yamux.Config {
 // open streams; closing the session, or losing its connection, ends every
 // stream at once: blocked reads and writes return an error.
 type Session struct {
-	ys     *yamux.Session
-	budget budget
+	ys       *yamux.Session
+	budget   budget
+	retiring atomic.Bool
 }
 
 // Client starts the connector's side of a session over conn.
@@ -202,6 +215,40 @@ func (s *Session) IsClosed() bool { return s.ys.IsClosed() }
 // Close ends the session, its connection and every stream.
 func (s *Session) Close() error { return s.ys.Close() }
 
+// Retire ends the session without losing a byte: it waits until the last
+// stream has ended (or ctx ends), then sends yamux's go away, which goes
+// out behind every frame still queued (Close would drop those: yamux's
+// writes return before the frame is written), and waits, up to
+// RetireTimeout, for the peer to close the session on reading it.
+func (s *Session) Retire(ctx context.Context) {
+	defer s.Close()
+	if s.retiring.Swap(true) {
+		return
+	}
+	t := time.NewTicker(retirePoll)
+	defer t.Stop()
+	for s.ys.NumStreams() > 0 {
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.CloseChan():
+			return
+		case <-t.C:
+		}
+	}
+	if s.ys.GoAway() != nil {
+		return
+	}
+	select {
+	case <-ctx.Done():
+	case <-s.CloseChan():
+	case <-time.After(RetireTimeout):
+	}
+}
+
+// Retiring tells whether Retire was called: new streams belong elsewhere.
+func (s *Session) Retiring() bool { return s.retiring.Load() }
+
 // CloseChan is closed when the session ends.
 func (s *Session) CloseChan() <-chan struct{} { return s.ys.CloseChan() }
 
@@ -224,6 +271,15 @@ func (s *Stream) Read(b []byte) (int, error) {
 		s.readEnded()
 	}
 	return n, err
+}
+
+// WaitRead blocks until the stream has data to read, or returns the error
+// the next Read would (io.EOF once the peer closed its side), taking
+// nothing: a forwarder waits with it so that an idle stream holds no
+// buffer.
+func (s *Stream) WaitRead() error {
+	_, err := s.Read(nil) // yamux blocks an empty read until data is there
+	return err
 }
 
 func (s *Stream) readEnded() {

@@ -505,3 +505,48 @@ func TestSessionClosedErrors(t *testing.T) {
 		t.Errorf("AcceptStream on a session the peer closed: %v, want the connection's error", err)
 	}
 }
+
+// TestWaitRead: WaitRead returns once data is there without taking any,
+// and io.EOF once the peer closed its side and everything was read.
+func TestWaitRead(t *testing.T) {
+	client, server := sessions(t, tcpPair)
+	st, err := client.OpenStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Write([]byte("x")); err != nil { // the SYN goes with it
+		t.Fatal(err)
+	}
+	peer, err := server.AcceptStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 8)
+	if n, err := peer.Read(buf); err != nil || string(buf[:n]) != "x" {
+		t.Fatalf("read %q, %v", buf[:n], err)
+	}
+
+	waited := make(chan error, 1)
+	go func() { waited <- peer.WaitRead() }()
+	select {
+	case err := <-waited:
+		t.Fatalf("WaitRead returned %v with nothing to read", err)
+	case <-time.After(50 * time.Millisecond):
+	}
+	if _, err := st.Write([]byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-waited; err != nil {
+		t.Fatalf("WaitRead: %v", err)
+	}
+	if err := peer.WaitRead(); err != nil { // data still there: returns at once
+		t.Fatalf("WaitRead again: %v", err)
+	}
+	if n, err := peer.Read(buf); err != nil || string(buf[:n]) != "hello" {
+		t.Fatalf("read %q, %v: WaitRead took data", buf[:n], err)
+	}
+	st.Close()
+	if err := peer.WaitRead(); err != io.EOF {
+		t.Fatalf("WaitRead after the peer's close: %v, want io.EOF", err)
+	}
+}
