@@ -2,10 +2,8 @@ package agent
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"strconv"
 	"sync"
@@ -62,7 +60,7 @@ func (a *Agent) serveStream(ctx context.Context, ps *peerSession, st *mux.Stream
 		st.Close()
 		return
 	}
-	pipe(st, target, &a.stats, &ps.stats, s.stats)
+	a.pipe(st, target, &a.stats, &ps.stats, s.stats)
 }
 
 // authorized checks a stream's claim to a share: a ticket proof bound to this
@@ -262,7 +260,7 @@ func (f *forward) keep(ctx context.Context) {
 // dialer makes this forward's peer channel; port, when set, receives the
 // share's port from the introduction.
 func (f *forward) dialer(port *atomic.Uint32) dialFunc {
-	return func(ctx context.Context, path string) (*tls.Conn, outcome, error) {
+	return func(ctx context.Context, path string) (*secure.Conn, outcome, error) {
 		dial := f.a.dialSharer
 		if path == PathRelay {
 			dial = f.a.dialRelay
@@ -316,21 +314,29 @@ func (f *forward) setErr(err error) {
 // serve forwards one accepted local connection as a stream.
 func (f *forward) serve(ctx context.Context, c net.Conn) {
 	log := f.log.WithField("client", c.RemoteAddr().String())
-	ps, err := f.waitSession(ctx)
-	if err != nil {
-		f.setErr(err)
-		log.WithError(err).Warn("no session to the sharer; closing connection")
-		c.Close()
-		return
+	var st *mux.Stream
+	var ps *peerSession
+	var err error
+	// A stream opened as its session ends (the sharer retired it) gets a
+	// second try, on the session that replaces it.
+	for try := 0; try < 2 && st == nil; try++ {
+		if ps, err = f.waitSession(ctx); err != nil {
+			f.setErr(err)
+			log.WithError(err).Warn("no session to the sharer; closing connection")
+			c.Close()
+			return
+		}
+		if st, err = f.open(ps); err != nil && !ps.sess.IsClosed() && !ps.sess.Retiring() {
+			break
+		}
 	}
-	st, err := f.open(ps)
 	if err != nil {
 		f.setErr(err)
 		log.WithError(err).Warn("stream refused; closing connection")
 		c.Close()
 		return
 	}
-	pipe(st, c, &f.a.stats, &ps.stats, &f.stats)
+	f.a.pipe(st, c, &f.a.stats, &ps.stats, &f.stats)
 }
 
 // waitSession gets the session for an accepted connection, retrying for up
@@ -370,72 +376,4 @@ func (f *forward) open(ps *peerSession) (*mux.Stream, error) {
 		return nil, err
 	}
 	return st, nil
-}
-
-// pipe copies both ways between a stream and a TCP connection, carrying a
-// half-close across (yamux's Close is a half-close: it sends FIN and keeps
-// reading), and counts bytes as they pass into each set of counters. "In" is
-// what came from the peer.
-func pipe(st *mux.Stream, c net.Conn, cs ...*counters) {
-	for _, k := range cs {
-		k.streams.Add(1)
-		k.total.Add(1)
-	}
-	var wg sync.WaitGroup
-	wg.Add(2)
-	go func() { // peer -> local
-		defer wg.Done()
-		if err := copyCounting(c, st, cs, true); err != nil {
-			c.Close()
-			st.Close()
-			return
-		}
-		if tc, ok := c.(interface{ CloseWrite() error }); ok {
-			tc.CloseWrite()
-		}
-	}()
-	go func() { // local -> peer
-		defer wg.Done()
-		err := copyCounting(st, c, cs, false)
-		st.Close() // FIN to the peer, also after an error: it then sees EOF
-		if err != nil {
-			c.Close()
-		}
-	}()
-	wg.Wait()
-	c.Close()
-	for _, k := range cs {
-		k.streams.Add(-1)
-	}
-}
-
-var bufPool = sync.Pool{New: func() any { b := make([]byte, 64<<10); return &b }}
-
-// copyCounting is io.Copy that keeps the counters current during long
-// transfers, so status shows bytes moving rather than only at the end.
-func copyCounting(dst io.Writer, src io.Reader, cs []*counters, in bool) error {
-	bp := bufPool.Get().(*[]byte)
-	defer bufPool.Put(bp)
-	buf := *bp
-	for {
-		n, rerr := src.Read(buf)
-		if n > 0 {
-			if _, err := dst.Write(buf[:n]); err != nil {
-				return err
-			}
-			for _, k := range cs {
-				if in {
-					k.bytesIn.Add(int64(n))
-				} else {
-					k.bytesOut.Add(int64(n))
-				}
-			}
-		}
-		if rerr == io.EOF {
-			return nil
-		}
-		if rerr != nil {
-			return rerr
-		}
-	}
 }

@@ -21,6 +21,9 @@ const (
 	rttEvery             = 15 * time.Second
 	maxPeerStreams       = 1024 // concurrent streams a connector may hold open at a sharer
 	maxSessions          = 256
+	// sessionCloseWait bounds how long a stopping agent waits for its
+	// sessions to deliver what is queued.
+	sessionCloseWait = 2 * time.Second
 )
 
 // Roles in a peer session, from this agent's point of view.
@@ -41,7 +44,7 @@ type sessionKey struct {
 type peerSession struct {
 	key      sessionKey
 	sess     *mux.Session
-	tls      *tls.Conn
+	tls      *secure.Conn
 	state    tls.ConnectionState
 	log      logrus.FieldLogger
 	since    time.Time
@@ -66,7 +69,7 @@ type counters struct {
 	total             atomic.Int64 // opened since start
 }
 
-func newPeerSession(key sessionKey, c *tls.Conn, log logrus.FieldLogger) (*peerSession, error) {
+func newPeerSession(key sessionKey, c *secure.Conn, log logrus.FieldLogger) (*peerSession, error) {
 	ps := &peerSession{key: key, tls: c, state: c.ConnectionState(), since: time.Now(),
 		log: log.WithFields(logrus.Fields{"peer": key.peer.Short(), "role": key.role, "path": key.path, "remote": c.RemoteAddr().String()})}
 	var err error
@@ -157,7 +160,7 @@ func (a *Agent) addSession(ps *peerSession) error {
 // direct one when it is up, else the relayed one. Callers hold a.mu.
 func (a *Agent) connectorSession(sharer secure.AgentID) *peerSession {
 	for _, path := range []string{proto.PathDirect, proto.PathRelay} {
-		if ps := a.sessions[sessionKey{sharer, roleConnector, path}]; ps != nil && !ps.sess.IsClosed() {
+		if ps := a.sessions[sessionKey{sharer, roleConnector, path}]; ps != nil && !ps.sess.IsClosed() && !ps.sess.Retiring() {
 			return ps
 		}
 	}
@@ -172,29 +175,31 @@ func (a *Agent) removeSession(ps *peerSession) {
 	a.mu.Unlock()
 }
 
-// retire closes a replaced session once its last stream has ended, or when
-// the agent stops.
-func (ps *peerSession) retire(ctx context.Context) {
-	defer ps.sess.Close()
-	t := time.NewTicker(time.Second)
-	defer t.Stop()
-	for ps.sess.NumStreams() > 0 {
-		select {
-		case <-ctx.Done():
-			return
-		case <-ps.sess.CloseChan():
-			return
-		case <-t.C:
-		}
-	}
-}
+// retire closes a replaced session once its last stream has ended, with
+// every byte delivered, or when the agent stops.
+func (ps *peerSession) retire(ctx context.Context) { ps.sess.Retire(ctx) }
 
+// closeSessions ends every session as the agent stops: those whose streams
+// are done deliver what is still queued (within sessionCloseWait); the
+// rest close at once.
 func (a *Agent) closeSessions() {
 	a.mu.Lock()
-	defer a.mu.Unlock()
+	sessions := make([]*peerSession, 0, len(a.sessions))
 	for _, ps := range a.sessions {
-		ps.sess.Close()
+		sessions = append(sessions, ps)
 	}
+	a.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), sessionCloseWait)
+	defer cancel()
+	var wg sync.WaitGroup
+	for _, ps := range sessions {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ps.sess.Retire(ctx)
+		}()
+	}
+	wg.Wait()
 }
 
 // setOutcome records how the path was made.
@@ -218,7 +223,7 @@ func (a *Agent) servePeer(ctx context.Context, conn net.Conn, want secure.AgentI
 		conn.Close()
 		return
 	}
-	c := tls.Server(conn, cfg)
+	c := secure.Server(conn, cfg)
 	hctx, cancel := context.WithTimeout(ctx, peerHandshakeTimeout)
 	err = c.HandshakeContext(hctx)
 	cancel()
@@ -272,7 +277,7 @@ type dialCall struct {
 
 // dialFunc makes a peer channel to a sharer over one path: introduction,
 // then punch or relay, then TLS.
-type dialFunc func(ctx context.Context, path string) (*tls.Conn, outcome, error)
+type dialFunc func(ctx context.Context, path string) (*secure.Conn, outcome, error)
 
 // session returns the live session to sharer, dialing once when there is
 // none; concurrent callers share that one dial. policy is PathAuto,
@@ -312,7 +317,7 @@ type CandidatePair struct {
 }
 
 // startConnectorSession runs the connector's session over a new peer channel.
-func (a *Agent) startConnectorSession(ctx context.Context, sharer secure.AgentID, c *tls.Conn, out outcome) (*peerSession, error) {
+func (a *Agent) startConnectorSession(ctx context.Context, sharer secure.AgentID, c *secure.Conn, out outcome) (*peerSession, error) {
 	ps, err := newPeerSession(sessionKey{sharer, roleConnector, out.path}, c, a.log.WithField("component", "peer"))
 	if err == nil {
 		ps.setOutcome(out)

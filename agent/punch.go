@@ -2,7 +2,6 @@ package agent
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -275,7 +274,7 @@ type introFunc func(context.Context, *proto.Connect) (*proto.ConnectReply, error
 
 // dialSharer is the connector's direct way to a sharer: introduce with our
 // punch candidates, punch, then TLS as client pinning the sharer's key.
-func (a *Agent) dialSharer(ctx context.Context, b *brokerClient, sharer secure.AgentID, intro introFunc) (*tls.Conn, outcome, *proto.ConnectReply, error) {
+func (a *Agent) dialSharer(ctx context.Context, b *brokerClient, sharer secure.AgentID, intro introFunc) (*secure.Conn, outcome, *proto.ConnectReply, error) {
 	none := outcome{path: proto.PathDirect}
 	if err := b.ready(ctx); err != nil {
 		return nil, none, nil, err
@@ -311,13 +310,13 @@ func (a *Agent) dialSharer(ctx context.Context, b *brokerClient, sharer secure.A
 
 // clientTLS runs the connector's TLS handshake over a punched or relayed
 // connection, pinning the sharer's key; it closes conn on failure.
-func (a *Agent) clientTLS(ctx context.Context, conn net.Conn, sharer secure.AgentID) (*tls.Conn, error) {
+func (a *Agent) clientTLS(ctx context.Context, conn net.Conn, sharer secure.AgentID) (*secure.Conn, error) {
 	cfg, err := secure.PeerClientConfig(a.id, sharer)
 	if err != nil {
 		conn.Close()
 		return nil, err
 	}
-	c := tls.Client(conn, cfg)
+	c := secure.Client(conn, cfg)
 	hctx, cancel := context.WithTimeout(ctx, peerHandshakeTimeout)
 	defer cancel()
 	if err := c.HandshakeContext(hctx); err != nil {

@@ -2,7 +2,6 @@ package agent
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -72,7 +71,7 @@ var errNoRelayAddr = errors.New("the sharer answered a relay introduction withou
 
 // attempt is one path's dial result.
 type attempt struct {
-	c   *tls.Conn
+	c   *secure.Conn
 	out outcome
 	err error
 }
@@ -146,7 +145,7 @@ func (a *Agent) lateAttempts(ctx context.Context, sharer secure.AgentID, results
 // dialRelay is the connector's relayed way to a sharer: a relay
 // introduction makes the sharer allocate and permit us, and we dial the
 // relayed address it answers with.
-func (a *Agent) dialRelay(ctx context.Context, b *brokerClient, sharer secure.AgentID, intro introFunc) (*tls.Conn, outcome, *proto.ConnectReply, error) {
+func (a *Agent) dialRelay(ctx context.Context, b *brokerClient, sharer secure.AgentID, intro introFunc) (*secure.Conn, outcome, *proto.ConnectReply, error) {
 	out := outcome{path: PathRelay}
 	if err := b.ready(ctx); err != nil { // our NAT type, for status and the broker's logs
 		return nil, out, nil, err
