@@ -5,6 +5,7 @@
 //	go run ./bench                 # loopback, everything (~3 min)
 //	go run ./bench -only throughput,latency -rounds 5
 //	sudo go run ./bench -only punch  # hole punching in the NAT lab (root)
+//	sudo go run ./bench -only wan    # tunnel vs raw TCP over the lab's WAN link at 0/20/50 ms
 //	go run ./bench -only ops         # broker restarts, idle RSS of agent up (bench/ops.go)
 //
 // It builds the agent and broker (no -race), runs a broker, sharers and
@@ -15,8 +16,8 @@
 // tunnel; part mux also runs the mux package's Go benchmarks (bare session
 // beside TLS alone and raw TCP, bench/session.go).
 // Everything is bounded in count and time and talks only to loopback, or
-// inside the NAT lab (part punch, bench/punch.go: by default only where the
-// lab can run, i.e. as root with nft).
+// inside the NAT lab (parts punch, relay and wan, bench/punch.go, relay.go,
+// wan.go: by default only where the lab can run, i.e. as root with nft).
 package main
 
 import (
@@ -66,7 +67,7 @@ func main() {
 	flag.StringVar(&muxStreams, "mux-streams", "1000,10000", "idle streams on a bare mux session (comma list)")
 	flag.IntVar(&o.brokerAgents, "broker-agents", 10000, "control clients registered at the broker")
 	flag.IntVar(&o.introSecs, "intro-seconds", 3, "seconds of sustained introductions")
-	flag.StringVar(&only, "only", "", "comma list of parts: throughput,latency,connect,memory,mux,broker,ops,punch,relay (default all; punch and relay only where the NAT lab can run)")
+	flag.StringVar(&only, "only", "", "comma list of parts: throughput,latency,connect,memory,mux,broker,ops,punch,relay,wan (default all; punch, relay and wan only where the NAT lab can run)")
 	flag.IntVar(&o.punchRuns, "punch-runs", 20, "punch: cone-cone runs per WAN RTT")
 	flag.IntVar(&o.punchMatrixRuns, "punch-matrix-runs", 5, "punch: runs per topology of the success matrix")
 	flag.StringVar(&o.results, "results", "bench/RESULTS.md", "markdown file for the results (empty: none)")
@@ -172,6 +173,10 @@ func run(ctx context.Context, o options) error {
 	if err != nil {
 		return err
 	}
+	doWAN, err := wantLab(o, wanPart)
+	if err != nil {
+		return err
+	}
 	root, err := moduleRoot()
 	if err != nil {
 		return err
@@ -230,6 +235,12 @@ func run(ctx context.Context, o options) error {
 		fmt.Fprintf(os.Stderr, "== %s\n", relayPart)
 		if err := relayBench(ctx, bin, tmp, o, rep); err != nil {
 			return fmt.Errorf("%s: %w", relayPart, err)
+		}
+	}
+	if doWAN {
+		fmt.Fprintf(os.Stderr, "== %s\n", wanPart)
+		if err := wanBench(ctx, bin, tmp, o, rep); err != nil {
+			return fmt.Errorf("%s: %w", wanPart, err)
 		}
 	}
 	printTable(os.Stdout, rep)

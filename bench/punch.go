@@ -460,7 +460,7 @@ func saveResults(path string, rep *Report) error {
 	loop, punch := *rep, *rep
 	loop.Figures, punch.Figures = nil, nil
 	for _, f := range rep.Figures {
-		if f.Part == punchPart || f.Part == relayPart {
+		if f.Part == punchPart || f.Part == relayPart || f.Part == wanPart {
 			punch.Figures = append(punch.Figures, f)
 		} else {
 			loop.Figures = append(loop.Figures, f)
