@@ -114,6 +114,7 @@ type Agent struct {
 
 	started  time.Time
 	stats    counters // every forwarded connection, for drain and status
+	parker   parker   // the local sides of idle connections
 	draining atomic.Bool
 	reloadMu sync.Mutex // one reload at a time
 
@@ -153,7 +154,7 @@ func New(opts Options) (*Agent, error) {
 	if err := validate(opts); err != nil {
 		return nil, err
 	}
-	return &Agent{
+	a := &Agent{
 		opts:     opts,
 		id:       opts.Identity,
 		log:      opts.Log.WithField("agent", opts.Identity.ID().Short()),
@@ -162,7 +163,9 @@ func New(opts Options) (*Agent, error) {
 		brokers:  map[string]*brokerClient{},
 		sessions: map[sessionKey]*peerSession{},
 		dialing:  map[secure.AgentID]*dialCall{},
-	}, nil
+	}
+	a.parker.spawn = a.spawn
+	return a, nil
 }
 
 func validate(o Options) error {
@@ -239,6 +242,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	a.mu.Unlock()
 	a.closeSessions()
+	a.parker.close()
 	a.wg.Wait()
 	if err := context.Cause(inner); err != nil && !errors.Is(err, context.Canceled) {
 		return err

@@ -1,11 +1,14 @@
 package agent
 
 import (
+	"errors"
 	"io"
 	"net"
+	"os"
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/peerport/peerport/mux"
 )
@@ -14,57 +17,162 @@ import (
 // forwarded connection holds none. Sizes are whole frames (mux.MaxPayload):
 // a write of a full buffer to a stream makes only full frames.
 var (
-	// toPeer reads the local connection: several frames per read syscall
-	// when the sender is ahead of us.
-	toPeer = bufPool(4 * mux.MaxPayload)
-	// toLocal takes what one stream Read returns, at most one frame.
-	toLocal = bufPool(mux.MaxPayload)
+	// toPeerBufs reads the local connection: several frames per read
+	// syscall when the sender is ahead of us.
+	toPeerBufs = bufPool(4 * mux.MaxPayload)
+	// toLocalBufs takes what one stream Read returns, at most one frame.
+	toLocalBufs = bufPool(mux.MaxPayload)
 )
 
 func bufPool(size int) *sync.Pool {
 	return &sync.Pool{New: func() any { b := make([]byte, size); return &b }}
 }
 
-// pipe copies both ways between a stream and a local TCP connection until
+// parkAfter is how long the local side of a connection stays quiet before
+// its goroutine gives way to the agent's parker (a variable for tests).
+var parkAfter = time.Second
+
+// errQuiet ends a copy whose source stayed quiet for parkAfter.
+var errQuiet = errors.New("quiet")
+
+// A pipe copies both ways between a stream and a local TCP connection until
 // both directions ended, carrying a half-close across (a stream's Close is a
 // half-close: it sends FIN and keeps reading), and counts bytes as they
-// pass into each set of counters; "in" is what came from the peer. It
-// returns at once: each direction runs in a goroutine of its own, started
-// here with a small stack (the caller's grew while dialing), and while the
-// connection is idle neither holds a buffer.
+// pass into each set of counters; "in" is what came from the peer.
+//
+// An idle forwarded connection costs as little as we can make it: no
+// buffer in either direction, and one goroutine, blocked on the stream.
+// The local side, once quiet for parkAfter, waits in the agent's parker
+// (one epoll set for all of them, on Linux) instead of in a goroutine of
+// its own, and gets a fresh goroutine, with a small stack, when it has
+// something to read.
+type pipe struct {
+	a       *Agent
+	st      *mux.Stream
+	c       net.Conn
+	rc      syscall.RawConn // nil when c has no descriptor to park
+	cs      []*counters
+	running atomic.Int32 // directions not ended
+
+	mu       sync.Mutex
+	parked   bool   // local -> peer waits in the parker
+	parkID   uint64 // its registration there
+	attached bool   // c was added to the parker's set
+}
+
+// pipe starts forwarding between st and c and returns.
 func (a *Agent) pipe(st *mux.Stream, c net.Conn, cs ...*counters) {
+	p := &pipe{a: a, st: st, c: c, cs: cs}
+	if sc, ok := c.(syscall.Conn); ok {
+		p.rc, _ = sc.SyscallConn()
+	}
 	for _, k := range cs {
 		k.streams.Add(1)
 		k.total.Add(1)
 	}
-	var running atomic.Int32
-	running.Store(2)
-	ended := func() {
-		if running.Add(-1) > 0 {
-			return
-		}
-		c.Close()
-		for _, k := range cs {
-			k.streams.Add(-1)
+	p.running.Store(2)
+	a.spawn(p.toPeer)
+	a.spawn(p.toLocal)
+}
+
+// toLocal copies peer -> local, waiting on the stream without a buffer.
+func (p *pipe) toLocal() {
+	defer p.ended()
+	in := copier{cs: p.cs, in: true, bufs: toLocalBufs, wait: p.st.WaitRead}
+	if err := in.copy(p.c, p.st); err != nil {
+		p.abort()
+		p.st.Close()
+	} else if tc, ok := p.c.(interface{ CloseWrite() error }); ok {
+		tc.CloseWrite()
+	}
+}
+
+// toPeer copies local -> peer until the local side ends, or parks it once
+// quiet; the parker starts toPeer again when there is more.
+func (p *pipe) toPeer() {
+	out := copier{cs: p.cs, bufs: toPeerBufs}
+	canPark := p.rc != nil && p.a.parker.available()
+	if p.rc != nil {
+		out.wait = waitReadable(p.rc)
+	}
+	if canPark && out.wait != nil {
+		wait := out.wait
+		out.wait = func() error {
+			p.c.SetReadDeadline(time.Now().Add(parkAfter))
+			err := wait()
+			p.c.SetReadDeadline(time.Time{})
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				return errQuiet
+			}
+			return err
 		}
 	}
-	a.spawn(func() { // local -> peer
-		defer ended()
-		err := (&copier{cs: cs, bufs: toPeer, wait: readWaiter(c)}).copy(st, c)
-		st.Close() // FIN to the peer, also after an error: it then sees EOF
-		if err != nil {
-			c.Close()
-		}
-	})
-	a.spawn(func() { // peer -> local
-		defer ended()
-		if err := (&copier{cs: cs, in: true, bufs: toLocal, wait: st.WaitRead}).copy(c, st); err != nil {
-			c.Close()
-			st.Close()
-		} else if tc, ok := c.(interface{ CloseWrite() error }); ok {
-			tc.CloseWrite()
-		}
-	})
+	err := out.copy(p.st, p.c)
+	if err == errQuiet && p.park() {
+		return
+	}
+	if err == errQuiet { // parking failed: wait here, as long as it takes
+		out.wait = waitReadable(p.rc)
+		err = out.copy(p.st, p.c)
+	}
+	p.st.Close() // FIN to the peer, also after an error: it then sees EOF
+	if err != nil {
+		p.c.Close()
+	}
+	p.ended()
+}
+
+// park hands the quiet local side to the parker; false when it cannot.
+func (p *pipe) park() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	id, err := p.a.parker.park(p.rc, p, p.attached)
+	if err != nil {
+		p.a.log.WithError(err).Debug("cannot park an idle connection; it keeps its goroutine")
+		return false
+	}
+	p.parked, p.parkID, p.attached = true, id, true
+	return true
+}
+
+// unpark is the parker's call when the local side has something to read
+// (data, EOF or an error): toPeer runs again.
+func (p *pipe) unpark() {
+	p.mu.Lock()
+	ok := p.parked
+	p.parked = false
+	p.mu.Unlock()
+	if ok {
+		p.a.spawn(p.toPeer)
+	}
+}
+
+// abort ends the local connection from the other direction (or as the
+// agent stops); a parked local -> peer direction ends with it.
+func (p *pipe) abort() {
+	p.mu.Lock()
+	wasParked := p.parked
+	p.parked = false
+	if wasParked {
+		p.a.parker.cancel(p.parkID)
+	}
+	p.mu.Unlock()
+	p.c.Close()
+	if wasParked {
+		p.st.Close()
+		p.ended()
+	}
+}
+
+// ended is called once per direction; the last one closes up.
+func (p *pipe) ended() {
+	if p.running.Add(-1) > 0 {
+		return
+	}
+	p.c.Close()
+	for _, k := range p.cs {
+		k.streams.Add(-1)
+	}
 }
 
 // A copier moves one direction of a pipe and keeps the counters current
@@ -74,17 +182,15 @@ type copier struct {
 	cs   []*counters
 	in   bool
 	bufs *sync.Pool
-	// wait blocks until src has something to read (or the error a read
-	// would return), taking nothing; nil when src cannot wait that way,
-	// and then a buffer is held across the blocking read.
+	// wait blocks until src has something to read (or returns the error a
+	// read would, or errQuiet), taking nothing; nil when src cannot wait
+	// that way, and then a buffer is held across the blocking read.
 	wait func() error
 }
 
 func (k *copier) copy(dst io.Writer, src io.Reader) error {
-	full := false
 	for {
-		// After a full read more is likely queued: read on without waiting.
-		if k.wait != nil && !full {
+		if k.wait != nil {
 			if err := k.wait(); err == io.EOF {
 				return nil
 			} else if err != nil {
@@ -98,7 +204,6 @@ func (k *copier) copy(dst io.Writer, src io.Reader) error {
 			_, werr = dst.Write((*bp)[:n])
 			k.count(n)
 		}
-		full = n == len(*bp)
 		k.bufs.Put(bp)
 		switch {
 		case werr != nil:
@@ -119,18 +224,4 @@ func (k *copier) count(n int) {
 			c.bytesOut.Add(int64(n))
 		}
 	}
-}
-
-// readWaiter returns a wait for c's readability, or nil when c has no file
-// descriptor to wait on.
-func readWaiter(c net.Conn) func() error {
-	sc, ok := c.(syscall.Conn)
-	if !ok {
-		return nil
-	}
-	rc, err := sc.SyscallConn()
-	if err != nil {
-		return nil
-	}
-	return waitReadable(rc)
 }

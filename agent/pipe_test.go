@@ -1,0 +1,210 @@
+package agent
+
+import (
+	"io"
+	"net"
+	"runtime"
+	"testing"
+	"time"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/peerport/peerport/mux"
+)
+
+// pipeWorld is one forwarded connection: app <-> local TCP conn <-> pipe
+// <-> stream over a mux session on loopback <-> peer.
+type pipeWorld struct {
+	a     *Agent
+	stats counters
+	app   net.Conn    // the application's end of the local connection
+	peer  *mux.Stream // the far end of the stream
+	sess  [2]*mux.Session
+}
+
+func tcpPair(t *testing.T) (net.Conn, net.Conn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, _ := ln.Accept()
+		accepted <- c
+	}()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := <-accepted
+	if s == nil {
+		t.Fatal("accept failed")
+	}
+	return c, s
+}
+
+func newPipeWorld(t *testing.T) *pipeWorld {
+	t.Helper()
+	log := logrus.New()
+	log.SetOutput(io.Discard)
+	w := &pipeWorld{a: &Agent{log: log}}
+	w.a.parker.spawn = w.a.spawn
+	c1, c2 := tcpPair(t)
+	var err error
+	if w.sess[0], err = mux.Client(c1, log); err != nil {
+		t.Fatal(err)
+	}
+	if w.sess[1], err = mux.Server(c2, log); err != nil {
+		t.Fatal(err)
+	}
+	st, err := w.sess[0].OpenStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.Write([]byte{0}) // the SYN goes with it
+	if w.peer, err = w.sess[1].AcceptStream(); err != nil {
+		t.Fatal(err)
+	}
+	w.peer.Read(make([]byte, 1))
+	var local net.Conn
+	w.app, local = tcpPair(t)
+	w.a.pipe(st, local, &w.stats)
+	t.Cleanup(func() {
+		w.app.Close()
+		w.sess[0].Close()
+		w.sess[1].Close()
+		w.a.parker.close()
+		w.a.wg.Wait()
+	})
+	return w
+}
+
+// roundTrip sends msg both ways through the pipe.
+func (w *pipeWorld) roundTrip(t *testing.T, msg string) {
+	t.Helper()
+	if _, err := io.WriteString(w.app, msg); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, len(msg))
+	if _, err := io.ReadFull(w.peer, got); err != nil || string(got) != msg {
+		t.Fatalf("peer got %q, %v", got, err)
+	}
+	if _, err := io.WriteString(w.peer, msg); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(w.app, got); err != nil || string(got) != msg {
+		t.Fatalf("app got %q, %v", got, err)
+	}
+}
+
+func (w *pipeWorld) parked() int {
+	w.a.parker.mu.Lock()
+	defer w.a.parker.mu.Unlock()
+	return len(w.a.parker.parked)
+}
+
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); !cond(); {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting: %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func quickPark(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("the parker is Linux only")
+	}
+	old := parkAfter
+	parkAfter = 50 * time.Millisecond
+	t.Cleanup(func() { parkAfter = old })
+}
+
+// TestPipeParks: a quiet local side is parked (no goroutine waits on it),
+// wakes for the next bytes, parks again, and its EOF still reaches the
+// peer from the parked state.
+func TestPipeParks(t *testing.T) {
+	quickPark(t)
+	w := newPipeWorld(t)
+	w.roundTrip(t, "hello")
+	eventually(t, "parked", func() bool { return w.parked() == 1 })
+	w.roundTrip(t, "again") // woken by the bytes
+	eventually(t, "parked again", func() bool { return w.parked() == 1 })
+	w.roundTrip(t, "and again")
+	eventually(t, "parked a third time", func() bool { return w.parked() == 1 })
+
+	w.app.(*net.TCPConn).CloseWrite()
+	if b, err := io.ReadAll(w.peer); err != nil || len(b) != 0 {
+		t.Fatalf("peer read %q, %v; want EOF", b, err)
+	}
+	w.peer.Close()
+	if b, err := io.ReadAll(w.app); err != nil || len(b) != 0 {
+		t.Fatalf("app read %q, %v; want EOF", b, err)
+	}
+	eventually(t, "pipe ended", func() bool { return w.stats.streams.Load() == 0 })
+	if n := w.parked(); n != 0 {
+		t.Fatalf("%d connections still parked", n)
+	}
+}
+
+// TestPipeAbortParked: when the session dies while the local side is
+// parked, the local connection is closed and the pipe ends.
+func TestPipeAbortParked(t *testing.T) {
+	quickPark(t)
+	w := newPipeWorld(t)
+	w.roundTrip(t, "x")
+	eventually(t, "parked", func() bool { return w.parked() == 1 })
+	w.sess[1].Close()
+	w.app.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.ReadAll(w.app); err != nil {
+		t.Fatalf("app read: %v; want the connection closed", err)
+	}
+	eventually(t, "pipe ended", func() bool { return w.stats.streams.Load() == 0 && w.parked() == 0 })
+}
+
+// TestPipeStopParked: an agent stopping closes parked connections.
+func TestPipeStopParked(t *testing.T) {
+	quickPark(t)
+	w := newPipeWorld(t)
+	w.roundTrip(t, "x")
+	eventually(t, "parked", func() bool { return w.parked() == 1 })
+	w.a.parker.close()
+	w.app.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.ReadAll(w.app); err != nil {
+		t.Fatalf("app read: %v; want the connection closed", err)
+	}
+	w.sess[0].Close() // what the agent's closeSessions does
+	eventually(t, "pipe ended", func() bool { return w.stats.streams.Load() == 0 })
+}
+
+// TestPipeBulk: 32 MiB each way at once, through parking and waking.
+func TestPipeBulk(t *testing.T) {
+	quickPark(t)
+	w := newPipeWorld(t)
+	const size = 32 << 20
+	errc := make(chan error, 2)
+	go func() {
+		_, err := w.app.Write(make([]byte, size))
+		w.app.(*net.TCPConn).CloseWrite()
+		errc <- err
+	}()
+	go func() {
+		n, err := io.Copy(io.Discard, w.peer)
+		if err == nil && n != size {
+			err = io.ErrUnexpectedEOF
+		}
+		errc <- err
+	}()
+	for range 2 {
+		if err := <-errc; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if in, out := w.stats.bytesIn.Load(), w.stats.bytesOut.Load(); out != size || in != 0 {
+		t.Fatalf("counted in %d out %d, want 0 and %d", in, out, size)
+	}
+}
