@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"errors"
 	"fmt"
 	"os"
 	"sync"
@@ -31,8 +30,6 @@ type parker struct {
 	next   uint64
 	parked map[uint64]*pipe
 }
-
-var errParkerClosed = errors.New("parker closed")
 
 // available starts the parker on first use and tells whether it runs.
 func (k *parker) available() bool {
@@ -74,8 +71,11 @@ func (k *parker) start() {
 func (k *parker) park(rc syscall.RawConn, p *pipe, attached bool) (uint64, error) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	if k.closed || k.err != nil {
+	switch {
+	case k.closed:
 		return 0, errParkerClosed
+	case k.err != nil:
+		return 0, k.err
 	}
 	k.next++
 	id := k.next
@@ -134,6 +134,13 @@ func (k *parker) loop() {
 			return // closed: the agent stops
 		}
 	}
+}
+
+// count is the number of connections parked now.
+func (k *parker) count() int {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return len(k.parked)
 }
 
 // close ends every parked connection and the loop.

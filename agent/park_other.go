@@ -16,4 +16,5 @@ func (k *parker) park(syscall.RawConn, *pipe, bool) (uint64, error) {
 	return 0, errors.ErrUnsupported
 }
 func (k *parker) cancel(uint64) {}
+func (k *parker) count() int    { return 0 }
 func (k *parker) close()        {}

@@ -32,8 +32,12 @@ func bufPool(size int) *sync.Pool {
 // its goroutine gives way to the agent's parker (a variable for tests).
 var parkAfter = time.Second
 
-// errQuiet ends a copy whose source stayed quiet for parkAfter.
-var errQuiet = errors.New("quiet")
+var (
+	// errQuiet ends a copy whose source stayed quiet for parkAfter.
+	errQuiet = errors.New("quiet")
+	// errParkerClosed: the agent is stopping.
+	errParkerClosed = errors.New("agent stopping")
+)
 
 // A pipe copies both ways between a stream and a local TCP connection until
 // both directions ended, carrying a half-close across (a stream's Close is a
@@ -108,12 +112,17 @@ func (p *pipe) toPeer() {
 		}
 	}
 	err := out.copy(p.st, p.c)
-	if err == errQuiet && p.park() {
-		return
-	}
-	if err == errQuiet { // parking failed: wait here, as long as it takes
-		out.wait = waitReadable(p.rc)
-		err = out.copy(p.st, p.c)
+	if err == errQuiet {
+		switch perr := p.park(); {
+		case perr == nil:
+			return
+		case errors.Is(perr, errParkerClosed):
+			err = perr // the agent stops: so does this connection
+		default: // wait here, as long as it takes
+			p.a.log.WithError(perr).Debug("cannot park an idle connection; it keeps its goroutine")
+			out.wait = waitReadable(p.rc)
+			err = out.copy(p.st, p.c)
+		}
 	}
 	p.st.Close() // FIN to the peer, also after an error: it then sees EOF
 	if err != nil {
@@ -122,17 +131,16 @@ func (p *pipe) toPeer() {
 	p.ended()
 }
 
-// park hands the quiet local side to the parker; false when it cannot.
-func (p *pipe) park() bool {
+// park hands the quiet local side to the parker.
+func (p *pipe) park() error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	id, err := p.a.parker.park(p.rc, p, p.attached)
 	if err != nil {
-		p.a.log.WithError(err).Debug("cannot park an idle connection; it keeps its goroutine")
-		return false
+		return err
 	}
 	p.parked, p.parkID, p.attached = true, id, true
-	return true
+	return nil
 }
 
 // unpark is the parker's call when the local side has something to read

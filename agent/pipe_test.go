@@ -99,11 +99,7 @@ func (w *pipeWorld) roundTrip(t *testing.T, msg string) {
 	}
 }
 
-func (w *pipeWorld) parked() int {
-	w.a.parker.mu.Lock()
-	defer w.a.parker.mu.Unlock()
-	return len(w.a.parker.parked)
-}
+func (w *pipeWorld) parked() int { return w.a.parker.count() }
 
 func eventually(t *testing.T, what string, cond func() bool) {
 	t.Helper()
@@ -207,4 +203,19 @@ func TestPipeBulk(t *testing.T) {
 	if in, out := w.stats.bytesIn.Load(), w.stats.bytesOut.Load(); out != size || in != 0 {
 		t.Fatalf("counted in %d out %d, want 0 and %d", in, out, size)
 	}
+}
+
+// TestPipeStopWhileQuiet: as the agent stops, a connection whose peer side
+// already ended and whose local side goes quiet too late to be parked is
+// closed, not waited for forever (which would hold up the agent's exit).
+func TestPipeStopWhileQuiet(t *testing.T) {
+	quickPark(t)
+	w := newPipeWorld(t)
+	w.roundTrip(t, "x")
+	w.peer.Close() // the peer's FIN: peer -> local ends cleanly
+	if b, err := io.ReadAll(w.app); err != nil || len(b) != 0 {
+		t.Fatalf("app read %q, %v; want EOF", b, err)
+	}
+	w.a.parker.close()
+	eventually(t, "pipe ended", func() bool { return w.stats.streams.Load() == 0 })
 }
