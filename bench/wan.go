@@ -1,7 +1,8 @@
 package main
 
-// The wan part: throughput through the tunnel against raw TCP on the same
-// path, over the NAT lab's WAN link at 0, 20 and 50 ms RTT. The sharer is a
+// The wan part: throughput and 1-byte round trips through the tunnel
+// against raw TCP on the same path, over the NAT lab's WAN link at 0, 20
+// and 50 ms RTT. The sharer is a
 // public host so that raw TCP can reach it too: the connector, behind a
 // cone NAT, punches to it over the very links raw iperf3 crosses, and both
 // talk to one iperf3 server on the sharer's host.
@@ -20,16 +21,19 @@ const (
 	wanPart = "wan"
 	// wanBudget bounds the whole part, lab builds included.
 	wanBudget = 6 * time.Minute
-	// wanIperfPort is the iperf3 server on the sharer's host, all addresses;
-	// wanTunnelPort the connector's listener on its host.
-	wanIperfPort, wanTunnelPort = 5201, 15203
+	// wanIperfPort is the iperf3 server on the sharer's host, all
+	// addresses, wanEchoPort an echo server there; the connectors listen
+	// on wanTunnelPort and wanEchoTunnelPort on their host.
+	wanIperfPort, wanEchoPort, wanTunnelPort, wanEchoTunnelPort = 5201, 7007, 15203, 15204
+	// wanBlock is the round trips per block, alternating paths.
+	wanBlock = 50
 )
 
 func wanBench(ctx context.Context, bin binaries, tmp string, o options, r *Report) error {
 	ctx, cancel := context.WithTimeout(ctx, wanBudget)
 	defer cancel()
 	for _, rtt := range []int{0, 20, 50} {
-		if err := wanThroughput(ctx, bin, tmp, o, rtt, r); err != nil {
+		if err := wanRun(ctx, bin, tmp, o, rtt, r); err != nil {
 			return fmt.Errorf("%d ms: %w", rtt, err)
 		}
 	}
@@ -50,7 +54,8 @@ func wanTopology(rtt int) (natlab.Topology, error) {
 	return topo.WithLink("gw-b", link)
 }
 
-func wanThroughput(ctx context.Context, bin binaries, tmp string, o options, rtt int, r *Report) error {
+// wanRun builds the lab for one RTT and measures both.
+func wanRun(ctx context.Context, bin binaries, tmp string, o options, rtt int, r *Report) error {
 	topo, err := wanTopology(rtt)
 	if err != nil {
 		return err
@@ -60,6 +65,33 @@ func wanThroughput(ctx context.Context, bin binaries, tmp string, o options, rtt
 		return err
 	}
 	defer l.close()
+	if err := wanThroughput(ctx, l, o, rtt, r); err != nil {
+		return err
+	}
+	return wanLatency(ctx, l, rtt, r)
+}
+
+// connector starts an `agent connect` of ticket on host b, direct path,
+// listening on port there.
+func (l *punchLab) connector(name, ticket string, port int) (*natlab.Proc, error) {
+	p, err := l.lab.Host("b").StartCommand(l.ctx, natlab.Command{Path: l.bin.agent, Args: []string{"--state-dir", l.dir(name),
+		"connect", ticket, "--path", pathDirect, "--listen", "127.0.0.1:" + strconv.Itoa(port)}})
+	if err != nil {
+		return nil, err
+	}
+	if _, err := l.line(p, 30*time.Second); err != nil {
+		p.Stop()
+		return nil, err
+	}
+	return p, nil
+}
+
+func wanLink(rtt int) string {
+	return fmt.Sprintf("sharer public, connector behind a cone NAT, punched direct path; links of %v one-way delay on both uplinks "+
+		"(userspace, they cap the rate)", time.Duration(rtt)*time.Millisecond/4)
+}
+
+func wanThroughput(ctx context.Context, l *punchLab, o options, rtt int, r *Report) error {
 	a, b := l.lab.Host("a"), l.lab.Host("b")
 	srv, err := a.StartCommand(ctx, natlab.Command{Path: "iperf3", Args: []string{"-s", "-p", strconv.Itoa(wanIperfPort)}})
 	if err != nil {
@@ -70,15 +102,11 @@ func wanThroughput(ctx context.Context, bin binaries, tmp string, o options, rtt
 	if err != nil {
 		return err
 	}
-	con, err := b.StartCommand(ctx, natlab.Command{Path: l.bin.agent, Args: []string{"--state-dir", l.dir("iperf-connector"),
-		"connect", ticket, "--path", pathDirect, "--listen", "127.0.0.1:" + strconv.Itoa(wanTunnelPort)}})
+	con, err := l.connector("iperf-connector", ticket, wanTunnelPort)
 	if err != nil {
 		return err
 	}
 	defer con.Stop()
-	if _, err := l.line(con, 30*time.Second); err != nil {
-		return err
-	}
 	const raw, tunnel = "raw", "tunnel"
 	addr := map[string][2]string{
 		raw:    {a.IP().String(), strconv.Itoa(wanIperfPort)},
@@ -101,9 +129,59 @@ func wanThroughput(ctx context.Context, bin binaries, tmp string, o options, rtt
 	}
 	r.add(Figure{Part: wanPart, Name: fmt.Sprintf("iperf3 1 stream, WAN %d ms RTT", rtt), Value: median(rates[tunnel]), Unit: "Gbit/s",
 		Baseline: median(rates[raw]), BaseName: "raw TCP, same path", Target: target,
-		Note: fmt.Sprintf("sharer public, connector behind a cone NAT, punched direct path; links of %v one-way delay on both uplinks "+
-			"(userspace, they cap the rate); raw = iperf3 from the connector's host to the sharer's public address; "+
-			"median of %d interleaved rounds; tunnel %v raw %v", time.Duration(rtt)*time.Millisecond/4, o.rounds,
-			round2(rates[tunnel]), round2(rates[raw]))})
+		Note: fmt.Sprintf("%s; raw = iperf3 from the connector's host to the sharer's public address; "+
+			"median of %d interleaved rounds; tunnel %v raw %v", wanLink(rtt), o.rounds, round2(rates[tunnel]), round2(rates[raw]))})
+	return nil
+}
+
+// wanLatency: 1-byte round trips through the tunnel and to an echo server
+// on the sharer's public address, in alternating blocks.
+func wanLatency(ctx context.Context, l *punchLab, rtt int, r *Report) error {
+	a, b := l.lab.Host("a"), l.lab.Host("b")
+	ln, err := a.Listen("tcp", net.JoinHostPort(a.IP().String(), strconv.Itoa(wanEchoPort)))
+	if err != nil {
+		return err
+	}
+	defer ln.Close()
+	go echoServer(ln)
+	con, err := l.connector("echo-connector", l.ticket, wanEchoTunnelPort)
+	if err != nil {
+		return err
+	}
+	defer con.Stop()
+	pings := 400
+	if rtt >= 50 {
+		pings = 100 // 5 s a path at 50 ms
+	}
+	paths := []string{pathRaw, pathTunnel}
+	addrs := map[string]string{pathRaw: ln.Addr().String(), pathTunnel: net.JoinHostPort("127.0.0.1", strconv.Itoa(wanEchoTunnelPort))}
+	conns := map[string]net.Conn{}
+	for _, p := range paths {
+		c, err := b.Dial(ctx, "tcp", addrs[p])
+		if err != nil {
+			return fmt.Errorf("%s: %w", p, err)
+		}
+		defer c.Close()
+		if _, err := pingPong(c, 5); err != nil { // warm up: stream open, windows
+			return fmt.Errorf("%s: %w", p, err)
+		}
+		conns[p] = c
+	}
+	rtts := map[string][]time.Duration{}
+	for done := 0; done < pings; done += wanBlock {
+		for _, p := range paths {
+			d, err := pingPong(conns[p], min(wanBlock, pings-done))
+			if err != nil {
+				return fmt.Errorf("%s: %w", p, err)
+			}
+			rtts[p] = append(rtts[p], d...)
+		}
+	}
+	note := fmt.Sprintf("%s; 1-byte ping-pong, %d round trips a path in interleaved blocks of %d; raw = to an echo server on the sharer's public address",
+		wanLink(rtt), pings, wanBlock)
+	for _, q := range []float64{.5, .99} {
+		r.add(Figure{Part: wanPart, Name: fmt.Sprintf("round trip p%.0f, WAN %d ms RTT", q*100, rtt), Value: pct(rtts[pathTunnel], q) / 1000, Unit: "ms",
+			Baseline: pct(rtts[pathRaw], q) / 1000, BaseName: "raw TCP, same path", Note: note})
+	}
 	return nil
 }
