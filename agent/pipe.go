@@ -92,7 +92,10 @@ func (p *pipe) toLocal() {
 }
 
 // toPeer copies local -> peer until the local side ends, or parks it once
-// quiet; the parker starts toPeer again when there is more.
+// quiet; the parker starts toPeer again when there is more. It waits for
+// readability without a buffer even while active: blocking in Read with a
+// (small) buffer instead saved about 10 µs of a 220 µs round trip on
+// loopback but left 3-4 KiB more RSS per idle connection (bench memory).
 func (p *pipe) toPeer() {
 	out := copier{cs: p.cs, bufs: toPeerBufs}
 	canPark := p.rc != nil && p.a.parker.available()
