@@ -9,6 +9,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/peerport/peerport/internal/testutil"
 	"github.com/peerport/peerport/mux"
 )
 
@@ -22,36 +23,13 @@ type pipeWorld struct {
 	sess  [2]*mux.Session
 }
 
-func tcpPair(t *testing.T) (net.Conn, net.Conn) {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	accepted := make(chan net.Conn, 1)
-	go func() {
-		c, _ := ln.Accept()
-		accepted <- c
-	}()
-	c, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := <-accepted
-	if s == nil {
-		t.Fatal("accept failed")
-	}
-	return c, s
-}
-
 func newPipeWorld(t *testing.T) *pipeWorld {
 	t.Helper()
 	log := logrus.New()
 	log.SetOutput(io.Discard)
 	w := &pipeWorld{a: &Agent{log: log}}
 	w.a.parker.spawn = w.a.spawn
-	c1, c2 := tcpPair(t)
+	c1, c2 := testutil.TCPPair(t)
 	var err error
 	if w.sess[0], err = mux.Client(c1, log); err != nil {
 		t.Fatal(err)
@@ -69,7 +47,7 @@ func newPipeWorld(t *testing.T) *pipeWorld {
 	}
 	w.peer.Read(make([]byte, 1))
 	var local net.Conn
-	w.app, local = tcpPair(t)
+	w.app, local = testutil.TCPPair(t)
 	w.a.pipe(st, local, &w.stats)
 	t.Cleanup(func() {
 		w.app.Close()

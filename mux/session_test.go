@@ -16,6 +16,8 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/peerport/peerport/internal/secure"
+
+	"github.com/peerport/peerport/internal/testutil"
 )
 
 func testLog(t testing.TB) logrus.FieldLogger {
@@ -47,30 +49,7 @@ var transports = []struct {
 	{"tls", tlsPair},
 }
 
-func tcpPair(t testing.TB) (net.Conn, net.Conn) {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	type res struct {
-		c   net.Conn
-		err error
-	}
-	ch := make(chan res, 1)
-	go func() { c, err := ln.Accept(); ch <- res{c, err} }()
-	c, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := <-ch
-	if r.err != nil {
-		c.Close()
-		t.Fatal(r.err)
-	}
-	return c, r.c
-}
+func tcpPair(t testing.TB) (net.Conn, net.Conn) { return testutil.TCPPair(t) }
 
 func tlsPair(t testing.TB) (net.Conn, net.Conn) { return tlsOver(t, tcpPair) }
 

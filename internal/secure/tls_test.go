@@ -8,6 +8,8 @@ import (
 	"net"
 	"testing"
 	"time"
+
+	"github.com/peerport/peerport/internal/testutil"
 )
 
 // connPair returns two connected ends: over net.Pipe, or over loopback TCP.
@@ -15,30 +17,7 @@ type connPair func(t *testing.T) (net.Conn, net.Conn)
 
 func pipePair(*testing.T) (net.Conn, net.Conn) { return net.Pipe() }
 
-func tcpPair(t *testing.T) (net.Conn, net.Conn) {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	type res struct {
-		c   net.Conn
-		err error
-	}
-	ch := make(chan res, 1)
-	go func() { c, err := ln.Accept(); ch <- res{c, err} }()
-	c1, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := <-ch
-	if r.err != nil {
-		c1.Close()
-		t.Fatal(r.err)
-	}
-	return c1, r.c
-}
+func tcpPair(t *testing.T) (net.Conn, net.Conn) { return testutil.TCPPair(t) }
 
 // handshake runs a full TLS handshake between client and server and one
 // byte from server to client after it: in TLS 1.3 the client finishes before
