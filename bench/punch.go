@@ -39,7 +39,7 @@ const (
 // loopbackParts are the parts that need the loopback world (world.up).
 var loopbackParts = []string{"throughput", "latency", "connect", "memory", "mux", "broker"}
 
-// wantLab says whether a part that runs in the NAT lab (punch, relay)
+// wantLab says whether a part that runs in the NAT lab (punch, relay, wan)
 // runs: when asked for by name (then the lab must be available, else an
 // error in one line), or by default where the lab can run.
 func wantLab(o options, part string) (bool, error) {
@@ -495,12 +495,13 @@ func saveResults(path string, rep *Report) error {
 
 func punchSection(r *Report) string {
 	var b strings.Builder
-	b.WriteString(punchBegin + "\n## Hole punching and the relay in the NAT lab (`go run ./bench -only punch,relay`)\n\n")
+	b.WriteString(punchBegin + "\n## Hole punching, the relay and the WAN path in the NAT lab (`go run ./bench -only punch,relay,wan`)\n\n")
 	b.WriteString("Punch: cone-cone timing at 0 and 50 ms RTT, then every topology of the matrix several times\n" +
 		"(success = the expected outcome; run counts in the notes). Relay: the broker's TURN relay beside\n" +
 		"the punched path on the same cone-cone lab (connect time, iperf3), and symmetric-cone as users\n" +
-		"meet it. Needs root and the NAT lab; see bench/punch.go and bench/relay.go. Written by the last\n" +
-		"run that included a lab part.\n\n")
+		"meet it. WAN: the tunnel against raw TCP on the same public-cone path at 0, 20 and 50 ms RTT\n" +
+		"(iperf3, round trips). Needs root and the NAT lab; see bench/punch.go, relay.go and wan.go.\n" +
+		"Written by the last run that included a lab part.\n\n")
 	writeFigures(&b, r, false)
 	js, _ := json.MarshalIndent(r, "", "  ")
 	fmt.Fprintf(&b, "\n```json\n%s\n```\n%s\n", js, punchEnd)

@@ -27,7 +27,7 @@ func writeResults(path string, r *Report, js []byte) error {
 	var b strings.Builder
 	fmt.Fprintf(&b, "# Benchmark results\n\nLast run of `go run ./bench` (see bench/main.go for flags). Every figure is\n"+
 		"beside its baseline measured in the same run; compare ratios, not absolute values.\n"+
-		"Sections at the end, each kept by runs that do not write it: the NAT lab (punch, relay),\n"+
+		"Sections at the end, each kept by runs that do not write it: the NAT lab (punch, relay, wan),\n"+
 		"operations (ops), and history (earlier figures kept for comparison, by hand).\n\n")
 	writeFigures(&b, r, true)
 	fmt.Fprintf(&b, "\n```json\n%s\n```\n", js)
