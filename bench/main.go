@@ -6,6 +6,7 @@
 //	go run ./bench -only throughput,latency -rounds 5
 //	sudo go run ./bench -only punch  # hole punching in the NAT lab (root)
 //	sudo go run ./bench -only wan    # tunnel vs raw TCP over the lab's WAN link at 0/20/50 ms
+//	sudo go run ./bench -lab         # all NAT-lab parts: punch, relay, wan
 //	go run ./bench -only ops         # broker restarts, idle RSS of agent up (bench/ops.go)
 //
 // It builds the agent and broker (no -race), runs a broker, sharers and
@@ -60,6 +61,7 @@ func main() {
 	}
 	var o options
 	var only, streams, muxStreams string
+	var lab bool
 	flag.IntVar(&o.rounds, "rounds", 3, "interleaved rounds of each throughput figure (median reported)")
 	flag.IntVar(&o.seconds, "t", 4, "seconds per iperf3 run")
 	flag.IntVar(&o.pings, "pings", 4000, "1-byte round trips per latency figure")
@@ -68,12 +70,16 @@ func main() {
 	flag.IntVar(&o.brokerAgents, "broker-agents", 10000, "control clients registered at the broker")
 	flag.IntVar(&o.introSecs, "intro-seconds", 3, "seconds of sustained introductions")
 	flag.StringVar(&only, "only", "", "comma list of parts: throughput,latency,connect,memory,mux,broker,ops,punch,relay,wan (default all; punch, relay and wan only where the NAT lab can run)")
+	flag.BoolVar(&lab, "lab", false, "the NAT-lab parts only: -only punch,relay,wan (root)")
 	flag.IntVar(&o.punchRuns, "punch-runs", 20, "punch: cone-cone runs per WAN RTT")
 	flag.IntVar(&o.punchMatrixRuns, "punch-matrix-runs", 5, "punch: runs per topology of the success matrix")
 	flag.StringVar(&o.results, "results", "bench/RESULTS.md", "markdown file for the results (empty: none)")
 	flag.StringVar(&o.profileDir, "cpuprofile-dir", "", "write agent CPU profiles of the throughput runs here")
 	flag.Parse()
 	o.streams, o.muxStreams = ints(streams), ints(muxStreams)
+	if lab {
+		only = strings.Join([]string{punchPart, relayPart, wanPart}, ",")
+	}
 	if only != "" {
 		o.only = map[string]bool{}
 		for _, p := range strings.Split(only, ",") {
