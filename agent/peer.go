@@ -149,7 +149,7 @@ func (a *Agent) addSession(ps *peerSession) error {
 				old.log.Info("direct path up: new streams move to it; the relayed session closes once idle")
 				delete(a.sessions, k)
 			}
-			a.spawn(func() { old.retire(a.ctx) })
+			a.spawn(func() { old.sess.Retire(a.ctx) })
 		}
 	}
 	a.sessions[ps.key] = ps
@@ -174,10 +174,6 @@ func (a *Agent) removeSession(ps *peerSession) {
 	}
 	a.mu.Unlock()
 }
-
-// retire closes a replaced session once its last stream has ended, with
-// every byte delivered, or when the agent stops.
-func (ps *peerSession) retire(ctx context.Context) { ps.sess.Retire(ctx) }
 
 // closeSessions ends every session as the agent stops: those whose streams
 // are done deliver what is still queued (within sessionCloseWait); the
