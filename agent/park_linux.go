@@ -22,7 +22,8 @@ type parker struct {
 
 	once sync.Once
 	err  error
-	epfd *os.File
+	epfd *os.File // in the runtime's poller, for the loop
+	fd   int      // its number, for epoll_ctl while it is open
 	rc   syscall.RawConn
 
 	mu     sync.Mutex
@@ -49,6 +50,7 @@ func (k *parker) start() {
 		k.err = fmt.Errorf("epoll: %w", err)
 		return
 	}
+	k.fd = fd
 	k.epfd = os.NewFile(uintptr(fd), "parker-epoll")
 	if k.rc, k.err = k.epfd.SyscallConn(); k.err != nil {
 		k.epfd.Close()
@@ -86,7 +88,7 @@ func (k *parker) park(rc syscall.RawConn, p *pipe, attached bool) (uint64, error
 	}
 	var cerr error
 	// Control keeps the descriptor open (and its number ours) meanwhile.
-	if err := rc.Control(func(fd uintptr) { cerr = unix.EpollCtl(k.fd(), op, int(fd), &ev) }); err != nil {
+	if err := rc.Control(func(fd uintptr) { cerr = unix.EpollCtl(k.fd, op, int(fd), &ev) }); err != nil {
 		return 0, err
 	}
 	if cerr != nil {
@@ -95,9 +97,6 @@ func (k *parker) park(rc syscall.RawConn, p *pipe, attached bool) (uint64, error
 	k.parked[id] = p
 	return id, nil
 }
-
-// fd is the epoll descriptor; the caller holds k.mu, so it is open.
-func (k *parker) fd() int { return int(k.epfd.Fd()) }
 
 // cancel forgets a registration whose connection is being closed (closing
 // it removes it from the epoll set).
