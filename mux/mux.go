@@ -221,10 +221,15 @@ func (s *Session) Close() error { return s.ys.Close() }
 // writes return before the frame is written), and waits, up to
 // RetireTimeout, for the peer to close the session on reading it.
 func (s *Session) Retire(ctx context.Context) {
-	defer s.Close()
-	if s.retiring.Swap(true) {
+	if s.retiring.Swap(true) { // retiring already: wait for that one
+		select {
+		case <-ctx.Done():
+			s.Close()
+		case <-s.CloseChan():
+		}
 		return
 	}
+	defer s.Close()
 	t := time.NewTicker(retirePoll)
 	defer t.Stop()
 	for s.ys.NumStreams() > 0 {
