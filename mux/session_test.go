@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"sync"
 	"testing"
 	"time"
 
@@ -192,13 +193,22 @@ func TestSessionManyStreams(t *testing.T) {
 		t.Run(tr.name, func(t *testing.T) {
 			client, server := sessions(t, tr.pair)
 			const streams, size = 16, 64 << 10
+			// The sharer's goroutines end before the test does: a later
+			// test sets closeTimeout, which their Close reads.
+			var served sync.WaitGroup
+			defer served.Wait()
+			defer server.Close()
+			served.Add(1)
 			go func() {
+				defer served.Done()
 				for {
 					st, err := server.AcceptStream()
 					if err != nil {
 						return // session closed
 					}
+					served.Add(1)
 					go func() {
+						defer served.Done()
 						defer st.Close()
 						h, err := ReadHeader(st)
 						if err != nil {
@@ -231,7 +241,9 @@ func TestSessionManyStreams(t *testing.T) {
 							return err
 						}
 						want := bytes.Repeat([]byte{byte(i)}, size)
-						go func() { st.Write(want); st.Close() }()
+						wrote := make(chan struct{})
+						go func() { st.Write(want); st.Close(); close(wrote) }()
+						defer func() { <-wrote }()
 						got, err := io.ReadAll(st)
 						if err != nil {
 							return err
