@@ -106,11 +106,14 @@ func TestRetireWaitsForStreams(t *testing.T) {
 	time.Sleep(3 * retirePoll)
 	// Still up: an echo on the open stream.
 	buf := make([]byte, 2)
+	echoed := make(chan struct{})
 	go func() {
-		io.ReadFull(peer, buf[:1])
+		defer close(echoed)
+		io.ReadFull(peer, make([]byte, 1))
 		peer.Write([]byte("b"))
 		peer.Close()
 	}()
+	defer func() { <-echoed }() // its Close reads closeTimeout, which other tests set
 	if _, err := io.ReadFull(st, buf[:1]); err != nil || buf[0] != 'b' {
 		t.Fatalf("stream of a retiring session: %q, %v", buf[:1], err)
 	}
