@@ -98,8 +98,11 @@ type PeerStatus struct {
 	Pair      CandidatePair `json:"candidate_pair"`
 	LocalNAT  string        `json:"nat"`      // this side's NAT type when the path was made
 	PeerNAT   string        `json:"peer_nat"` // the peer's, as it reported
-	// Relay is the relayed address on the TURN server when Path is
-	// "relay"; RelayedBytes what passed it both ways, TLS included.
+	// RelayKind says which relay carries a "relay" path: "turn" (the TURN
+	// relay, RFC 6062) or "broker" (the broker relay on the broker's own
+	// port). Relay is the relayed address on the TURN server, or the
+	// broker's address; RelayedBytes what passed it both ways, TLS included.
+	RelayKind    string `json:"relay_kind,omitempty"`
 	Relay        string `json:"relay,omitempty"`
 	RelayedBytes int64  `json:"relayed_bytes,omitempty"`
 }
@@ -142,7 +145,7 @@ func (a *Agent) Status() AgentStatus {
 			relayed = ps.relayed.Load()
 		}
 		st.Peers = append(st.Peers, PeerStatus{Peer: ps.key.peer.String(), Role: ps.key.role, Path: ps.key.path,
-			Relay: ps.relay, RelayedBytes: relayed,
+			RelayKind: ps.relayKind, Relay: ps.relay, RelayedBytes: relayed,
 			Remote: ps.tls.RemoteAddr().String(), Local: ps.tls.LocalAddr().String(),
 			RTTMillis: millis(time.Duration(ps.rtt.Load())), Streams: ps.sess.NumStreams(),
 			BytesIn: ps.stats.bytesIn.Load(), BytesOut: ps.stats.bytesOut.Load(), Since: ps.since,

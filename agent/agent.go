@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
@@ -39,7 +40,7 @@ type ShareSpec struct {
 	Name   string
 	Target string // host:port
 	Allow  []secure.AgentID
-	Path   string // PathAuto (or empty), PathDirect or PathRelay
+	Path   string // a path policy: PathAuto (or empty), PathDirect, PathRelay, PathTURN or PathBroker
 }
 
 // ConnectSpec declares a forward to a share: by ticket, or by peer ID and
@@ -49,7 +50,7 @@ type ConnectSpec struct {
 	Peer   secure.AgentID
 	Share  string
 	Listen string // host:port; "" picks 127.0.0.1:<target port>, or a free port
-	Path   string // PathAuto (or empty), PathDirect or PathRelay
+	Path   string // a path policy, as ShareSpec's
 }
 
 // key identifies a forward across reloads: the same ticket (or peer and
@@ -91,6 +92,10 @@ type Options struct {
 	// TURN, when set, is the relay this agent's shares allocate on instead
 	// of the broker's.
 	TURN *TURNServer
+	// Proxy is the HTTP CONNECT proxy every connection to a broker goes
+	// through (control and broker relay); nil: HTTPS_PROXY / ALL_PROXY /
+	// NO_PROXY from the environment decide.
+	Proxy *url.URL
 	// KeepGoing makes a forward that fails for good (its ticket refused)
 	// stop alone, reported in status, instead of ending the agent: for
 	// agent up, where one bad entry must not take the others down.
@@ -112,6 +117,8 @@ type Agent struct {
 	id   *secure.Identity
 	log  logrus.FieldLogger
 
+	dialer   *brokerDialer
+	paths    paths
 	started  time.Time
 	stats    counters // every forwarded connection, for drain and status
 	parker   parker   // the local sides of idle connections
@@ -165,6 +172,8 @@ func New(opts Options) (*Agent, error) {
 		dialing:  map[secure.AgentID]*dialCall{},
 	}
 	a.parker.spawn = a.spawn
+	a.dialer = newBrokerDialer(opts.Identity, opts.Proxy)
+	a.paths = newPaths(a)
 	return a, nil
 }
 
@@ -510,17 +519,21 @@ func (a *Agent) onIntro(ctx context.Context, b *brokerClient, in *proto.Intro) *
 		n, _ := strconv.ParseUint(p, 10, 16)
 		rep.Port = uint16(n)
 	}
+	p := a.paths.byWire(in.Path)
 	switch {
-	case in.Path == proto.PathRelay && s.Path == PathDirect:
-		rep.Code, rep.Message = proto.CodeRefused, "share "+in.Share+" takes direct connections only"
-		log.Info("relay introduction refused: the share takes direct connections only")
+	case p == nil:
+		rep.Code, rep.Message = proto.CodeBadRequest, "unknown path "+in.Path
 		return rep
-	case in.Path == proto.PathRelay:
-		a.relayForIntro(ctx, b, in, connector, rep)
-	case len(in.Candidates) > 0 && s.Path == PathRelay:
+	case isRelay(in.Path) && !allows(s.Path, in.Path):
+		rep.Code, rep.Message = proto.CodeRefused, "share "+in.Share+" does not take this path (its policy: "+s.Path+")"
+		log.WithField("policy", s.Path).Info("relay introduction refused by the share's path policy")
+		return rep
+	case isRelay(in.Path):
+		p.answer(ctx, b, in, connector, rep)
+	case len(in.Candidates) > 0 && !allows(s.Path, in.Path):
 		rep.Path = proto.PathRelay // no punch: ask the connector for a relay introduction
 	case len(in.Candidates) > 0:
-		a.punchForIntro(ctx, b, in, connector, rep)
+		p.answer(ctx, b, in, connector, rep)
 	}
 	log.WithFields(logrus.Fields{"candidates": len(rep.Candidates), "peer_nat": natType(in.NAT), "path": in.Path}).Info("introduced")
 	return rep

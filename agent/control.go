@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/url"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -15,6 +16,7 @@ import (
 	"github.com/peerport/peerport/internal/backoff"
 	"github.com/peerport/peerport/internal/nat"
 	"github.com/peerport/peerport/internal/proto"
+	"github.com/peerport/peerport/internal/proxy"
 	"github.com/peerport/peerport/internal/secure"
 )
 
@@ -60,6 +62,7 @@ func remoteErr(code, msg string) error {
 // controlConn is one established control session.
 type controlConn struct {
 	conn     *tls.Conn
+	via      string // the proxy it goes through, redacted; "" when direct
 	welcome  *proto.Welcome
 	log      logrus.FieldLogger
 	onIntro  func(*proto.Intro) *proto.IntroReply
@@ -73,23 +76,51 @@ type controlConn struct {
 	err      error // set before done is closed
 }
 
-// dialControl connects, authenticates and reads the Welcome.
-func dialControl(ctx context.Context, id *secure.Identity, u secure.BrokerURL, log logrus.FieldLogger) (*controlConn, error) {
-	cfg, err := secure.ControlClientConfig(id, u.Pin)
+// brokerDialer is how this agent reaches brokers: TCP directly or through
+// an HTTP CONNECT proxy, then TLS with the agent's identity, verifying the
+// broker by its pin or, for a pin-less URL, by its certificate chain.
+type brokerDialer struct {
+	id    *secure.Identity
+	proxy proxy.Dialer
+}
+
+func newBrokerDialer(id *secure.Identity, proxyURL *url.URL) *brokerDialer {
+	return &brokerDialer{id: id, proxy: proxy.Dialer{
+		Config:  proxy.Config{URL: proxyURL},
+		Forward: &net.Dialer{Timeout: controlDialTimeout, KeepAlive: 15 * time.Second},
+	}}
+}
+
+// dial opens a TLS connection to the broker of u speaking alpn: the control
+// channel or a broker relay connection.
+func (d *brokerDialer) dial(ctx context.Context, u secure.BrokerURL, alpn string) (*tls.Conn, error) {
+	cfg, err := secure.BrokerClientConfig(d.id, u, alpn)
 	if err != nil {
 		return nil, err
 	}
-	d := net.Dialer{Timeout: controlDialTimeout, KeepAlive: 15 * time.Second}
-	raw, err := d.DialContext(ctx, "tcp", u.Addr)
+	cfg.NextProtos = []string{alpn}
+	dctx, cancel := context.WithTimeout(ctx, controlDialTimeout)
+	defer cancel()
+	raw, err := d.proxy.DialContext(dctx, "tcp", u.Addr)
 	if err != nil {
 		return nil, fmt.Errorf("dial broker %s: %w", u.Addr, err)
 	}
 	conn := tls.Client(raw, cfg)
-	hctx, cancel := context.WithTimeout(ctx, controlDialTimeout)
-	defer cancel()
-	if err := conn.HandshakeContext(hctx); err != nil {
+	if err := conn.HandshakeContext(dctx); err != nil {
 		raw.Close()
+		if errors.Is(err, secure.ErrUntrustedBroker) {
+			return nil, err // already names the broker, and says what to do
+		}
 		return nil, fmt.Errorf("broker %s: tls: %w", u.Addr, err)
+	}
+	return conn, nil
+}
+
+// dialControl connects, authenticates and reads the Welcome.
+func dialControl(ctx context.Context, d *brokerDialer, u secure.BrokerURL, log logrus.FieldLogger) (*controlConn, error) {
+	conn, err := d.dial(ctx, u, secure.ALPNControl)
+	if err != nil {
+		return nil, err
 	}
 	conn.SetDeadline(time.Now().Add(controlDialTimeout))
 	start := time.Now()
@@ -103,7 +134,7 @@ func dialControl(ctx context.Context, id *secure.Identity, u secure.BrokerURL, l
 		return nil, fmt.Errorf("broker %s: hello: %w", u.Addr, err)
 	}
 	conn.SetDeadline(time.Time{})
-	c := &controlConn{conn: conn, log: log, waiters: map[uint64]chan proto.Message{}, done: make(chan struct{})}
+	c := &controlConn{conn: conn, via: proxy.Via(conn.NetConn()), log: log, waiters: map[uint64]chan proto.Message{}, done: make(chan struct{})}
 	c.rtt.Store(int64(time.Since(start)))
 	switch m := m.(type) {
 	case *proto.Welcome:
@@ -306,7 +337,7 @@ func newBrokerClient(a *Agent, u secure.BrokerURL) *brokerClient {
 func (b *brokerClient) run(ctx context.Context) error {
 	bo := backoff.Backoff{Base: 500 * time.Millisecond, Cap: 30 * time.Second, Stable: time.Minute}
 	for ctx.Err() == nil {
-		c, err := dialControl(ctx, b.agent.id, b.url, b.log)
+		c, err := dialControl(ctx, b.agent.dialer, b.url, b.log)
 		if err == nil {
 			c.onIntro = func(in *proto.Intro) *proto.IntroReply { return b.agent.onIntro(ctx, b, in) }
 			err = b.session(ctx, c, &bo)
@@ -316,7 +347,7 @@ func (b *brokerClient) run(ctx context.Context) error {
 		}
 		b.mu.Lock()
 		b.lastErr = err
-		if errors.Is(err, ErrUnauthorized) || errors.Is(err, secure.ErrPinMismatch) {
+		if errors.Is(err, ErrUnauthorized) || errors.Is(err, secure.ErrPinMismatch) || errors.Is(err, secure.ErrUntrustedBroker) {
 			b.fatal = err
 			close(b.up) // wake waiters; they see fatal
 			b.mu.Unlock()
@@ -346,7 +377,11 @@ func (b *brokerClient) session(ctx context.Context, c *controlConn, bo *backoff.
 		b.agent.announce(s)
 	}
 	bo.Connected(time.Now())
-	b.log.WithField("observed", c.welcome.Observed).Info("connected to broker")
+	l := b.log.WithField("observed", c.welcome.Observed)
+	if c.via != "" {
+		l = l.WithField("proxy", c.via)
+	}
+	l.Info("connected to broker")
 	dctx, stopDiscover := context.WithCancel(ctx)
 	discovered := make(chan struct{})
 	scanned := make(chan struct{})

@@ -260,12 +260,8 @@ func (f *forward) keep(ctx context.Context) {
 // dialer makes this forward's peer channel; port, when set, receives the
 // share's port from the introduction.
 func (f *forward) dialer(port *atomic.Uint32) dialFunc {
-	return func(ctx context.Context, path string) (*secure.Conn, outcome, error) {
-		dial := f.a.dialSharer
-		if path == PathRelay {
-			dial = f.a.dialRelay
-		}
-		c, out, rep, err := dial(ctx, f.broker(), f.peer, f.intro)
+	return func(ctx context.Context, p path, hurry func()) (net.Conn, outcome, error) {
+		c, out, rep, err := p.dial(ctx, f.broker(), f.peer, f.intro, hurry)
 		if rep != nil && port != nil {
 			port.Store(uint32(rep.Port))
 		}

@@ -4,13 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
 
 	"github.com/sirupsen/logrus"
 
-	"github.com/peerport/peerport/internal/nat"
 	"github.com/peerport/peerport/internal/secure"
 )
 
@@ -19,8 +19,9 @@ const BrokerFile = "broker.url"
 
 // Login checks that the broker at u accepts this agent's token, so a wrong
 // URL fails now and not at the first share.
-func Login(ctx context.Context, id *secure.Identity, u secure.BrokerURL, log logrus.FieldLogger) error {
-	c, err := dialControl(ctx, id, u, log)
+// proxyURL is the HTTP CONNECT proxy to go through; nil: the environment's.
+func Login(ctx context.Context, id *secure.Identity, u secure.BrokerURL, proxyURL *url.URL, log logrus.FieldLogger) error {
+	c, err := dialControl(ctx, newBrokerDialer(id, proxyURL), u, log)
 	if err != nil {
 		return err
 	}
@@ -49,19 +50,4 @@ func LoadBroker(stateDir string) (*secure.BrokerURL, error) {
 		return nil, fmt.Errorf("saved broker URL in %s: %w; run `agent login` again", stateDir, err)
 	}
 	return &u, nil
-}
-
-// Netcheck reports the NAT behaviour seen from here, measured against the
-// STUN servers of the broker at u.
-func Netcheck(ctx context.Context, id *secure.Identity, u secure.BrokerURL, log logrus.FieldLogger) (*nat.Report, error) {
-	c, err := dialControl(ctx, id, u, log)
-	if err != nil {
-		return nil, err
-	}
-	c.conn.Close()
-	primary, alt := stunPair(stunServers(c.welcome.STUN, u.Addr))
-	if primary == "" {
-		return nil, fmt.Errorf("broker %s offers no STUN server; netcheck needs one (broker STUN ports 3478/3479)", u.Addr)
-	}
-	return nat.Discover(ctx, nat.Options{Server: primary, Alternate: alt, Timeout: stunTimeout})
 }

@@ -42,21 +42,22 @@ type sessionKey struct {
 
 // peerSession is one TLS peer channel with its yamux session.
 type peerSession struct {
-	key      sessionKey
-	sess     *mux.Session
-	tls      *secure.Conn
-	state    tls.ConnectionState
-	log      logrus.FieldLogger
-	since    time.Time
-	punch    time.Duration
-	attempts int
-	pair     CandidatePair
-	localNAT string
-	peerNAT  string
-	relay    string        // the relayed address, on the relay path
-	relayed  *atomic.Int64 // bytes through the relay; nil on the direct path
-	rtt      atomic.Int64
-	stats    counters
+	key       sessionKey
+	sess      *mux.Session
+	tls       *secure.Conn
+	state     tls.ConnectionState
+	log       logrus.FieldLogger
+	since     time.Time
+	punch     time.Duration
+	attempts  int
+	pair      CandidatePair
+	localNAT  string
+	peerNAT   string
+	relay     string        // the relay's address, on the relay path
+	relayKind string        // RelayTURN or RelayBroker, on the relay path
+	relayed   *atomic.Int64 // bytes through the relay; nil on the direct path
+	rtt       atomic.Int64
+	stats     counters
 
 	proofMu sync.Mutex
 	proofs  map[string][]byte // per share, connector side
@@ -201,7 +202,7 @@ func (a *Agent) closeSessions() {
 // setOutcome records how the path was made.
 func (ps *peerSession) setOutcome(out outcome) {
 	ps.localNAT, ps.peerNAT = out.localNAT, out.peerNAT
-	ps.relay, ps.relayed = out.relay, out.relayed
+	ps.relay, ps.relayed, ps.relayKind = out.relay, out.relayed, out.relayKind
 	if r := out.res; r != nil {
 		ps.punch, ps.attempts = r.Elapsed, r.Attempts
 		ps.pair = CandidatePair{Local: r.Local.String(), Remote: r.Remote.String(), Kind: string(r.Candidate.Kind)}
@@ -271,9 +272,9 @@ type dialCall struct {
 	err  error
 }
 
-// dialFunc makes a peer channel to a sharer over one path: introduction,
-// then punch or relay, then TLS.
-type dialFunc func(ctx context.Context, path string) (*secure.Conn, outcome, error)
+// dialFunc makes a connection to a sharer over one path: introduction,
+// then punch or relay. The race runs TLS over the one it keeps.
+type dialFunc func(ctx context.Context, p path, hurry func()) (net.Conn, outcome, error)
 
 // session returns the live session to sharer, dialing once when there is
 // none; concurrent callers share that one dial. policy is PathAuto,
@@ -324,7 +325,7 @@ func (a *Agent) startConnectorSession(ctx context.Context, sharer secure.AgentID
 		return nil, err
 	}
 	ps.log.WithFields(logrus.Fields{"punch_ms": ps.punch.Milliseconds(), "candidate": ps.pair.Kind, "attempts": ps.attempts,
-		"nat": ps.localNAT, "peer_nat": ps.peerNAT, "relay": ps.relay}).Info("peer session up")
+		"nat": ps.localNAT, "peer_nat": ps.peerNAT, "relay": ps.relay, "relay_kind": ps.relayKind}).Info("peer session up")
 	a.spawn(func() { ps.keepRTT(ctx) })
 	a.spawn(func() {
 		<-ps.sess.CloseChan()

@@ -17,6 +17,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -71,16 +72,25 @@ type punchLab struct {
 	url    string // the broker's
 	ticket string
 	echo   net.Listener
+	broker *natlab.Proc
+	port   int // the broker's
 }
 
+func (l *punchLab) brokerPID() int { return l.broker.Pid() }
+
 func newPunchLab(ctx context.Context, bin binaries, tmp string, topo natlab.Topology) (*punchLab, error) {
+	return newPunchLabOn(ctx, bin, tmp, topo, 7000)
+}
+
+// newPunchLabOn is newPunchLab with the broker on port.
+func newPunchLabOn(ctx context.Context, bin binaries, tmp string, topo natlab.Topology, port int) (*punchLab, error) {
 	bctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
 	lab, err := natlab.Build(bctx, topo)
 	if err != nil {
 		return nil, err
 	}
-	l := &punchLab{ctx: ctx, bin: bin, tmp: filepath.Join(tmp, "lab-"+topo.Name), name: topo.Name, lab: lab}
+	l := &punchLab{ctx: ctx, bin: bin, tmp: filepath.Join(tmp, "lab-"+topo.Name), name: topo.Name, lab: lab, port: port}
 	if err := l.start(); err != nil {
 		l.close()
 		return nil, fmt.Errorf("lab %s: %w", topo.Name, err)
@@ -97,7 +107,7 @@ func (l *punchLab) dir(name string) string {
 func (l *punchLab) start() error {
 	br := l.lab.Host("broker")
 	bp, err := br.StartCommand(l.ctx, natlab.Command{Path: l.bin.broker, Args: []string{"--state-dir", l.dir("broker"),
-		"--public-addr", br.IP().String(), "--listen", ":7000", "--log-level", "warn"}})
+		"--public-addr", br.IP().String(), "--listen", ":" + strconv.Itoa(l.port), "--log-level", "warn"}})
 	if err != nil {
 		return err
 	}
@@ -105,7 +115,7 @@ func (l *punchLab) start() error {
 	if err != nil {
 		return err
 	}
-	l.url = url
+	l.url, l.broker = url, bp
 	a := l.lab.Host("a")
 	sdir := l.dir("sharer")
 	if out, err := a.RunCommand(l.ctx, natlab.Command{Path: l.bin.agent, Args: []string{"--state-dir", sdir, "login", url}}); err != nil {
@@ -159,6 +169,7 @@ type punchRun struct {
 type peerJSON struct {
 	Role     string    `json:"role"`
 	Path     string    `json:"path"`
+	Kind     string    `json:"relay_kind"`
 	RTTMS    float64   `json:"rtt_ms"`
 	Since    time.Time `json:"since"`
 	PunchMS  float64   `json:"punch_ms"`
@@ -171,8 +182,8 @@ type peerJSON struct {
 }
 
 // connectOnce runs a new connector on "b" against the sharer, with extra
-// arguments, and expects a session on path want (direct or relay), or
-// want "relay needed" in its log.
+// arguments, and expects a session on path want (direct or relay, or a
+// relay kind: turn or broker), or want "relay needed" in its log.
 func (l *punchLab) connectOnce(i int, want string, extra ...string) punchRun {
 	ctx, cancel := context.WithTimeout(l.ctx, punchRunTimeout)
 	defer cancel()
@@ -212,7 +223,11 @@ func (l *punchLab) connectOnce(i int, want string, extra ...string) punchRun {
 	if err != nil {
 		return punchRun{outcome: err.Error()}
 	}
-	r := punchRun{ok: pj.Path == want, outcome: pj.Path, punchMS: pj.PunchMS, firstMS: ms(first),
+	got := pj.Path
+	if pj.Kind != "" && want != pj.Path {
+		got = pj.Kind // want names a relay kind: turn or broker
+	}
+	r := punchRun{ok: got == want, outcome: got, punchMS: pj.PunchMS, firstMS: ms(first),
 		upMS: ms(pj.Since.Sub(t0)), rttMS: pj.RTTMS, attempts: pj.Attempts,
 		pair: fmt.Sprintf("%s->%s (%s)", pj.Pair.Local, pj.Pair.Remote, pj.Pair.Kind), nat: pj.NAT + "/" + pj.PeerNAT}
 	return r
@@ -497,9 +512,10 @@ func punchSection(r *Report) string {
 	var b strings.Builder
 	b.WriteString(punchBegin + "\n## Hole punching, the relay and the WAN path in the NAT lab (`go run ./bench -only punch,relay,wan`)\n\n")
 	b.WriteString("Punch: cone-cone timing at 0 and 50 ms RTT, then every topology of the matrix several times\n" +
-		"(success = the expected outcome; run counts in the notes). Relay: the broker's TURN relay beside\n" +
-		"the punched path on the same cone-cone lab (connect time, iperf3), and symmetric-cone as users\n" +
-		"meet it. WAN: the tunnel against raw TCP on the same public-cone path at 0, 20 and 50 ms RTT\n" +
+		"(success = the expected outcome; run counts in the notes). Relay: the broker's two relays (TURN,\n" +
+		"and the broker relay on its own TLS port) beside the punched path on the same cone-cone lab\n" +
+		"(connect time, iperf3, round trips, broker CPU per relayed GB), symmetric-cone as users meet it,\n" +
+		"and a network that lets out only TCP 443 (broker on 443). WAN: the tunnel against raw TCP on the same public-cone path at 0, 20 and 50 ms RTT\n" +
 		"(iperf3, round trips). Needs root and the NAT lab; see bench/punch.go, relay.go and wan.go.\n" +
 		"Written by the last run that included a lab part.\n\n")
 	writeFigures(&b, r, false)

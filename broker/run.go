@@ -61,6 +61,10 @@ type Options struct {
 	// TURNCredentialTTL is the lifetime of the TURN credentials issued with
 	// relay introductions; default 1h.
 	TURNCredentialTTL time.Duration
+
+	// TLS is where the broker's certificate comes from (cert.go); zero:
+	// the state dir key's self-signed one, its pin in the URL.
+	TLS TLSOptions
 }
 
 // Running is a started broker.
@@ -133,6 +137,11 @@ func Start(ctx context.Context, o Options) (*Running, error) {
 	if err != nil {
 		return fail(err)
 	}
+	certs, err := newCertSource(ctx, o, st, addr, ln.Addr(), o.Log.WithField("component", "cert"))
+	if err != nil {
+		return fail(err)
+	}
+	undo = append(undo, certs.close)
 	turnLn, issuer, rc, err := setupTURN(ctx, o, st, addr, ln.Addr())
 	if err != nil {
 		return fail(err)
@@ -140,7 +149,8 @@ func Start(ctx context.Context, o Options) (*Running, error) {
 	if turnLn != nil {
 		undo = append(undo, func() { turnLn.Close() })
 	}
-	cfg := Config{Token: st.Token, Cert: st.Cert, Log: o.Log, Version: o.Version, Relay: issuer}
+	cfg := Config{Token: st.Token, Log: o.Log, Version: o.Version, Relay: issuer}
+	certs.configure(&cfg)
 	if stun != nil {
 		cfg.STUN = stun.Addrs()
 	}
@@ -169,11 +179,11 @@ func Start(ctx context.Context, o Options) (*Running, error) {
 		}
 	}
 	done := make(chan struct{})
-	r := &Running{URL: st.URL(addr), Addr: ln.Addr(), Server: srv, Done: done}
+	r := &Running{URL: certs.url(st, addr), Addr: ln.Addr(), Server: srv, Done: done}
 	if issuer != nil {
 		r.TURNURL = issuer.URL
 	}
-	srv.log.WithFields(logrus.Fields{"listen": ln.Addr().String(), "url": r.URL.Redacted()}).Info("broker listening")
+	srv.log.WithFields(logrus.Fields{"listen": ln.Addr().String(), "url": r.URL.Redacted(), "cert": certs.kind}).Info("broker listening")
 	// Each part below runs until the control server stops.
 	var parts sync.WaitGroup
 	pctx, stopParts := context.WithCancel(ctx)
@@ -203,11 +213,13 @@ func Start(ctx context.Context, o Options) (*Running, error) {
 	} else if issuer != nil {
 		srv.log.WithField("turn", issuer.URL).Info("relay introductions use an external TURN server")
 	}
+	certs.start(pctx, &parts)
 	go func() {
 		defer close(done)
 		r.err = srv.Serve(ctx, ln)
 		stopParts()
 		parts.Wait()
+		certs.close()
 	}()
 	return r, nil
 }

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -59,12 +60,22 @@ type Config struct {
 	MaxSharesPerAgent int              // default 64
 	MaxPendingIntros  int              // Connects in flight per session; default 64
 	MaxMessageSize    int              // default proto.MaxMessageSize
+	MaxRelayPairs     int              // broker relay pairs, bound or waiting; default 10000
+	RelayPairTimeout  time.Duration    // how long a broker relay token waits for both agents; default 20s
 	Now               func() time.Time // injected clock, default time.Now
 	// Relay issues TURN credentials to sharers for relay introductions
 	// (Connect with Path relay), for the embedded relay (NewRelay) or an
 	// external TURN server; nil: this broker offers no relay, and such a
 	// Connect fails with no_relay.
 	Relay *RelayIssuer
+	// GetCertificate, when set, picks the broker's certificate for each
+	// handshake instead of Cert: one from ACME or from files that may
+	// change (cert.go). Agents then trust it by its chain, not by a pin.
+	GetCertificate func(*tls.ClientHelloInfo) (*tls.Certificate, error)
+	// ACME makes the listener offer ALPN "acme-tls/1", so the ACME server
+	// can validate the TLS-ALPN-01 challenge that GetCertificate answers; a
+	// connection that negotiated it is closed after the handshake.
+	ACME bool
 }
 
 func (c *Config) setDefaults() {
@@ -94,6 +105,12 @@ func (c *Config) setDefaults() {
 	if c.MaxMessageSize == 0 {
 		c.MaxMessageSize = proto.MaxMessageSize
 	}
+	if c.MaxRelayPairs == 0 {
+		c.MaxRelayPairs = DefaultMaxRelayPairs
+	}
+	if c.RelayPairTimeout == 0 {
+		c.RelayPairTimeout = DefaultRelayPairTimeout
+	}
 	if c.Now == nil {
 		c.Now = time.Now
 	}
@@ -111,13 +128,16 @@ func (c *Config) validate() error {
 	if c.Token == "" {
 		errs = append(errs, errors.New("token: empty; nobody could register a share"))
 	}
-	if len(c.Cert.Certificate) == 0 || c.Cert.PrivateKey == nil {
-		errs = append(errs, errors.New("cert: no certificate or private key"))
+	if c.GetCertificate == nil && (len(c.Cert.Certificate) == 0 || c.Cert.PrivateKey == nil) {
+		errs = append(errs, errors.New("cert: no certificate or private key, and no GetCertificate"))
+	}
+	if c.ACME && c.GetCertificate == nil {
+		errs = append(errs, errors.New("acme: set, but no GetCertificate to answer the challenge"))
 	}
 	for _, d := range []struct {
 		name string
 		v    time.Duration
-	}{{"handshake_timeout", c.HandshakeTimeout}, {"idle_timeout", c.IdleTimeout}, {"intro_timeout", c.IntroTimeout}} {
+	}{{"handshake_timeout", c.HandshakeTimeout}, {"idle_timeout", c.IdleTimeout}, {"intro_timeout", c.IntroTimeout}, {"relay_pair_timeout", c.RelayPairTimeout}} {
 		if d.v < 0 {
 			errs = append(errs, fmt.Errorf("%s: %v is negative", d.name, d.v))
 		}
@@ -125,7 +145,7 @@ func (c *Config) validate() error {
 	for _, n := range []struct {
 		name string
 		v    int
-	}{{"max_agents", c.MaxAgents}, {"max_shares_per_agent", c.MaxSharesPerAgent}, {"max_pending_intros", c.MaxPendingIntros}, {"max_message_size", c.MaxMessageSize}} {
+	}{{"max_agents", c.MaxAgents}, {"max_shares_per_agent", c.MaxSharesPerAgent}, {"max_pending_intros", c.MaxPendingIntros}, {"max_message_size", c.MaxMessageSize}, {"max_relay_pairs", c.MaxRelayPairs}} {
 		if n.v < 0 {
 			errs = append(errs, fmt.Errorf("%s: %d is negative", n.name, n.v))
 		}
@@ -160,7 +180,10 @@ type Server struct {
 	guests    int
 	shares    int
 	nextIntro uint64
-	relay     *Relay // the embedded TURN relay, if NewRelay made one
+	relay     *Relay      // the embedded TURN relay, if NewRelay made one
+	port      *tls.Config // the listener's: agents' protocols and HTTPS (port.go)
+	pairs     *pairRelay  // the broker relay
+	web       http.Handler
 
 	introductions atomic.Uint64
 	metrics       *metrics
@@ -183,11 +206,14 @@ func New(cfg Config) (*Server, error) {
 	s := &Server{
 		cfg:       cfg,
 		log:       cfg.Log.WithField("component", "broker"),
-		tls:       secure.ControlServerConfig(cfg.Cert),
+		tls:       cfg.controlTLS(),
 		tokenHash: sha256.Sum256([]byte(cfg.Token)),
 		agents:    make(map[secure.AgentID][]*session),
 	}
 	s.metrics = newMetrics(s)
+	s.port = s.portTLS(s.tls)
+	s.pairs = newPairRelay(s.log, cfg.MaxRelayPairs, cfg.RelayPairTimeout, s.metrics.reg)
+	s.web = s.webHandler()
 	return s, nil
 }
 
@@ -243,9 +269,10 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	}
 }
 
-// Accept serves one raw connection: the TLS server handshake, the Hello, and
-// the session's messages. It blocks until the session ends or ctx is done, and
-// closes conn.
+// Accept serves one raw connection to the broker's port: the TLS server
+// handshake, then by ALPN a control session, a broker relay connection or
+// plain HTTPS (port.go). It blocks until that ends or ctx is done, and closes
+// conn.
 func (s *Server) Accept(ctx context.Context, conn net.Conn) {
 	defer conn.Close()
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
@@ -253,28 +280,15 @@ func (s *Server) Accept(ctx context.Context, conn net.Conn) {
 	log := s.log.WithField("remote", conn.RemoteAddr().String())
 
 	conn.SetDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
-	tc := tls.Server(conn, s.tls)
+	tc := tls.Server(conn, s.port)
 	if err := tc.HandshakeContext(ctx); err != nil {
 		if ctx.Err() == nil {
 			s.metrics.refused.WithLabelValues(refusedHandshake).Inc()
-			log.WithError(err).Info("control handshake failed")
+			log.WithError(err).Info("handshake failed")
 		}
 		return
 	}
-	cs := tc.ConnectionState()
-	if cs.NegotiatedProtocol != secure.ALPNControl {
-		s.metrics.refused.WithLabelValues(refusedHandshake).Inc()
-		log.Infof("control handshake failed: ALPN %q, want %q", cs.NegotiatedProtocol, secure.ALPNControl)
-		return
-	}
-	id, err := secure.PeerID(cs)
-	if err != nil {
-		s.metrics.refused.WithLabelValues(refusedHandshake).Inc()
-		log.WithError(err).Info("control handshake failed")
-		return
-	}
-	sess := newSession(s, tc, conn, id, log)
-	sess.run()
+	s.dispatch(ctx, tc, conn, log)
 }
 
 // memberOnline reports whether id holds a member (token) session now.

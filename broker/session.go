@@ -144,7 +144,11 @@ func (s *session) admit(h *proto.Hello) bool {
 	srv.metrics.sessions.WithLabelValues(role).Inc()
 	s.conn.SetDeadline(time.Time{})
 	obs := observed(s.raw.RemoteAddr())
-	if err := s.send(&proto.Welcome{AgentID: s.id.String(), Observed: obs, Version: srv.cfg.Version, STUN: srv.cfg.STUN}); err != nil {
+	w := &proto.Welcome{AgentID: s.id.String(), Observed: obs, Version: srv.cfg.Version, STUN: srv.cfg.STUN}
+	if srv.cfg.Relay != nil {
+		w.TURN = srv.cfg.Relay.URL
+	}
+	if err := s.send(w); err != nil {
 		s.log.WithError(err).Info("welcome")
 		s.leave()
 		return false
@@ -380,6 +384,7 @@ func (srv *Server) introduce(c *session, m *proto.Connect) *proto.ConnectReply {
 	}()
 	log = log.WithField("intro", id)
 
+	introduced := false // the sharer accepted: a broker relay token stays
 	intro := &proto.Intro{Intro: id, Connector: c.id.String(), Share: m.Share, Candidates: m.Candidates, NAT: m.NAT, RTTMillis: m.RTTMillis, Path: m.Path}
 	if relayed {
 		// The sharer permits the connector's public address on its relay:
@@ -391,6 +396,20 @@ func (srv *Server) introduce(c *session, m *proto.Connect) *proto.ConnectReply {
 			emb.introduce(sharerID, connectorIPs(obs, m.Candidates))
 		}
 		log = log.WithField("path", proto.PathRelay)
+	}
+	if m.Path == proto.PathBroker {
+		token, err := srv.pairs.expect(sharerID, c.id)
+		if err != nil {
+			log.WithError(err).Warn("introduction refused: the broker relay is full")
+			return fail(proto.CodeLimit, "the broker relay is full; retry later")
+		}
+		defer func() {
+			if !introduced {
+				srv.pairs.forget(token)
+			}
+		}()
+		intro.RelayToken = token
+		log = log.WithField("path", proto.PathBroker)
 	}
 	if err := sharer.send(intro); err != nil {
 		log.WithError(err).Info("introduction: sharer went offline")
@@ -411,7 +430,8 @@ func (srv *Server) introduce(c *session, m *proto.Connect) *proto.ConnectReply {
 		srv.introductions.Add(1)
 		srv.metrics.introductions.Inc()
 		log.WithField("candidates", len(r.Candidates)).Info("introduced")
-		return &proto.ConnectReply{ID: m.ID, Candidates: r.Candidates, Port: r.Port, NAT: r.NAT, Path: r.Path}
+		introduced = true
+		return &proto.ConnectReply{ID: m.ID, Candidates: r.Candidates, Port: r.Port, NAT: r.NAT, Path: r.Path, RelayToken: intro.RelayToken}
 	case <-sharer.done:
 		log.Info("introduction: sharer went offline")
 		return fail(proto.CodeNotFound, "sharer %s went offline", sharerID.Short())

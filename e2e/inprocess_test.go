@@ -17,9 +17,40 @@ import (
 )
 
 // TestInProcessNoLeaks runs broker, sharer and connector as libraries in
-// this process, forwards data, shuts everything down by cancelling the
-// context, and checks that no goroutine is left behind.
+// this process, forwards data over each kind of path, shuts everything down
+// by cancelling the context, and checks that no goroutine is left behind.
 func TestInProcessNoLeaks(t *testing.T) {
+	tests := []struct {
+		name        string
+		path        string // the share's path policy
+		noTURN      bool
+		wantPath    string
+		wantRelayBy string
+	}{
+		{"direct", agent.PathAuto, false, agent.PathDirect, ""},
+		// With the TURN relay off, a relayed share can only meet through
+		// the broker relay on the broker's own port.
+		{"broker relay", agent.PathRelay, true, agent.PathRelay, agent.RelayBroker},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			inProcess(t, broker.Options{NoTURN: tt.noTURN}, tt.path, func(a *agent.Agent, addr string) {
+				for range 3 {
+					echoCheck(t, addr, 1<<20)
+				}
+				peers := a.Status().Peers
+				if len(peers) != 1 || peers[0].Path != tt.wantPath || peers[0].RelayKind != tt.wantRelayBy {
+					t.Errorf("connector's peers %+v, want one on path %q relay_kind %q", peers, tt.wantPath, tt.wantRelayBy)
+				}
+			})
+		})
+	}
+}
+
+// inProcess runs a broker with bo, a sharer of an echo server under path
+// policy, and a connector, calls check with the connector and its listen
+// address, then stops them all and checks nothing is left running.
+func inProcess(t *testing.T, bo broker.Options, path string, check func(a *agent.Agent, addr string)) {
 	target := echoServer(t) // closed by t.Cleanup, after the leak check
 	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
 	log := logrus.New()
@@ -27,7 +58,8 @@ func TestInProcessNoLeaks(t *testing.T) {
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	br, err := broker.Start(ctx, broker.Options{Listen: "127.0.0.1:0", PublicAddr: "127.0.0.1", StateDir: t.TempDir(), Log: log})
+	bo.Listen, bo.PublicAddr, bo.StateDir, bo.Log = "127.0.0.1:0", "127.0.0.1", t.TempDir(), log
+	br, err := broker.Start(ctx, bo)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -47,16 +79,13 @@ func TestInProcessNoLeaks(t *testing.T) {
 		return a, done
 	}
 	tickets := make(chan secure.Ticket, 1)
-	_, sharerDone := newAgent(agent.Options{Broker: &br.URL, Shares: []agent.ShareSpec{{Name: "echo", Target: target}},
+	_, sharerDone := newAgent(agent.Options{Broker: &br.URL, Shares: []agent.ShareSpec{{Name: "echo", Target: target, Path: path}},
 		OnTicket: func(_ string, t secure.Ticket) { tickets <- t }})
 	tk := <-tickets
 	addrs := make(chan net.Addr, 1)
-	_, connDone := newAgent(agent.Options{Connects: []agent.ConnectSpec{{Ticket: &tk, Listen: "127.0.0.1:0"}},
+	conn, connDone := newAgent(agent.Options{Connects: []agent.ConnectSpec{{Ticket: &tk, Listen: "127.0.0.1:0"}},
 		OnListen: func(_ agent.ConnectSpec, a net.Addr) { addrs <- a }})
-	addr := (<-addrs).String()
-	for range 3 {
-		echoCheck(t, addr, 1<<20)
-	}
+	check(conn, (<-addrs).String())
 	cancel()
 	for _, done := range []chan error{sharerDone, connDone} {
 		select {

@@ -62,6 +62,8 @@ func TestLabRelay(t *testing.T) {
 		{"firewall-symmetric", natlab.Pair(natlab.BehindFW, natlab.BehindSym), nil, "relay"},
 		{"cone-cone auto", natlab.Pair(natlab.BehindCone, natlab.BehindCone), nil, "direct"},
 		{"cone-cone relay", natlab.Pair(natlab.BehindCone, natlab.BehindCone), []string{"--path", "relay"}, "relay"},
+		{"symmetric-cone turn", natlab.Pair(natlab.BehindSym, natlab.BehindCone), []string{"--path", "turn"}, "relay"},
+		{"symmetric-cone broker", natlab.Pair(natlab.BehindSym, natlab.BehindCone), []string{"--path", "broker"}, "relay"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -81,19 +83,23 @@ func TestLabRelay(t *testing.T) {
 			s := w.onlyPath(w.sharerDir, tc.want)
 			m := w.brokerMetrics()
 			allocs := metricSum(m, "peerport_broker_turn_allocations_total")
-			relayed := metricSum(m, "peerport_broker_turn_relayed_bytes_total")
+			relayed := metricSum(m, "peerport_broker_turn_relayed_bytes_total") + metricSum(m, "peerport_broker_relay_bytes_total")
+			if k := tc.connArgs; len(k) == 2 && (k[1] == "turn" || k[1] == "broker") && p.RelayKind != k[1] {
+				t.Errorf("connector's relay_kind %q, want %q", p.RelayKind, k[1])
+			}
 			if tc.want == "relay" {
-				// Both directions of 16 MiB, in TLS records.
-				if p.Relay == "" || p.Relay != s.Relay || p.RelayedBytes < 32<<20 || s.RelayedBytes < 32<<20 {
+				// Both directions of 16 MiB, in TLS records, through whichever
+				// relay won the race (both were tried).
+				if p.Relay == "" || p.Relay != s.Relay || p.RelayKind != s.RelayKind || p.RelayedBytes < 32<<20 || s.RelayedBytes < 32<<20 {
 					t.Errorf("relayed peer status: connector %+v, sharer %+v: want one relay, 32 MiB through it on each side", p, s)
 				}
-				if allocs < 1 || relayed < 32<<20 {
-					t.Errorf("broker metrics: %v allocations, %v bytes relayed; want >= 1 and >= 32 MiB", allocs, relayed)
+				if (p.RelayKind == "turn" && allocs < 1) || relayed < 32<<20 {
+					t.Errorf("broker metrics: %v TURN allocations, %v bytes relayed; want >= 1 and >= 32 MiB", allocs, relayed)
 				}
 			} else if p.Relay != "" || p.RelayedBytes != 0 || relayed > 1<<20 {
 				t.Errorf("direct peer status %+v names a relay, or the broker relayed %v bytes", p, relayed)
 			}
-			t.Logf("%s: path %s, relay %q, relayed %d B, NAT %s/%s", tc.name, p.Path, p.Relay, p.RelayedBytes, p.LocalNAT, p.PeerNAT)
+			t.Logf("%s: path %s (%s), relay %q, relayed %d B, NAT %s/%s", tc.name, p.Path, p.RelayKind, p.Relay, p.RelayedBytes, p.LocalNAT, p.PeerNAT)
 		})
 	}
 }
@@ -170,7 +176,8 @@ func TestLabRelayCoturn(t *testing.T) {
 	if name != "echo" {
 		t.Fatalf("up printed %q %q, want the echo share's ticket", name, ticket)
 	}
-	conn := w.startCmd(b, agentCmd("--state-dir", w.connDir, "connect", ticket, "--listen", "127.0.0.1:18080"))
+	// --path turn: the broker relay would win the race as often as not.
+	conn := w.startCmd(b, agentCmd("--state-dir", w.connDir, "connect", ticket, "--listen", "127.0.0.1:18080", "--path", "turn"))
 	c, err := b.Dial(w.ctx, "tcp", w.firstLine(conn))
 	if err != nil {
 		t.Fatal(err)

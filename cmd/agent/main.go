@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"net/url"
 	"os"
 	"os/signal"
 	"runtime/pprof"
@@ -24,6 +25,7 @@ import (
 	"github.com/peerport/peerport/broker"
 	"github.com/peerport/peerport/internal/config"
 	"github.com/peerport/peerport/internal/logging"
+	"github.com/peerport/peerport/internal/proxy"
 	"github.com/peerport/peerport/internal/secure"
 	"github.com/peerport/peerport/internal/statedir"
 )
@@ -67,6 +69,8 @@ type globals struct {
 	drain                         time.Duration
 	candidates                    []string
 	offer                         []netip.Prefix // --candidates, parsed by setup
+	proxy                         string
+	proxyURL                      *url.URL // --proxy, parsed by setup
 }
 
 // prefixes parses --candidates.
@@ -89,6 +93,11 @@ func (g *globals) setup() (string, *logrus.Logger, *secure.Identity, error) {
 	}
 	if g.offer, err = g.prefixes(); err != nil {
 		return "", nil, nil, err
+	}
+	if g.proxy != "" {
+		if g.proxyURL, err = proxy.ParseURL(g.proxy); err != nil {
+			return "", nil, nil, fmt.Errorf("--proxy: %w", err)
+		}
 	}
 	dir := statedir.Resolve(g.stateDir)
 	id, err := secure.LoadOrCreateIdentity(dir)
@@ -115,6 +124,7 @@ func newRoot() *cobra.Command {
 	if env := os.Getenv("PEERPORT_CANDIDATES"); env != "" {
 		cands = strings.Split(env, ",")
 	}
+	pf.StringVar(&g.proxy, "proxy", "", "HTTP CONNECT proxy to reach the broker through, http://[user:pass@]host:port (default: HTTPS_PROXY, ALL_PROXY, NO_PROXY)")
 	pf.StringSliceVar(&g.candidates, "candidates", cands, "offer peers only local addresses in these CIDR prefixes (default: all; env PEERPORT_CANDIDATES)")
 	root.AddCommand(loginCmd(g), shareCmd(g), connectCmd(g), upCmd(g), reloadCmd(g), statusCmd(g), netcheckCmd(g), idCmd(g), versionCmd())
 	return root
@@ -144,7 +154,7 @@ func loginCmd(g *globals) *cobra.Command {
 			}
 			ctx, cancel := context.WithTimeout(cmd.Context(), 15*time.Second)
 			defer cancel()
-			if err := agent.Login(ctx, id, u, log); err != nil {
+			if err := agent.Login(ctx, id, u, g.proxyURL, log); err != nil {
 				return fmt.Errorf("login: %w", err)
 			}
 			if err := agent.SaveBroker(dir, u); err != nil {
@@ -194,7 +204,7 @@ func shareCmd(g *globals) *cobra.Command {
 			out := cmd.OutOrStdout()
 			a, err := agent.New(agent.Options{
 				Identity: id, StateDir: dir, Broker: u, Shares: []agent.ShareSpec{spec},
-				Log: log, DrainTimeout: g.drain, Candidates: g.offer,
+				Log: log, DrainTimeout: g.drain, Candidates: g.offer, Proxy: g.proxyURL,
 				OnTicket: func(_ string, t secure.Ticket) {
 					fmt.Fprintln(out, t.String())
 					log.Infof("sharing %s as %q; give the ticket above to your teammate: agent connect <ticket>", target, name)
@@ -248,7 +258,7 @@ func chooseBroker(ctx context.Context, dir, flag, embedListen, publicAddr string
 	return &r.URL, nil
 }
 
-const pathUsage = "how peer channels are made: auto (punch, else relay, moving to direct when it comes up), direct, or relay"
+const pathUsage = "how peer channels are made: auto (punch, else a relay, moving to direct when it comes up), direct, relay (either relay), turn or broker (that relay only)"
 
 func connectCmd(g *globals) *cobra.Command {
 	var listen, path string
@@ -275,7 +285,7 @@ func connectCmd(g *globals) *cobra.Command {
 			}
 			out := cmd.OutOrStdout()
 			a, err := agent.New(agent.Options{
-				Identity: id, StateDir: dir, Broker: u, Log: log, DrainTimeout: g.drain, Candidates: g.offer,
+				Identity: id, StateDir: dir, Broker: u, Log: log, DrainTimeout: g.drain, Candidates: g.offer, Proxy: g.proxyURL,
 				Connects: []agent.ConnectSpec{{Ticket: &t, Listen: listen, Path: path}},
 				OnListen: func(_ agent.ConnectSpec, addr net.Addr) { fmt.Fprintln(out, addr.String()) },
 			})
@@ -311,6 +321,9 @@ func upCmd(g *globals) *cobra.Command {
 			if !cmd.Flags().Changed("log-format") && cfg.Log.Format != "" {
 				g.logFormat = cfg.Log.Format
 			}
+			if !cmd.Flags().Changed("proxy") && cfg.Proxy != "" {
+				g.proxy = cfg.Proxy
+			}
 			dir, log, id, err := g.setup()
 			if err != nil {
 				return err
@@ -332,6 +345,7 @@ func upCmd(g *globals) *cobra.Command {
 			out := cmd.OutOrStdout()
 			opts.Identity, opts.StateDir, opts.Log = id, dir, log
 			opts.KeepTickets, opts.KeepGoing, opts.DrainTimeout, opts.Candidates = true, true, g.drain, g.offer
+			opts.Proxy = g.proxyURL // a reload keeps it: the proxy changes with a restart
 			opts.Reload = func() (agent.Options, error) {
 				cfg, err := config.LoadAgent(file)
 				if err != nil {
@@ -445,6 +459,9 @@ func printStatus(w io.Writer, st agent.Status) {
 		}
 		for _, p := range a.Peers {
 			path := p.Path
+			if p.RelayKind != "" {
+				path += " (" + p.RelayKind + ")"
+			}
 			if p.Relay != "" {
 				path += " via " + p.Relay
 			}
@@ -480,7 +497,7 @@ func netcheckCmd(g *globals) *cobra.Command {
 			}
 			ctx, cancel := context.WithTimeout(cmd.Context(), 30*time.Second)
 			defer cancel()
-			r, err := agent.Netcheck(ctx, id, *u, log)
+			r, err := agent.Netcheck(ctx, id, *u, g.proxyURL, log)
 			if err != nil {
 				return err
 			}

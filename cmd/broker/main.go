@@ -34,12 +34,15 @@ func main() {
 func newRoot() *cobra.Command {
 	var file, listen, publicAddr, stateDir, metricsListen, logLevel, logFormat, turnListen string
 	var showVersion, noTURN bool
+	var certFile, keyFile, acmeDomain, acmeEmail, acmeDirectory, acmeHTTP string
 	c := &cobra.Command{
 		Use:   "broker",
 		Short: "Introduce peerport agents to each other",
 		Long: "Runs a peerport broker. The first line on stdout is its URL,\n" +
 			"pp://TOKEN@HOST:PORT#PIN, which agents log in with (agent login URL).\n" +
-			"Key, pin and token are created in the state dir on first start and kept after.",
+			"Key, pin and token are created in the state dir on first start and kept after.\n" +
+			"With a certificate from a CA (--acme-domain, or --cert-file/--key-file) the URL\n" +
+			"has no #PIN: agents verify the certificate for its host with their system roots.",
 		Args:          cobra.NoArgs,
 		SilenceUsage:  true,
 		SilenceErrors: true,
@@ -76,6 +79,19 @@ func newRoot() *cobra.Command {
 			if f.Changed("no-turn") {
 				cfg.TURN.Off = noTURN
 			}
+			for _, fl := range []struct {
+				name string
+				dst  *string
+				v    string
+			}{
+				{"cert-file", &cfg.TLS.CertFile, certFile}, {"key-file", &cfg.TLS.KeyFile, keyFile},
+				{"acme-domain", &cfg.ACME.Domain, acmeDomain}, {"acme-email", &cfg.ACME.Email, acmeEmail},
+				{"acme-directory", &cfg.ACME.Directory, acmeDirectory}, {"acme-http", &cfg.ACME.HTTPListen, acmeHTTP},
+			} {
+				if f.Changed(fl.name) {
+					*fl.dst = fl.v
+				}
+			}
 			if f.Changed("log-level") || cfg.Log.Level == "" {
 				cfg.Log.Level = logLevel
 			}
@@ -106,6 +122,8 @@ func newRoot() *cobra.Command {
 					b.HandshakeTimeout, b.IdleTimeout, b.IntroTimeout = lim.HandshakeTimeout, lim.IdleTimeout, lim.IntroTimeout
 				},
 			}
+			o.TLS = broker.TLSOptions{CertFile: cfg.TLS.CertFile, KeyFile: cfg.TLS.KeyFile, ACME: broker.ACMEOptions{
+				Domain: cfg.ACME.Domain, Email: cfg.ACME.Email, Directory: cfg.ACME.Directory, HTTPListen: cfg.ACME.HTTPListen}}
 			if err := turnOptions(&o, cfg.TURN); err != nil {
 				return err
 			}
@@ -130,6 +148,12 @@ func newRoot() *cobra.Command {
 	f.StringVar(&metricsListen, "metrics-listen", "", "serve Prometheus /metrics and /healthz here (PORT means 127.0.0.1:PORT); default off")
 	f.StringVar(&turnListen, "turn-listen", "", "TURN relay listen address (default: the control listener's host, port 3480)")
 	f.BoolVar(&noTURN, "no-turn", false, "run no TURN relay (relay introductions then fail, unless broker.yaml names an external one)")
+	f.StringVar(&certFile, "cert-file", "", "your own certificate (PEM, with intermediates) for --public-addr's host, instead of the self-signed one; re-read when it changes")
+	f.StringVar(&keyFile, "key-file", "", "the private key of --cert-file (PEM)")
+	f.StringVar(&acmeDomain, "acme-domain", "", "get and renew a certificate for this name over ACME (TLS-ALPN-01 on --listen, reached on port 443); it is the URL's host, and asking accepts the CA's terms")
+	f.StringVar(&acmeEmail, "acme-email", "", "contact address for the ACME CA's expiry notices")
+	f.StringVar(&acmeDirectory, "acme-directory", "", "the ACME CA's directory URL (default Let's Encrypt's production directory)")
+	f.StringVar(&acmeHTTP, "acme-http", "", "also answer ACME HTTP-01 challenges on this address (e.g. :80)")
 	f.StringVar(&stateDir, "state-dir", "", "state directory for key and token (default $PEERPORT_HOME/broker or ~/.config/peerport/broker)")
 	f.StringVar(&logLevel, "log-level", "info", "trace, debug, info, warn or error")
 	f.StringVar(&logFormat, "log-format", "text", "text or json")

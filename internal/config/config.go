@@ -21,6 +21,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/peerport/peerport/internal/proxy"
 )
 
 // ErrInvalid is wrapped by every error of loading, decoding or validating a
@@ -53,6 +55,10 @@ type Agent struct {
 	// Relay is an external TURN server this agent's shares allocate on
 	// instead of the broker's relay; empty URL: the broker's.
 	Relay Relay `yaml:"relay"`
+	// Proxy is the HTTP CONNECT proxy every connection to the broker goes
+	// through, http://[user:pass@]host:port; empty: HTTPS_PROXY, ALL_PROXY
+	// and NO_PROXY from the environment decide.
+	Proxy string `yaml:"proxy"`
 
 	// Warnings are problems of the file that do not stop it from loading,
 	// such as a mode that lets other users read the secrets in it. LoadAgent
@@ -96,6 +102,10 @@ type Broker struct {
 	Log           Log          `yaml:"log"`
 	Limits        BrokerLimits `yaml:"limits"`
 	TURN          BrokerTURN   `yaml:"turn"` // the relay; see broker_turn.go
+	// ACME and TLS replace the self-signed, pinned certificate with one
+	// from a CA (broker_cert.go); at most one of them is set.
+	ACME BrokerACME `yaml:"acme"`
+	TLS  BrokerTLS  `yaml:"tls"`
 
 	// Warnings are problems of the file that do not stop it from loading
 	// (a TURN secret other users may read). LoadBroker sets them; the
@@ -174,6 +184,9 @@ func (c *Agent) secrets() []string {
 	}
 	if c.Relay.Secret != "" {
 		out = append(out, "the relay secret")
+	}
+	if u, err := proxy.ParseURL(c.Proxy); err == nil && u.User != nil {
+		out = append(out, "the proxy credentials")
 	}
 	for _, cn := range c.Connects {
 		if cn.Ticket != "" {

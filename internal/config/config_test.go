@@ -172,9 +172,9 @@ func TestParseAgentErrors(t *testing.T) {
 		{"metrics listen clashes with a connect", "metrics_listen: 9101\nconnects:\n  - ticket: {TICKET}\n    listen: \":9101\"\n",
 			[]string{`agent.yaml:4: connects[0].listen: address :9101 clashes with metrics_listen`}},
 		{"bad path", "path: fast\nshares:\n  - name: web\n    target: 80\n    path: relay\n  - name: db\n    target: 81\n",
-			[]string{`agent.yaml:1: path: "fast": want auto, direct or relay`}},
-		{"bad share and connect path", "shares:\n  - name: web\n    target: 80\n    path: turn\nconnects:\n  - ticket: {TICKET}\n    path: p2p\n",
-			[]string{`agent.yaml:4: shares[0].path: "turn": want auto, direct or relay`, `agent.yaml:7: connects[0].path: "p2p": want auto, direct or relay`}},
+			[]string{`agent.yaml:1: path: "fast": want auto, direct, relay, turn or broker`}},
+		{"bad share and connect path", "shares:\n  - name: web\n    target: 80\n    path: derp\nconnects:\n  - ticket: {TICKET}\n    path: p2p\n",
+			[]string{`agent.yaml:4: shares[0].path: "derp": want auto, direct, relay, turn or broker`, `agent.yaml:7: connects[0].path: "p2p": want auto, direct, relay, turn or broker`}},
 		{"relay secret without url", "relay:\n  secret: s3cret\n",
 			[]string{`agent.yaml:2: relay.url: required with a secret (turn:HOST:PORT?transport=tcp)`}},
 		{"relay url without secret", "relay:\n  url: turn:t.example.com:3478\n",
@@ -502,7 +502,7 @@ func TestErrorCauses(t *testing.T) {
 	if !errors.Is(err, secure.ErrBadTicket) {
 		t.Errorf("bad ticket error %v does not wrap secure.ErrBadTicket", err)
 	}
-	_, err = ParseAgent("a.yaml", []byte("broker: pp://x@y\n"))
+	_, err = ParseAgent("a.yaml", []byte("broker: pp://x@y#short-pin\n"))
 	if !errors.Is(err, secure.ErrBadBrokerURL) {
 		t.Errorf("bad broker error %v does not wrap secure.ErrBadBrokerURL", err)
 	}

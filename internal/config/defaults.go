@@ -64,6 +64,7 @@ func (c *Broker) SetDefaults() {
 	c.Log.SetDefaults()
 	c.Limits.SetDefaults()
 	c.TURN.SetDefaults()
+	c.ACME.SetDefaults()
 }
 
 // SetDefaults fills the unset (zero) limits.

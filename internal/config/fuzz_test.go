@@ -51,6 +51,8 @@ func FuzzParseBroker(f *testing.F) {
 	_, brokerDoc := exampleDocs(f)
 	f.Add(brokerDoc)
 	f.Add([]byte("listen: 7000\npublic_addr: \"[::1]:7000\"\nlimits: {idle_timeout: 1h, max_agents: 0}\n"))
+	f.Add([]byte("listen: 443\nacme: {domain: Broker.Example.com., email: a@b.c, directory: \"https://ca/dir\", http_listen: 80}\n"))
+	f.Add([]byte("tls: {cert_file: /etc/hostname, key_file: /nonexistent}\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		c, err := ParseBroker("fuzz.yaml", data)
 		checkParsed(t, c, err, ParseBroker, (*Broker).Validate)

@@ -9,6 +9,7 @@ import (
 	"time"
 	"unicode"
 
+	"github.com/peerport/peerport/internal/proxy"
 	"github.com/peerport/peerport/internal/secure"
 )
 
@@ -68,6 +69,11 @@ func (c *Agent) validate(p *problems) error {
 	}
 	validPath(p, "path", c.Path)
 	c.Relay.validate(p, "relay")
+	if c.Proxy != "" {
+		if _, err := proxy.ParseURL(c.Proxy); err != nil {
+			p.addErr("proxy", err)
+		}
+	}
 
 	names := map[string]int{}
 	for i, s := range c.Shares {
@@ -203,6 +209,7 @@ func (c *Broker) validate(p *problems) error {
 	positive(p, "limits.idle_timeout", l.IdleTimeout)
 	positive(p, "limits.intro_timeout", l.IntroTimeout)
 	c.TURN.validate(p, c)
+	c.validateCert(p)
 	return p.err()
 }
 
@@ -211,13 +218,17 @@ const (
 	PathAuto   = "auto"
 	PathDirect = "direct"
 	PathRelay  = "relay"
+	PathTURN   = "turn"   // the TURN relay only
+	PathBroker = "broker" // the broker relay only
 )
 
-func validPathValue(v string) bool { return v == PathAuto || v == PathDirect || v == PathRelay }
+func validPathValue(v string) bool {
+	return v == PathAuto || v == PathDirect || v == PathRelay || v == PathTURN || v == PathBroker
+}
 
 func validPath(p *problems, at, v string) {
 	if !validPathValue(v) {
-		p.add(at, nil, "%s: want %s, %s or %s", quote(v), PathAuto, PathDirect, PathRelay)
+		p.add(at, nil, "%s: want %s, %s, %s, %s or %s", quote(v), PathAuto, PathDirect, PathRelay, PathTURN, PathBroker)
 	}
 }
 

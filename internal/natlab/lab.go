@@ -242,7 +242,7 @@ func (l *Lab) build(ctx context.Context) error {
 		if n.p.kind != nodeRouter {
 			return nil
 		}
-		_, err := nsExec(ctx, n.ns, rulesFor(n.p.rkind), "nft", "-f", "-")
+		_, err := nsExec(ctx, n.ns, rulesFor(n.p.rkind)+egressRules(n.p, n.p.egress), "nft", "-f", "-")
 		return err
 	}); err != nil {
 		return err

@@ -120,6 +120,9 @@ func deleteNetns(ctx context.Context, ns string) error {
 	for _, pid := range nsPids(ctx, ns) {
 		_ = syscall.Kill(pid, syscall.SIGKILL)
 	}
+	if err := removeEtcNetns(ns); err != nil {
+		return err
+	}
 	if _, err := os.Stat(filepath.Join(netnsDir, ns)); errors.Is(err, os.ErrNotExist) {
 		return nil
 	}

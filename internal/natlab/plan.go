@@ -39,6 +39,8 @@ type planNode struct {
 	lan4, lan6 netip.Prefix // routers and internet: the segment below, as the node's own address on it
 	routes4    []route
 	routes6    []route
+
+	egress *Egress // routers only: see RouterSpec.Egress
 }
 
 type plan struct {
@@ -63,7 +65,7 @@ func planAddresses(t Topology) (*plan, error) {
 	p.add(inet)
 	firewalls := 0
 	for i, r := range t.Routers {
-		n := &planNode{name: r.Name, kind: nodeRouter, rkind: r.Kind, link: r.Link, index: i + 1, uplink: "wan0"}
+		n := &planNode{name: r.Name, kind: nodeRouter, rkind: r.Kind, link: r.Link, egress: r.Egress, index: i + 1, uplink: "wan0"}
 		if r.Kind == Firewall {
 			firewalls++
 			if firewalls > 15 {

@@ -17,13 +17,23 @@ const (
 	BehindSym  Placement = "symmetric" // behind its own symmetric NAT gw-X
 	BehindFW   Placement = "firewall"  // behind its own firewall gw-X (public address)
 	BehindCGN  Placement = "double"    // behind a cone home NAT gw-X behind a cone carrier NAT cgn-X
+	// BehindCone443 is behind its own cone NAT gw-X that lets out only TCP
+	// to port 443 (OnlyTCPPorts(443)): the hotel or campus network.
+	BehindCone443 Placement = "cone443"
+	// BehindProxy is behind its own cone NAT gw-X whose LAN reaches nothing
+	// outside but the host proxy-X beside it (OnlyVia("proxy-X")): the
+	// corporate network, where only the HTTP proxy gets out. Nothing runs on
+	// proxy-X until the test starts one (Node.StartProxy).
+	BehindProxy Placement = "proxy"
 )
 
-var placements = []Placement{Public, BehindCone, BehindSym, BehindFW, BehindCGN}
+var placements = []Placement{Public, BehindCone, BehindSym, BehindFW, BehindCGN, BehindCone443, BehindProxy}
 
 // Pair returns the topology "<a>-<b>": a public host "broker" (with a second
 // address, for STUN tests) and hosts "a" and "b" placed as asked. Routers are
-// named gw-a / gw-b (and cgn-a / cgn-b for the carrier of a double NAT).
+// named gw-a / gw-b (and cgn-a / cgn-b for the carrier of a double NAT);
+// a proxied host's proxy is the host proxy-a / proxy-b on its LAN, declared
+// right after it.
 func Pair(a, b Placement) Topology {
 	t := Topology{Name: string(a) + "-" + string(b), Hosts: []HostSpec{{Name: "broker", ExtraIPs: 1}}}
 	for _, side := range []struct {
@@ -44,8 +54,15 @@ func Pair(a, b Placement) Topology {
 		case BehindCGN:
 			cgn := "cgn-" + side.host
 			t.Routers = append(t.Routers, RouterSpec{Name: cgn, Kind: Cone}, RouterSpec{Name: gw, Kind: Cone, Behind: cgn})
+		case BehindCone443:
+			t.Routers = append(t.Routers, RouterSpec{Name: gw, Kind: Cone, Egress: OnlyTCPPorts(443)})
+		case BehindProxy:
+			t.Routers = append(t.Routers, RouterSpec{Name: gw, Kind: Cone, Egress: OnlyVia("proxy-" + side.host)})
 		}
 		t.Hosts = append(t.Hosts, HostSpec{Name: side.host, Behind: gw})
+		if side.p == BehindProxy {
+			t.Hosts = append(t.Hosts, HostSpec{Name: "proxy-" + side.host, Behind: gw})
+		}
 	}
 	return t
 }
@@ -106,8 +123,8 @@ func PresetNames() []string {
 }
 
 // Preset returns a named topology: "<a>-<b>" for every pair of placements
-// (public, cone, symmetric, firewall, double; see Pair), "shared", "ipv6"
-// and "zoo".
+// (public, cone, symmetric, firewall, double, cone443, proxy; see Pair),
+// "shared", "ipv6" and "zoo".
 func Preset(name string) (Topology, error) {
 	switch name {
 	case "shared":

@@ -51,6 +51,7 @@ type RouterSpec struct {
 	Kind   Kind
 	Behind string      // "" for the internet, else the name of another router
 	Link   *LinkConfig // if set, the router's uplink is an impaired userspace link
+	Egress *Egress     // if set, what the router lets out of its LAN (see Egress); nil: everything
 }
 
 // HostSpec declares an end host.
@@ -137,6 +138,9 @@ func (t Topology) Validate() error {
 			errs = append(errs, fmt.Errorf("%s.extraIPs: %d out of range 0..8", p, h.ExtraIPs))
 		}
 		errs = append(errs, h.Link.validate(p+".link")...)
+	}
+	for i, r := range t.Routers {
+		errs = append(errs, r.Egress.validate(fmt.Sprintf("routers[%d].egress", i), r.Name, t.Hosts)...)
 	}
 	if len(errs) == 0 {
 		if _, err := planAddresses(t); err != nil {

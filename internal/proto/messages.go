@@ -30,7 +30,15 @@ const (
 const (
 	PathDirect = "direct" // hole punching; also what an empty Path means
 	PathRelay  = "relay"  // the sharer allocates on TURN, the connector dials the relayed address
+	// PathBroker: both agents dial the broker's own TLS port (ALPN
+	// secure.ALPNRelay), each binds its connection with the introduction's
+	// RelayToken, and the broker pairs the two and copies the bytes between
+	// them. It needs nothing but the port the control channel uses.
+	PathBroker = "broker"
 )
+
+// RelayTokenSize is the size of a broker relay token.
+const RelayTokenSize = 32
 
 // TURN is a short-lived TURN credential (TURN REST style: the username is
 // "expiry:agentid", the password an HMAC of it under the server's secret)
@@ -69,6 +77,9 @@ type Welcome struct {
 	Observed string   `json:"observed_addr"` // the agent's source address
 	Version  string   `json:"version,omitempty"`
 	STUN     []string `json:"stun,omitempty"` // the broker's STUN servers, host:port; an unspecified host means the broker's own
+	// TURN is the TURN relay the broker sends sharers to (turn:HOST:PORT?transport=tcp,
+	// no credentials), so netcheck can tell whether it is reachable; empty: none.
+	TURN string `json:"turn,omitempty"`
 }
 
 // NAT is what an agent's discovery found out about its NAT (see package
@@ -135,6 +146,9 @@ type Intro struct {
 	// TURN is the sharer's credential for a relay introduction, when the
 	// broker runs or knows the relay; the sharer may use its own instead.
 	TURN *TURN `json:"turn,omitempty"`
+	// RelayToken, on a PathBroker introduction, is what the sharer binds its
+	// relay connection with; the connector gets the same in ConnectReply.
+	RelayToken []byte `json:"relay_token,omitempty"`
 }
 
 // IntroReply is the sharer's answer to an Intro.
@@ -154,11 +168,20 @@ type IntroReply struct {
 type ConnectReply struct {
 	ID         uint64      `json:"id"`
 	Candidates []Candidate `json:"candidates,omitempty"`
-	Port       uint16      `json:"port,omitempty"` // copied from IntroReply
-	NAT        *NAT        `json:"nat,omitempty"`  // copied from IntroReply
-	Path       string      `json:"path,omitempty"` // copied from IntroReply
+	Port       uint16      `json:"port,omitempty"`        // copied from IntroReply
+	NAT        *NAT        `json:"nat,omitempty"`         // copied from IntroReply
+	Path       string      `json:"path,omitempty"`        // copied from IntroReply
+	RelayToken []byte      `json:"relay_token,omitempty"` // on PathBroker: see Intro
 	Code       string      `json:"code,omitempty"`
 	Message    string      `json:"message,omitempty"`
+}
+
+// RelayBind is the first message on a broker relay connection: it names the
+// introduction the connection belongs to. The broker answers with a Result
+// once the other agent's connection is bound too (or an Error), and from
+// then on copies bytes between the two.
+type RelayBind struct {
+	Token []byte `json:"token"`
 }
 
 // Ping asks for a Pong with the same nonce; it measures RTT and keeps NAT
@@ -214,13 +237,14 @@ func (*IntroReply) Type() Type   { return TypeIntroReply }
 func (*ConnectReply) Type() Type { return TypeConnectReply }
 func (*Ping) Type() Type         { return TypePing }
 func (*Pong) Type() Type         { return TypePong }
+func (*RelayBind) Type() Type    { return TypeRelayBind }
 
 func (m *Hello) validate() error { return strs(m.Token, m.Version) }
 func (m *Welcome) validate() error {
 	if len(m.STUN) > MaxCandidates {
 		return fmt.Errorf("welcome: %d STUN servers, limit %d", len(m.STUN), MaxCandidates)
 	}
-	return strs(append([]string{m.AgentID, m.Observed, m.Version}, m.STUN...)...)
+	return strs(append([]string{m.AgentID, m.Observed, m.Version, m.TURN}, m.STUN...)...)
 }
 
 func (n *NAT) validate() error {
@@ -259,7 +283,18 @@ func (m *Connect) validate() error {
 	return firstErr(strs(m.Sharer, m.Share), candidates(m.Candidates), m.NAT.validate(), path(m.Path))
 }
 func (m *Intro) validate() error {
-	return firstErr(strs(m.Connector, m.Share), candidates(m.Candidates), m.NAT.validate(), path(m.Path), m.TURN.validate())
+	return firstErr(strs(m.Connector, m.Share), candidates(m.Candidates), m.NAT.validate(), path(m.Path), m.TURN.validate(),
+		relayToken(m.RelayToken, true))
+}
+
+func (m *RelayBind) validate() error { return relayToken(m.Token, false) }
+
+// relayToken checks a token's size; optional ones may be absent.
+func relayToken(t []byte, optional bool) error {
+	if len(t) == RelayTokenSize || (optional && len(t) == 0) {
+		return nil
+	}
+	return fmt.Errorf("relay token of %d bytes, want %d", len(t), RelayTokenSize)
 }
 
 func (t *TURN) validate() error {
@@ -274,16 +309,16 @@ func (t *TURN) validate() error {
 
 func path(p string) error {
 	switch p {
-	case "", PathDirect, PathRelay:
+	case "", PathDirect, PathRelay, PathBroker:
 		return nil
 	}
-	return fmt.Errorf("path %q: want %s or %s", p, PathDirect, PathRelay)
+	return fmt.Errorf("path %q: want %s, %s or %s", p, PathDirect, PathRelay, PathBroker)
 }
 func (m *IntroReply) validate() error {
 	return firstErr(strs(m.Code, m.Message), candidates(m.Candidates), m.NAT.validate(), path(m.Path))
 }
 func (m *ConnectReply) validate() error {
-	return firstErr(strs(m.Code, m.Message), candidates(m.Candidates), m.NAT.validate(), path(m.Path))
+	return firstErr(strs(m.Code, m.Message), candidates(m.Candidates), m.NAT.validate(), path(m.Path), relayToken(m.RelayToken, true))
 }
 func (*Ping) validate() error { return nil }
 func (*Pong) validate() error { return nil }

@@ -20,6 +20,12 @@
 //	sharer           IntroReply{intro}     broker -> conn.  ConnectReply{id, ...}
 //	either           Ping{nonce}           other side       Pong{nonce}
 //	connector        Outcome{...}          (no answer: how the punch went, for metrics)
+//
+// On a broker relay connection (its own TLS connection to the broker's port,
+// ALPN peerport-relay/1), after a PathBroker introduction:
+//
+//	either agent     RelayBind{token}      broker -> agent  Result (both bound) | Error
+//	                 then raw bytes, copied to the other agent's connection
 package proto
 
 import (
@@ -64,6 +70,7 @@ const (
 	TypePing
 	TypePong
 	TypeOutcome
+	TypeRelayBind
 )
 
 // Message is one control message.
@@ -98,6 +105,8 @@ func newMessage(t Type) Message {
 		return new(Ping)
 	case TypePong:
 		return new(Pong)
+	case TypeRelayBind:
+		return new(RelayBind)
 	case TypeOutcome:
 		return new(Outcome)
 	}

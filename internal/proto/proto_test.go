@@ -17,6 +17,7 @@ import (
 
 var (
 	admit32 = bytes.Repeat([]byte{0xa5}, 32)
+	relay32 = bytes.Repeat([]byte{0x5a}, RelayTokenSize)
 	cands   = []Candidate{
 		{Kind: KindHost, Addr: "192.0.2.10:40000"},
 		{Kind: KindSrflx, Addr: "198.51.100.7:61000"},
@@ -28,7 +29,7 @@ var (
 // filled holds one message of every type with every field set.
 var filled = []Message{
 	&Hello{Token: "tok-123", Version: "v1.2.3"},
-	&Welcome{AgentID: strings.Repeat("a", 52), Observed: "198.51.100.7:61000", Version: "v1.2.3"},
+	&Welcome{AgentID: strings.Repeat("a", 52), Observed: "198.51.100.7:61000", Version: "v1.2.3", TURN: "turn:203.0.113.1:3480?transport=tcp"},
 	&Error{Code: CodeUnauthorized, Message: "bad token"},
 	&Register{ID: 1, Share: "web", AdmitHash: admit32, Allow: []string{strings.Repeat("b", 52), strings.Repeat("c", 52)}},
 	&Unregister{ID: 2, Share: "web"},
@@ -38,9 +39,12 @@ var filled = []Message{
 		TURN: &TURN{URL: "turn:203.0.113.1:3480?transport=tcp", Username: "1800000000:" + strings.Repeat("f", 52), Password: "cGFzcw=="}},
 	&IntroReply{Intro: 7, Candidates: cands, Code: CodeRefused, Message: "no", Path: PathRelay},
 	&ConnectReply{ID: 9, Candidates: cands, Code: CodeNotFound, Message: "sharer offline", Path: PathRelay},
+	&ConnectReply{ID: 10, Path: PathBroker, RelayToken: relay32},
+	&Intro{Intro: 8, Connector: strings.Repeat("e", 52), Share: "web", Path: PathBroker, RelayToken: relay32},
 	&Ping{Nonce: 42},
 	&Pong{Nonce: 42},
 	&Outcome{Result: OutcomeDirect, NAT: "cone", PeerNAT: "symmetric", PunchMS: 12},
+	&RelayBind{Token: relay32},
 }
 
 func TestFilledCoversEveryType(t *testing.T) {
@@ -48,12 +52,12 @@ func TestFilledCoversEveryType(t *testing.T) {
 	for _, m := range filled {
 		seen[m.Type()] = true
 	}
-	for ty := TypeHello; ty <= TypeOutcome; ty++ {
+	for ty := TypeHello; ty <= TypeRelayBind; ty++ {
 		if !seen[ty] {
 			t.Errorf("type %d has no entry in filled", ty)
 		}
 	}
-	if newMessage(0) != nil || newMessage(TypeOutcome+1) != nil {
+	if newMessage(0) != nil || newMessage(TypeRelayBind+1) != nil {
 		t.Error("a type beyond the known range makes a message; add it to filled")
 	}
 }
@@ -225,7 +229,7 @@ func TestDecodeErrors(t *testing.T) {
 		{"version 2", frame(13, 2, TypePing, ping), ErrVersion},
 		{"version 255", frame(13, 255, TypePing, ping), ErrVersion},
 		{"type 0", frame(13, Version, 0, ping), ErrUnknownType},
-		{"type after the last", frame(13, Version, TypeOutcome+1, ping), ErrUnknownType},
+		{"type after the last", frame(13, Version, TypeRelayBind+1, ping), ErrUnknownType},
 		{"type 255", frame(13, Version, 255, ping), ErrUnknownType},
 		{"length 0", frame(0, Version, TypePing, ""), ErrMalformed},
 		{"length 1", frame(1, Version, TypePing, ""), ErrMalformed},
@@ -331,6 +335,10 @@ func TestValidation(t *testing.T) {
 		{"intro reply long message", &IntroReply{Message: long}},
 		{"connect reply too many candidates", &ConnectReply{Candidates: many}},
 		{"connect reply bad candidate", &ConnectReply{Candidates: bad("1.2.3.4:x")}},
+		{"intro short relay token", &Intro{Connector: "c", Share: "w", Path: PathBroker, RelayToken: admit32[:31]}},
+		{"connect reply long relay token", &ConnectReply{Path: PathBroker, RelayToken: append(relay32, 0)}},
+		{"relay bind without token", &RelayBind{}},
+		{"relay bind short token", &RelayBind{Token: []byte("abc")}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -10,6 +10,10 @@
 //	| 1 B   | alen B      | 32 B     | 32 B        | 1 B   | nlen B| 32 B     | 4 B BE |
 //	+-------+-------------+----------+-------------+-------+-------+----------+--------+
 //
+// A pin of 32 zero bytes means the broker has no pin: its certificate comes
+// from a CA and must verify, against the system roots, for the broker
+// address's host. Broker URLs then have no "#PIN" either.
+//
 // Two keys are derived from the secret with HKDF-SHA256. The admit key is shown
 // to the broker (as its SHA-256 by the sharer, in full by the connector) to
 // admit the connector to an introduction. The proof key never leaves the two

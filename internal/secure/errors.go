@@ -15,6 +15,9 @@ var (
 	ErrTicketVersion = errors.New("unsupported ticket version")
 	// ErrPinMismatch is returned when a peer's key is not the one pinned.
 	ErrPinMismatch = errors.New("key does not match pin")
+	// ErrUntrustedBroker is returned when a broker without a pin presents a
+	// certificate that does not verify (unknown CA, wrong name, expired).
+	ErrUntrustedBroker = errors.New("certificate not trusted")
 	// ErrBadProof is returned when a connector's ticket proof does not verify.
 	ErrBadProof = errors.New("ticket proof does not verify")
 )

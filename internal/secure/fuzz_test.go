@@ -12,6 +12,7 @@ import (
 // parsed would be an altered ticket accepted.
 func FuzzParseTicket(f *testing.F) {
 	f.Add(goldenTicket)
+	f.Add(goldenTicketNoPin)
 	f.Add(newTicket(f, "[::1]:7000", "ssh").String())
 	f.Add("pp1")
 	f.Add("pp2aaaa")
@@ -47,6 +48,9 @@ func FuzzParseBrokerURL(f *testing.F) {
 		"pp://tok:x@h:1#" + pin,
 		"pp://h:1#" + pin,
 		"pp://tok@h:1/p?q#" + pin,
+		"pp://tok@broker.example.com:443",
+		"pp://tok@h:1#",
+		"pp://tok@h:1#" + Pin{}.String(),
 	} {
 		f.Add(s)
 	}

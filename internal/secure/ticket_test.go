@@ -84,6 +84,53 @@ func TestTicketGolden(t *testing.T) {
 	}
 }
 
+// TestTicketNoPin: a ticket for a broker with a CA-issued certificate has a
+// zero pin (32 zero bytes in the same format) and still names the host its
+// certificate is checked for.
+func TestTicketNoPin(t *testing.T) {
+	sharer := newID(t).ID()
+	for _, broker := range []string{"broker.example.com:443", "203.0.113.7:443", "[2001:db8::1]:443"} {
+		tk, err := NewTicket(broker, Pin{}, sharer, "web")
+		if err != nil {
+			t.Fatalf("NewTicket(%q, zero pin): %v", broker, err)
+		}
+		got, err := ParseTicket(tk.String())
+		if err != nil || got != tk || !got.Pin.IsZero() {
+			t.Errorf("ParseTicket(%q ticket) = %+v, %v; want %+v", broker, got, err, tk)
+		}
+	}
+	for _, tt := range []struct{ broker, want string }{
+		{":443", `malformed ticket: broker address ":443" is not host:port`},
+		{"", `malformed ticket: broker address "" is not host:port`},
+	} {
+		if _, err := NewTicket(tt.broker, Pin{}, sharer, "web"); err == nil || err.Error() != tt.want {
+			t.Errorf("NewTicket(%q, zero pin) = %v, want %q", tt.broker, err, tt.want)
+		}
+	}
+	if _, err := NewTicket("h:1", Pin{}, AgentID{}, "web"); err == nil || err.Error() != "malformed ticket: missing sharer" {
+		t.Errorf("NewTicket(zero sharer) = %v", err)
+	}
+}
+
+// TestTicketGoldenNoPin pins the zero-pin form: the same format, the pin
+// field all zeros.
+func TestTicketGoldenNoPin(t *testing.T) {
+	var tk Ticket
+	tk.Broker = "broker.test:443"
+	tk.Share = "web"
+	for i := range 32 {
+		tk.Sharer[i] = byte(0x80 + i)
+		tk.Secret[i] = byte(0x40 + i)
+	}
+	if got := tk.String(); got != goldenTicketNoPin {
+		t.Errorf("String() =\n%s\nwant\n%s", got, goldenTicketNoPin)
+	}
+	got, err := ParseTicket(goldenTicketNoPin)
+	if err != nil || got != tk {
+		t.Fatalf("ParseTicket(golden) = %+v, %v", got, err)
+	}
+}
+
 func TestTicketKeys(t *testing.T) {
 	a := newTicket(t, "127.0.0.1:7000", "web")
 	b := newTicket(t, "127.0.0.1:7000", "web")
@@ -131,7 +178,6 @@ func TestNewTicketInvalid(t *testing.T) {
 		{"share leading dash", "h:1", "-web", pin, sharer},
 		{"share with slash", "h:1", "a/b", pin, sharer},
 		{"share too long", "h:1", strings.Repeat("x", 64), pin, sharer},
-		{"zero pin", "h:1", "web", Pin{}, sharer},
 		{"zero sharer", "h:1", "web", pin, AgentID{}},
 	} {
 		if _, err := NewTicket(tt.broker, tt.pin, tt.sharer, tt.share); !errors.Is(err, ErrBadTicket) {

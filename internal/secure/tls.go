@@ -1,6 +1,7 @@
 package secure
 
 import (
+	"bytes"
 	"crypto"
 	"crypto/ed25519"
 	"crypto/hmac"
@@ -20,6 +21,9 @@ import (
 const (
 	ALPNControl = "peerport-control/1"
 	ALPNPeer    = "peerport-peer/1"
+	// ALPNRelay is a broker relay connection: an agent's own TLS connection
+	// to the broker's port that the broker pairs with the other agent's.
+	ALPNRelay = "peerport-relay/1"
 )
 
 // exporterLabel names the TLS exporter the ticket proof is bound to (RFC 8446 §7.5).
@@ -116,16 +120,80 @@ func ControlServerConfig(cert tls.Certificate) *tls.Config {
 	return c
 }
 
-// ControlClientConfig is the agent side of the control channel: the broker is
-// trusted only if its key matches pin.
+// ControlServerConfigFunc is ControlServerConfig for a broker whose
+// certificate can change while it runs (from ACME, or files re-read when
+// they change): getCert picks it for each handshake.
+func ControlServerConfigFunc(getCert func(*tls.ClientHelloInfo) (*tls.Certificate, error)) *tls.Config {
+	return &tls.Config{
+		GetCertificate:        getCert,
+		MinVersion:            tls.VersionTLS13,
+		NextProtos:            []string{ALPNControl},
+		ClientAuth:            tls.RequireAnyClientCert,
+		VerifyPeerCertificate: requireKey(nil),
+	}
+}
+
+// ControlClientConfig is the agent side of the control channel to a broker
+// trusted by pin only. It is BrokerClientConfig without the URL; a zero pin
+// needs the URL's host, so it is an error here.
 func ControlClientConfig(id *Identity, pin Pin) (*tls.Config, error) {
+	if pin.IsZero() {
+		return nil, fmt.Errorf("%w: no pin (a broker without one is verified for its host name: use BrokerClientConfig)", ErrBadBrokerURL)
+	}
+	return BrokerClientConfig(id, BrokerURL{Pin: pin}, ALPNControl)
+}
+
+// BrokerClientConfig is the agent side of a TLS connection to the broker of
+// u (the control channel, a broker relay connection), offering alpn, and
+// presenting the agent's identity certificate.
+//
+// With a pin, the broker is trusted only if its key matches the pin; its
+// chain and name do not matter. Without one, the broker's certificate chain
+// must verify against the system roots (Go reads SSL_CERT_FILE and
+// SSL_CERT_DIR in place of them) for u's host, a name or an IP address, as
+// for any HTTPS server. A refusal wraps ErrPinMismatch or ErrUntrustedBroker:
+// both are final, retrying cannot help.
+func BrokerClientConfig(id *Identity, u BrokerURL, alpn string) (*tls.Config, error) {
+	return brokerClientConfig(id, u, alpn, nil)
+}
+
+// brokerClientConfig is BrokerClientConfig with the roots given; nil means
+// the system's. Tests pass their own CA.
+func brokerClientConfig(id *Identity, u BrokerURL, alpn string, roots *x509.CertPool) (*tls.Config, error) {
 	cert, err := id.Certificate()
 	if err != nil {
 		return nil, err
 	}
-	c := baseConfig(cert, ALPNControl)
-	c.InsecureSkipVerify = true // replaced by the pin check below, which is stricter than a CA chain
-	c.VerifyPeerCertificate = func(raw [][]byte, _ [][]*x509.Certificate) error {
+	c := baseConfig(cert, alpn)
+	if !u.Pin.IsZero() {
+		c.InsecureSkipVerify = true // replaced by the pin check below, which is stricter than a CA chain
+		c.VerifyPeerCertificate = checkPin(u.Pin)
+		return c, nil
+	}
+	host := u.Host()
+	if host == "" {
+		return nil, fmt.Errorf("%w: broker address %q has no host to verify its certificate for", ErrBadBrokerURL, u.Addr)
+	}
+	// ServerName is sent as SNI (for a name, not an IP), which a broker
+	// with several names or an ACME certificate picks its certificate by.
+	c.ServerName = host
+	c.RootCAs = roots
+	// crypto/tls would verify the chain itself, but its error ("tls: failed
+	// to verify certificate: x509: ...") names no broker, says nothing of
+	// what to do, and wraps nothing an agent can tell from a network error
+	// that is worth retrying. So the same verification crypto/tls does
+	// (x509.Verify of the leaf, with the peer's intermediates, for the host
+	// and server authentication) runs here, and its error is ours.
+	c.InsecureSkipVerify = true
+	c.VerifyConnection = func(cs tls.ConnectionState) error {
+		return verifyBroker(u.Addr, host, roots, cs.PeerCertificates)
+	}
+	return c, nil
+}
+
+// checkPin accepts a broker whose leaf carries the pinned key.
+func checkPin(pin Pin) func([][]byte, [][]*x509.Certificate) error {
+	return func(raw [][]byte, _ [][]*x509.Certificate) error {
 		if len(raw) == 0 {
 			return errors.New("broker sent no certificate")
 		}
@@ -138,8 +206,49 @@ func ControlClientConfig(id *Identity, pin Pin) (*tls.Config, error) {
 		}
 		return nil
 	}
-	return c, nil
 }
+
+// verifyBroker verifies a pin-less broker's chain for host and says what
+// is wrong in terms of what the user can change.
+func verifyBroker(addr, host string, roots *x509.CertPool, certs []*x509.Certificate) error {
+	if len(certs) == 0 {
+		return fmt.Errorf("broker %s: %w (it sent no certificate)", addr, ErrUntrustedBroker)
+	}
+	opts := x509.VerifyOptions{Roots: roots, DNSName: host, Intermediates: x509.NewCertPool()}
+	for _, c := range certs[1:] {
+		opts.Intermediates.AddCert(c)
+	}
+	_, err := certs[0].Verify(opts)
+	if err == nil {
+		return nil
+	}
+	var (
+		hostErr    x509.HostnameError
+		invalidErr x509.CertificateInvalidError
+	)
+	// x509 checks the name before the chain; an untrusted chain is the
+	// deeper problem, and the one to report.
+	if errors.As(err, &hostErr) {
+		opts.DNSName = ""
+		if _, cerr := certs[0].Verify(opts); cerr != nil {
+			err = cerr
+		}
+	}
+	leaf := certs[0]
+	hint := "if the broker uses a private CA, point SSL_CERT_FILE at its root"
+	switch {
+	case leaf.Subject.CommonName == brokerCommonName && bytes.Equal(leaf.RawIssuer, leaf.RawSubject):
+		hint = "this broker has a self-signed key: use the broker URL with #PIN that it printed"
+	case errors.As(err, &hostErr):
+		hint = "use a broker URL with a name the certificate is for"
+	case errors.As(err, &invalidErr) && invalidErr.Reason == x509.Expired:
+		hint = "check this machine's clock, or ask the broker's operator to renew it"
+	}
+	return fmt.Errorf("broker %s: %w (%v); %s", addr, ErrUntrustedBroker, err, hint)
+}
+
+// brokerCommonName is the name in a broker's self-signed certificate.
+const brokerCommonName = "peerport-broker"
 
 // PeerServerConfig is the sharer side of the peer channel. Any agent may
 // complete the handshake; what it may do is decided per stream, by its proof

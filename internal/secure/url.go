@@ -48,31 +48,47 @@ var tokenRE = regexp.MustCompile(`^[A-Za-z0-9._~-]+$`)
 const DefaultBrokerPort = 7000
 
 // BrokerURL is pp://TOKEN@HOST:PORT#PIN: where a broker listens, the token
-// that admits agents to it, and the pin of its key.
+// that admits agents to it, and the pin of its key. A broker with a
+// certificate from a CA has no pin, pp://TOKEN@NAME:PORT: agents then verify
+// its certificate chain against the system roots, for the URL's host.
 type BrokerURL struct {
 	Token string
 	Addr  string // host:port
-	Pin   Pin
+	Pin   Pin    // zero: no pin; the certificate must verify for Addr's host
 }
 
-// String returns the URL form.
-func (u BrokerURL) String() string {
-	return "pp://" + u.Token + "@" + u.Addr + "#" + u.Pin.String()
-}
+// String returns the URL form; without "#PIN" when the pin is zero.
+func (u BrokerURL) String() string { return "pp://" + u.Token + "@" + u.Addr + u.fragment() }
 
 // Redacted returns the URL with the token hidden, for logs.
-func (u BrokerURL) Redacted() string {
-	return "pp://***@" + u.Addr + "#" + u.Pin.String()
+func (u BrokerURL) Redacted() string { return "pp://***@" + u.Addr + u.fragment() }
+
+func (u BrokerURL) fragment() string {
+	if u.Pin.IsZero() {
+		return ""
+	}
+	return "#" + u.Pin.String()
 }
 
-// ParseBrokerURL parses pp://TOKEN@HOST[:PORT]#PIN.
+// Host returns the host of Addr (without brackets for IPv6): the name a
+// broker's CA-issued certificate must be valid for.
+func (u BrokerURL) Host() string {
+	host, _, err := net.SplitHostPort(u.Addr)
+	if err != nil {
+		return ""
+	}
+	return host
+}
+
+// ParseBrokerURL parses pp://TOKEN@HOST[:PORT][#PIN]. Without a pin the
+// broker is trusted by its certificate chain instead (see BrokerClientConfig).
 func ParseBrokerURL(s string) (BrokerURL, error) {
 	var u BrokerURL
 	s = strings.TrimSpace(s)
 	pu, err := url.Parse(s)
 	if err != nil {
 		// url's error quotes the whole input, token included: say less.
-		return u, fmt.Errorf("%w: not a URL of the form pp://TOKEN@HOST:PORT#PIN", ErrBadBrokerURL)
+		return u, fmt.Errorf("%w: not a URL of the form pp://TOKEN@HOST:PORT#PIN or pp://TOKEN@HOST:PORT", ErrBadBrokerURL)
 	}
 	if pu.Scheme != "pp" {
 		return u, fmt.Errorf("%w: scheme must be pp:// (got %q)", ErrBadBrokerURL, pu.Scheme)
@@ -102,12 +118,23 @@ func ParseBrokerURL(s string) (BrokerURL, error) {
 	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
 		return u, fmt.Errorf("%w: port %q out of range", ErrBadBrokerURL, port)
 	}
+	u = BrokerURL{Token: pu.User.Username(), Addr: net.JoinHostPort(host, port)}
+	// A token cannot hold '#', so a '#' in the text starts the fragment.
+	if !strings.Contains(s, "#") {
+		return u, nil
+	}
 	if pu.Fragment == "" {
-		return u, fmt.Errorf("%w: missing #pin", ErrBadBrokerURL)
+		return BrokerURL{}, fmt.Errorf("%w: empty #pin (leave out the '#' for a broker with a certificate from a CA)", ErrBadBrokerURL)
 	}
 	pin, err := ParsePin(pu.Fragment)
 	if err != nil {
-		return u, err
+		return BrokerURL{}, err
 	}
-	return BrokerURL{Token: pu.User.Username(), Addr: net.JoinHostPort(host, port), Pin: pin}, nil
+	// The zero pin means "no pin"; written out, it would print back as a
+	// URL without one, and is far more likely a mangled URL than a key.
+	if pin.IsZero() {
+		return BrokerURL{}, fmt.Errorf("%w: pin is all zeros", ErrBadBrokerURL)
+	}
+	u.Pin = pin
+	return u, nil
 }

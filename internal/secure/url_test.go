@@ -102,6 +102,12 @@ func TestParseBrokerURL(t *testing.T) {
 		{"pp://tok@h:#" + ps, BrokerURL{"tok", "h:7000", pin}}, // RFC 3986: an empty port is the default
 		{"  pp://tok@h:9#" + ps + "\n", BrokerURL{"tok", "h:9", pin}},
 		{"pp://A-b_c.d~9@h:9#" + ps, BrokerURL{"A-b_c.d~9", "h:9", pin}},
+		// No pin: a broker with a certificate from a CA.
+		{"pp://tok@broker.example.com:443", BrokerURL{"tok", "broker.example.com:443", Pin{}}},
+		{"pp://tok@broker.example.com", BrokerURL{"tok", "broker.example.com:7000", Pin{}}},
+		{"pp://tok@203.0.113.7:443", BrokerURL{"tok", "203.0.113.7:443", Pin{}}},
+		{"pp://tok@[2001:db8::1]:443", BrokerURL{"tok", "[2001:db8::1]:443", Pin{}}},
+		{" pp://tok@h:9\n", BrokerURL{"tok", "h:9", Pin{}}},
 	}
 	for _, tt := range good {
 		got, err := ParseBrokerURL(tt.in)
@@ -119,6 +125,12 @@ func TestParseBrokerURL(t *testing.T) {
 		if r := got.Redacted(); strings.Contains(r, got.Token) {
 			t.Errorf("Redacted() = %q shows the token", r)
 		}
+		// A pin-less URL prints without '#', a pinned one with it.
+		for _, s := range []string{got.String(), got.Redacted()} {
+			if strings.Contains(s, "#") == got.Pin.IsZero() {
+				t.Errorf("%q: '#' present %v with pin %v", s, strings.Contains(s, "#"), got.Pin)
+			}
+		}
 	}
 
 	bad := map[string]string{
@@ -130,8 +142,8 @@ func TestParseBrokerURL(t *testing.T) {
 		"empty token":    "pp://@h:7000#" + ps,
 		"token with ':'": "pp://tok:secret@h:7000#" + ps,
 		"token only ':'": "pp://:secret@h:7000#" + ps,
-		"missing pin":    "pp://tok@h:7000",
 		"empty pin":      "pp://tok@h:7000#",
+		"zero pin":       "pp://tok@h:7000#" + Pin{}.String(),
 		"short pin":      "pp://tok@h:7000#" + ps[:42],
 		"long pin":       "pp://tok@h:7000#" + ps + "A",
 		"bad pin chars":  "pp://tok@h:7000#" + strings.Repeat("*", 43),
@@ -153,6 +165,37 @@ func TestParseBrokerURL(t *testing.T) {
 	for name, in := range bad {
 		if u, err := ParseBrokerURL(in); !errors.Is(err, ErrBadBrokerURL) {
 			t.Errorf("%s: ParseBrokerURL(%q) = %+v, %v; want ErrBadBrokerURL", name, in, u, err)
+		}
+	}
+}
+
+func TestBrokerURLForms(t *testing.T) {
+	pin := PinOf(mustX509(t))
+	for _, tt := range []struct {
+		u             BrokerURL
+		str, redacted string
+		host          string
+	}{
+		{BrokerURL{"tok", "broker.test:443", Pin{}}, "pp://tok@broker.test:443", "pp://***@broker.test:443", "broker.test"},
+		{BrokerURL{"tok", "[::1]:7000", Pin{}}, "pp://tok@[::1]:7000", "pp://***@[::1]:7000", "::1"},
+		{BrokerURL{"tok", "h:1", pin}, "pp://tok@h:1#" + pin.String(), "pp://***@h:1#" + pin.String(), "h"},
+	} {
+		if got := tt.u.String(); got != tt.str {
+			t.Errorf("String() = %q, want %q", got, tt.str)
+		}
+		if got := tt.u.Redacted(); got != tt.redacted {
+			t.Errorf("Redacted() = %q, want %q", got, tt.redacted)
+		}
+		if got := tt.u.Host(); got != tt.host {
+			t.Errorf("Host() of %q = %q, want %q", tt.u.Addr, got, tt.host)
+		}
+	}
+	for _, tt := range []struct{ in, want string }{
+		{"pp://tok@h:7000#", "malformed broker URL: empty #pin (leave out the '#' for a broker with a certificate from a CA)"},
+		{"pp://tok@h:7000#" + Pin{}.String(), "malformed broker URL: pin is all zeros"},
+	} {
+		if _, err := ParseBrokerURL(tt.in); err == nil || err.Error() != tt.want {
+			t.Errorf("ParseBrokerURL(%q) = %v, want %q", tt.in, err, tt.want)
 		}
 	}
 }

@@ -17,33 +17,13 @@ import (
 	"github.com/peerport/peerport/internal/secure"
 )
 
-// The relay path: when no direct path can be punched, the sharer allocates
-// a TCP relay on a TURN server (RFC 6062), permits the connector's public
-// address, and the connector dials the relayed address. The TLS peer
+// The TURN relay path: when no direct path can be punched, the sharer
+// allocates a TCP relay on a TURN server (RFC 6062), permits the connector's
+// public address, and the connector dials the relayed address. The TLS peer
 // channel and its session run over that connection exactly as over a
 // punched one; the relay sees only ciphertext.
 
-// Path policies, per share and per connect.
 const (
-	PathAuto   = "auto"           // punch; relay when punching cannot work or is slow; move to direct when it comes up
-	PathDirect = proto.PathDirect // punched paths only
-	PathRelay  = proto.PathRelay  // relayed paths only
-)
-
-// ValidPath checks a path policy; empty means PathAuto.
-func ValidPath(p string) error {
-	switch p {
-	case "", PathAuto, PathDirect, PathRelay:
-		return nil
-	}
-	return fmt.Errorf("path %q: want %s, %s or %s", p, PathAuto, PathDirect, PathRelay)
-}
-
-const (
-	// relayHeadStart is how long an introduction gives the punch alone
-	// before racing a relay beside it: a punch between cone NATs takes a
-	// few round trips, well under this even on long paths.
-	relayHeadStart = time.Second
 	// relayTimeout bounds the sharer's allocation and the connector's dial
 	// to the relayed address.
 	relayTimeout = 10 * time.Second
@@ -69,84 +49,16 @@ var errSharerWantsRelay = errors.New("the share takes relayed connections only")
 // errNoRelayAddr: a relay introduction was answered without an address.
 var errNoRelayAddr = errors.New("the sharer answered a relay introduction without a relayed address")
 
-// attempt is one path's dial result.
-type attempt struct {
-	c   *secure.Conn
-	out outcome
-	err error
-}
+// turnPath is the TURN relay.
+type turnPath struct{ a *Agent }
 
-// dialPaths makes the connector's session to sharer under policy. With
-// PathAuto the punch goes first, and a relay joins it as soon as the punch
-// is known not to work, or after relayHeadStart; the first path up carries
-// the streams. A direct path that comes up after the relay takes over the
-// new streams, and the relayed session closes once idle.
-func (a *Agent) dialPaths(ctx context.Context, sharer secure.AgentID, policy string, dial dialFunc) (*peerSession, error) {
-	if policy == PathDirect || policy == PathRelay {
-		c, out, err := dial(ctx, policy)
-		if err != nil {
-			return nil, err
-		}
-		return a.startConnectorSession(ctx, sharer, c, out)
-	}
-	results := make(chan attempt, 2) // never blocks a dial
-	try := func(path string) {
-		a.spawn(func() {
-			c, out, err := dial(ctx, path)
-			results <- attempt{c, out, err}
-		})
-	}
-	try(PathDirect)
-	pending, relaying := 1, false
-	// Whatever is still dialing when the race is decided finishes here.
-	defer func() { a.spawn(func() { a.lateAttempts(ctx, sharer, results, pending) }) }()
-	head := time.NewTimer(relayHeadStart)
-	defer head.Stop()
-	var errs []error
-	for {
-		select {
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		case <-head.C:
-		case r := <-results:
-			pending--
-			if r.err == nil {
-				return a.startConnectorSession(ctx, sharer, r.c, r.out)
-			}
-			errs = append(errs, r.err)
-			if errors.Is(r.err, ErrUnauthorized) || (relaying && pending == 0) {
-				return nil, errors.Join(errs...)
-			}
-		}
-		if !relaying {
-			relaying = true
-			pending++
-			try(PathRelay)
-		}
-	}
-}
+func (turnPath) wire() string { return proto.PathRelay }
 
-// lateAttempts takes the paths that finished after the race was decided:
-// a direct path is worth moving to; a relayed one is not needed any more.
-func (a *Agent) lateAttempts(ctx context.Context, sharer secure.AgentID, results <-chan attempt, n int) {
-	for range n {
-		r := <-results
-		switch {
-		case r.err != nil:
-			a.log.WithError(r.err).WithField("peer", sharer.Short()).Debug("a slower path failed")
-		case r.out.path == PathDirect && ctx.Err() == nil:
-			a.startConnectorSession(ctx, sharer, r.c, r.out)
-		default:
-			r.c.Close()
-		}
-	}
-}
-
-// dialRelay is the connector's relayed way to a sharer: a relay
+// dial is the connector's TURN-relayed way to a sharer: a relay
 // introduction makes the sharer allocate and permit us, and we dial the
 // relayed address it answers with.
-func (a *Agent) dialRelay(ctx context.Context, b *brokerClient, sharer secure.AgentID, intro introFunc) (*secure.Conn, outcome, *proto.ConnectReply, error) {
-	out := outcome{path: PathRelay}
+func (p turnPath) dial(ctx context.Context, b *brokerClient, sharer secure.AgentID, intro introFunc, _ func()) (net.Conn, outcome, *proto.ConnectReply, error) {
+	out := outcome{path: PathRelay, relayKind: RelayTURN}
 	if err := b.ready(ctx); err != nil { // our NAT type, for status and the broker's logs
 		return nil, out, nil, err
 	}
@@ -170,18 +82,14 @@ func (a *Agent) dialRelay(ctx context.Context, b *brokerClient, sharer secure.Ag
 	}
 	cc := &countConn{Conn: conn}
 	out.relay, out.relayed = addr, &cc.n
-	c, err := a.clientTLS(ctx, cc, sharer)
-	if err == nil {
-		a.log.WithFields(logrus.Fields{"component": "relay", "peer": sharer.Short(), "relay": addr}).Info("relayed path up")
-	}
-	return c, out, rep, err
+	return cc, out, rep, nil
 }
 
-// relayForIntro is the sharer's side of a relay introduction: allocate,
-// permit the connector, answer with the relayed address, and serve the
-// peer channel that arrives through it. The allocation lives as long as
-// that session.
-func (a *Agent) relayForIntro(ctx context.Context, b *brokerClient, in *proto.Intro, connector secure.AgentID, rep *proto.IntroReply) {
+// answer is the sharer's side of a TURN introduction: allocate, permit the
+// connector, answer with the relayed address, and serve the peer channel
+// that arrives through it. The allocation lives as long as that session.
+func (p turnPath) answer(ctx context.Context, b *brokerClient, in *proto.Intro, connector secure.AgentID, rep *proto.IntroReply) {
+	a := p.a
 	log := a.log.WithFields(logrus.Fields{"component": "relay", "peer": connector.Short(), "share": in.Share})
 	fail := func(code string, err error) {
 		rep.Code, rep.Message = code, "sharer: "+err.Error()
@@ -227,7 +135,7 @@ func (a *Agent) relayForIntro(ctx context.Context, b *brokerClient, in *proto.In
 			return
 		}
 		cc := &countConn{Conn: conn}
-		a.servePeer(ctx, cc, connector, outcome{path: PathRelay, relay: alloc.Addr().String(), relayed: &cc.n,
+		a.servePeer(ctx, cc, connector, outcome{path: PathRelay, relayKind: RelayTURN, relay: alloc.Addr().String(), relayed: &cc.n,
 			localNAT: natType(local), peerNAT: natType(in.NAT)})
 	})
 }

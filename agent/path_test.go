@@ -41,10 +41,42 @@ func TestPermitIPs(t *testing.T) {
 }
 
 func TestValidPath(t *testing.T) {
-	for p, ok := range map[string]bool{"": true, "auto": true, "direct": true, "relay": true, "Relay": false, "turn": false} {
+	for p, ok := range map[string]bool{"": true, "auto": true, "direct": true, "relay": true, "turn": true, "broker": true, "Relay": false, "derp": false} {
 		if err := ValidPath(p); (err == nil) != ok {
 			t.Errorf("ValidPath(%q) = %v, want ok %v", p, err, ok)
 		}
+	}
+}
+
+// TestAllows: which introductions a share's policy answers, and which
+// paths a connector's policy dials.
+func TestAllows(t *testing.T) {
+	wires := []string{"", proto.PathDirect, proto.PathRelay, proto.PathBroker}
+	want := map[string][]bool{ // per policy, per wire above
+		"":         {true, true, true, true},
+		PathAuto:   {true, true, true, true},
+		PathDirect: {true, true, false, false},
+		PathRelay:  {false, false, true, true},
+		PathTURN:   {false, false, true, false},
+		PathBroker: {false, false, false, true},
+	}
+	for policy, w := range want {
+		for i, wire := range wires {
+			if got := allows(policy, wire); got != w[i] {
+				t.Errorf("allows(%q, %q) = %v, want %v", policy, wire, got, w[i])
+			}
+		}
+	}
+	a := &Agent{}
+	ps := newPaths(a)
+	for _, wire := range wires {
+		p := ps.byWire(wire)
+		if p == nil || (wire != "" && p.wire() != wire) {
+			t.Errorf("byWire(%q) = %v", wire, p)
+		}
+	}
+	if ps.byWire("carrier-pigeon") != nil {
+		t.Error("byWire knows an unknown path")
 	}
 }
 

@@ -7,7 +7,6 @@ import (
 	"net"
 	"net/netip"
 	"slices"
-	"sync/atomic"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -25,139 +24,12 @@ import (
 // the TLS peer channel with the connector as client.
 
 const (
-	punchTimeout   = 10 * time.Second
-	stunTimeout    = 3 * time.Second
-	discoverEvery  = 5 * time.Minute
-	maxStartDelay  = time.Second // bounds a start delay computed from reported RTTs
-	discoverBudget = 5 * time.Second
+	punchTimeout  = 10 * time.Second
+	maxStartDelay = time.Second // bounds a start delay computed from reported RTTs
 )
 
 // ErrRelayNeeded means no direct path can be punched between the two NATs.
 var ErrRelayNeeded = punch.ErrRelayNeeded
-
-// stunServers resolves the Welcome's STUN list against the broker's address:
-// an unspecified host there means the broker's own.
-func stunServers(welcome []string, brokerAddr string) []string {
-	bhost, _, _ := net.SplitHostPort(brokerAddr)
-	var out []string
-	for _, s := range welcome {
-		host, port, err := net.SplitHostPort(s)
-		if err != nil {
-			continue
-		}
-		if ip, err := netip.ParseAddr(host); host == "" || (err == nil && ip.IsUnspecified()) {
-			host = bhost
-		}
-		out = append(out, net.JoinHostPort(host, port))
-	}
-	return out
-}
-
-// stunPair picks a primary STUN server and an alternate on another address
-// (else another port), for the mapping test of package nat.
-func stunPair(servers []string) (primary, alternate string) {
-	if len(servers) == 0 {
-		return "", ""
-	}
-	primary = servers[0]
-	ph, pp, _ := net.SplitHostPort(primary)
-	for _, s := range servers[1:] {
-		if h, _, _ := net.SplitHostPort(s); h != ph {
-			return primary, s
-		}
-	}
-	for _, s := range servers[1:] {
-		if _, p, _ := net.SplitHostPort(s); p != pp {
-			return primary, s
-		}
-	}
-	return primary, ""
-}
-
-// discover runs NAT discovery against the broker's STUN servers and keeps
-// the report for the introductions of this control session.
-func (b *brokerClient) discover(ctx context.Context, servers []string, scanned chan struct{}) {
-	primary, alt := stunPair(servers)
-	if primary == "" {
-		close(scanned)
-		b.log.Info("broker offers no STUN server: NAT type unknown, punching blind")
-		return
-	}
-	// First the TCP mapping alone, which introductions wait for; then the
-	// whole picture, for status and logs, now and every discoverEvery.
-	for first := true; ; first = false {
-		dctx, cancel := context.WithTimeout(ctx, discoverBudget)
-		r, err := nat.Discover(dctx, nat.Options{Server: primary, Alternate: alt, Timeout: stunTimeout, TCPOnly: first})
-		cancel()
-		if err != nil {
-			b.log.WithError(err).Info("NAT discovery failed")
-		} else {
-			b.mu.Lock()
-			b.report = r
-			b.mu.Unlock()
-			if !first {
-				b.log.WithFields(logrus.Fields{"nat": r.Type, "verdict": r.Verdict, "public": r.PublicIP,
-					"udp_filtering": r.UDP.Filtering}).Info("NAT discovered")
-			}
-		}
-		if first {
-			close(scanned)
-			continue
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(discoverEvery):
-		}
-	}
-}
-
-func (b *brokerClient) natReport() *nat.Report {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.report
-}
-
-// ready waits for a control session and for its first NAT discovery, so an
-// introduction carries our STUN mapping and NAT type.
-func (b *brokerClient) ready(ctx context.Context) error {
-	if _, err := b.conn(ctx); err != nil {
-		return err
-	}
-	b.mu.Lock()
-	scanned := b.firstScan
-	b.mu.Unlock()
-	select {
-	case <-scanned:
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-	return nil
-}
-
-func natInfo(r *nat.Report) *proto.NAT {
-	if r == nil {
-		return &proto.NAT{Type: "unknown"}
-	}
-	return &proto.NAT{Type: r.Type, Mapping: r.TCP.Behavior, Verdict: r.Verdict}
-}
-
-// peerReport turns what the peer said of its NAT into the form punch reads.
-func peerReport(n *proto.NAT) *nat.Report {
-	if n == nil {
-		return nil
-	}
-	r := &nat.Report{Type: n.Type, Verdict: n.Verdict}
-	r.TCP.Behavior = n.Mapping
-	return r
-}
-
-func natType(n *proto.NAT) string {
-	if n == nil || n.Type == "" {
-		return "unknown"
-	}
-	return n.Type
-}
 
 // punchSocket is a bound punch port and the candidates that reach it.
 type punchSocket struct {
@@ -183,7 +55,10 @@ func (b *brokerClient) openPunch(ctx context.Context) (*punchSocket, error) {
 	b.mu.Lock()
 	servers := b.stun
 	b.mu.Unlock()
-	if len(servers) > 0 {
+	// When this session's discovery got no STUN answer at all, neither will
+	// this: a network that lets only the broker's port through. Waiting for
+	// the timeout would only delay the introduction.
+	if len(servers) > 0 && !b.stunUnreachable() {
 		sctx, cancel := context.WithTimeout(ctx, stunTimeout)
 		m, err := nat.MappedAddrTCP(sctx, netip.AddrPortFrom(netip.IPv4Unspecified(), port), servers[0])
 		cancel()
@@ -232,15 +107,6 @@ func toPunch(cs []proto.Candidate) []punch.Candidate {
 	return out
 }
 
-// outcome is how a peer channel was made, for status and logs.
-type outcome struct {
-	path              string // proto.PathDirect or proto.PathRelay
-	res               *punch.Result
-	localNAT, peerNAT string
-	relay             string        // the relayed address, on the relay path
-	relayed           *atomic.Int64 // bytes through the relay, both ways
-}
-
 // punchTo runs one punch and returns the kept TCP connection.
 func (a *Agent) punchTo(ctx context.Context, ps *punchSocket, remote []proto.Candidate, initiator bool,
 	local *nat.Report, peer *proto.NAT, startAt time.Time, log logrus.FieldLogger) (net.Conn, outcome, error) {
@@ -268,13 +134,15 @@ func (a *Agent) punchTo(ctx context.Context, ps *punchSocket, remote []proto.Can
 	return conn, out, nil
 }
 
-// introFunc asks the broker to introduce us to a sharer; the caller fills
-// in path, candidates and NAT, the forward who and with what ticket.
-type introFunc func(context.Context, *proto.Connect) (*proto.ConnectReply, error)
+// directPath is the punched path.
+type directPath struct{ a *Agent }
 
-// dialSharer is the connector's direct way to a sharer: introduce with our
-// punch candidates, punch, then TLS as client pinning the sharer's key.
-func (a *Agent) dialSharer(ctx context.Context, b *brokerClient, sharer secure.AgentID, intro introFunc) (*secure.Conn, outcome, *proto.ConnectReply, error) {
+func (directPath) wire() string { return proto.PathDirect }
+
+// dial is the connector's direct way to a sharer: introduce with our punch
+// candidates and punch.
+func (p directPath) dial(ctx context.Context, b *brokerClient, sharer secure.AgentID, intro introFunc, hurry func()) (net.Conn, outcome, *proto.ConnectReply, error) {
+	a := p.a
 	none := outcome{path: proto.PathDirect}
 	if err := b.ready(ctx); err != nil {
 		return nil, none, nil, err
@@ -298,14 +166,18 @@ func (a *Agent) dialSharer(ctx context.Context, b *brokerClient, sharer secure.A
 		ps.ln.Close()
 		return nil, none, rep, fmt.Errorf("direct path to %s: %w", sharer.Short(), errSharerWantsRelay)
 	}
+	if local == nil || rep.NAT == nil || rep.NAT.Type == "" || rep.NAT.Type == "unknown" {
+		// A side whose NAT discovery got no STUN answer sits behind a
+		// network that lets little through: punch, but race the relays now.
+		hurry()
+	}
 	log := a.log.WithFields(logrus.Fields{"component": "punch", "peer": sharer.Short(), "role": roleConnector})
 	conn, out, err := a.punchTo(ctx, ps, rep.Candidates, true, local, rep.NAT, time.Time{}, log)
 	b.tellOutcome(out, err)
 	if err != nil {
 		return nil, out, rep, fmt.Errorf("direct path to %s (NAT %s, peer NAT %s): %w", sharer.Short(), out.localNAT, out.peerNAT, err)
 	}
-	c, err := a.clientTLS(ctx, conn, sharer)
-	return c, out, rep, err
+	return conn, out, rep, nil
 }
 
 // clientTLS runs the connector's TLS handshake over a punched or relayed
@@ -346,10 +218,11 @@ func (b *brokerClient) tellOutcome(out outcome, err error) {
 	}
 }
 
-// punchForIntro is the sharer's side of an introduction: it binds a punch
+// answer is the sharer's side of a direct introduction: it binds a punch
 // socket for the reply's candidates and, once the connector has had time to
 // receive them, punches and serves the peer channel that comes up.
-func (a *Agent) punchForIntro(ctx context.Context, b *brokerClient, in *proto.Intro, connector secure.AgentID, rep *proto.IntroReply) {
+func (p directPath) answer(ctx context.Context, b *brokerClient, in *proto.Intro, connector secure.AgentID, rep *proto.IntroReply) {
+	a := p.a
 	ps, err := b.openPunch(ctx)
 	if err != nil {
 		a.log.WithError(err).Warn("cannot open a punch socket")
