@@ -2,15 +2,9 @@ package broker
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"io"
-	"math/big"
 	"net"
 	"net/http"
 	"os"
@@ -27,91 +21,8 @@ import (
 
 	"github.com/peerport/peerport/internal/proto"
 	"github.com/peerport/peerport/internal/secure"
+	"github.com/peerport/peerport/internal/testutil"
 )
-
-// testCA is an operator's private CA.
-type testCA struct {
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
-	pool *x509.CertPool
-}
-
-func newTestCA(t *testing.T) *testCA {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: newSerial(t), Subject: pkix.Name{CommonName: "test root"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
-		KeyUsage: x509.KeyUsageCertSign, BasicConstraintsValid: true, IsCA: true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool := x509.NewCertPool()
-	pool.AddCert(cert)
-	return &testCA{cert: cert, key: key, pool: pool}
-}
-
-func newSerial(t *testing.T) *big.Int {
-	t.Helper()
-	n, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 64))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return n
-}
-
-// writePair issues a server certificate for names, valid until notAfter,
-// and writes it and its key as PEM files in dir, named base.crt and base.key.
-func (ca *testCA) writePair(t *testing.T, dir, base string, notAfter time.Time, names ...string) (certFile, keyFile string, leaf *x509.Certificate) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: newSerial(t), Subject: pkix.Name{CommonName: names[0]},
-		NotBefore: time.Now().Add(-2 * time.Hour), NotAfter: notAfter,
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	for _, n := range names {
-		if ip := net.ParseIP(n); ip != nil {
-			tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
-		} else {
-			tmpl.DNSNames = append(tmpl.DNSNames, n)
-		}
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, key.Public(), ca.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if leaf, err = x509.ParseCertificate(der); err != nil {
-		t.Fatal(err)
-	}
-	kder, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	certFile, keyFile = filepath.Join(dir, base+".crt"), filepath.Join(dir, base+".key")
-	writePEM(t, certFile, "CERTIFICATE", der)
-	writePEM(t, keyFile, "PRIVATE KEY", kder)
-	return certFile, keyFile, leaf
-}
-
-func writePEM(t *testing.T, path, typ string, der []byte) {
-	t.Helper()
-	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-}
 
 // dialCA completes a control handshake with a broker that has no pin,
 // verifying its chain against roots for host, and returns the leaf it
@@ -144,9 +55,11 @@ func dialCA(t *testing.T, addr, host string, roots *x509.CertPool, token string)
 // the operator's certificate files a URL without a pin, whose host the
 // certificate verifies for; agents get their Welcome either way.
 func TestStartCertSources(t *testing.T) {
-	ca := newTestCA(t)
+	ca := testutil.NewCA(t, "test root")
 	dir := t.TempDir()
-	certFile, keyFile, leaf := ca.writePair(t, dir, "broker", time.Now().Add(time.Hour), "broker.test", "127.0.0.1")
+	now := time.Now()
+	cert := ca.Issue(t, now.Add(-2*time.Hour), now.Add(time.Hour), "broker.test", "127.0.0.1")
+	certFile, keyFile := testutil.WritePair(t, dir, "broker", cert)
 
 	r, h := startBroker(t, Options{NoTURN: true})
 	if r.URL.Pin != h.state.Pin || !strings.Contains(r.URL.String(), "#") {
@@ -163,15 +76,15 @@ func TestStartCertSources(t *testing.T) {
 	if r.URL.Host() != "127.0.0.1" || r.URL.Addr != r.Addr.String() || r.URL.Token != h.state.Token {
 		t.Errorf("files broker URL %s, listening on %s", r.URL.Redacted(), r.Addr)
 	}
-	got, m := dialCA(t, r.Addr.String(), "127.0.0.1", ca.pool, h.state.Token)
-	if !got.Equal(leaf) {
+	got, m := dialCA(t, r.Addr.String(), "127.0.0.1", ca.Pool, h.state.Token)
+	if !got.Equal(cert.Leaf) {
 		t.Errorf("broker served %v, want the certificate of %s", got.Subject, certFile)
 	}
 	if _, ok := m.(*proto.Welcome); !ok {
 		t.Errorf("hello: got %#v, want a welcome", m)
 	}
 	// The same broker under its name (SNI broker.test).
-	if got, _ := dialCA(t, r.Addr.String(), "broker.test", ca.pool, ""); !got.Equal(leaf) {
+	if got, _ := dialCA(t, r.Addr.String(), "broker.test", ca.Pool, ""); !got.Equal(cert.Leaf) {
 		t.Errorf("broker served %v for broker.test", got.Subject)
 	}
 }
@@ -179,10 +92,12 @@ func TestStartCertSources(t *testing.T) {
 // TestStartCertErrors: a certificate agents would refuse fails Start, with
 // a message that says what to fix.
 func TestStartCertErrors(t *testing.T) {
-	ca := newTestCA(t)
+	ca := testutil.NewCA(t, "test root")
 	dir := t.TempDir()
-	certFile, keyFile, _ := ca.writePair(t, dir, "good", time.Now().Add(time.Hour), "broker.test", "127.0.0.1")
-	oldCert, _, old := ca.writePair(t, dir, "old", time.Now().Add(-time.Hour), "127.0.0.1")
+	now := time.Now()
+	certFile, keyFile := testutil.WritePair(t, dir, "good", ca.Issue(t, now.Add(-2*time.Hour), now.Add(time.Hour), "broker.test", "127.0.0.1"))
+	old := ca.Issue(t, now.Add(-2*time.Hour), now.Add(-time.Hour), "127.0.0.1")
+	oldCert, _ := testutil.WritePair(t, dir, "old", old)
 	missing := filepath.Join(dir, "missing.crt")
 	for _, tt := range []struct {
 		name   string
@@ -199,7 +114,7 @@ func TestStartCertErrors(t *testing.T) {
 		{"name not in the certificate", "other.test", TLSOptions{CertFile: certFile, KeyFile: keyFile},
 			`broker tls: certificate ` + certFile + `: it is for broker.test, 127.0.0.1, not "other.test", the broker URL's host; set --public-addr (public_addr) to one of its names`},
 		{"expired", "", TLSOptions{CertFile: oldCert, KeyFile: strings.TrimSuffix(oldCert, ".crt") + ".key"},
-			"broker tls: certificate " + oldCert + ": it expired on " + old.NotAfter.UTC().Format(time.RFC3339) + "; renew it"},
+			"broker tls: certificate " + oldCert + ": it expired on " + old.Leaf.NotAfter.UTC().Format(time.RFC3339) + "; renew it"},
 		{"ACME name without a dot", "", TLSOptions{ACME: ACMEOptions{Domain: "localhost"}},
 			`broker acme: domain "localhost": want a DNS name such as broker.example.com`},
 		{"ACME HTTP-01 address bad", "", TLSOptions{ACME: ACMEOptions{Domain: "broker.test", HTTPListen: "127.0.0.1:-1"}},
@@ -239,9 +154,16 @@ func (c *fakeClock) Add(d time.Duration) {
 // handshake after the next check (at most a minute later), without a
 // restart; a pair that does not load keeps the old certificate served.
 func TestFileCertReload(t *testing.T) {
-	ca := newTestCA(t)
+	ca := testutil.NewCA(t, "test root")
 	dir := t.TempDir()
-	certFile, keyFile, first := ca.writePair(t, dir, "broker", time.Now().Add(time.Hour), "broker.test")
+	issue := func(names ...string) tls.Certificate {
+		t.Helper()
+		now := time.Now()
+		return ca.Issue(t, now.Add(-2*time.Hour), now.Add(time.Hour), names...)
+	}
+	firstCert := issue("broker.test")
+	certFile, keyFile := testutil.WritePair(t, dir, "broker", firstCert)
+	first := firstCert.Leaf
 	clock := &fakeClock{now: time.Now()}
 	log, hook := logtest.NewNullLogger()
 	f, err := newFileCert(certFile, keyFile, "broker.test", clock.Now, log)
@@ -271,14 +193,15 @@ func TestFileCertReload(t *testing.T) {
 	newDir := t.TempDir()
 	renew := func(names ...string) *x509.Certificate {
 		t.Helper()
-		c, k, leaf := ca.writePair(t, newDir, "next", time.Now().Add(time.Hour), names...)
+		next := issue(names...)
+		c, k := testutil.WritePair(t, newDir, "next", next)
 		for _, mv := range [][2]string{{c, certFile}, {k, keyFile}} {
 			if err := os.Rename(mv[0], mv[1]); err != nil {
 				t.Fatal(err)
 			}
 		}
 		touch(certFile, keyFile)
-		return leaf
+		return next.Leaf
 	}
 
 	second := renew("broker.test")
@@ -297,7 +220,7 @@ func TestFileCertReload(t *testing.T) {
 	}{
 		{"a certificate without the name", func() { renew("other.test") }, "certificate files changed but do not load"},
 		{"a key that is not the certificate's", func() {
-			_, k, _ := ca.writePair(t, newDir, "stray", time.Now().Add(time.Hour), "broker.test")
+			_, k := testutil.WritePair(t, newDir, "stray", issue("broker.test"))
 			if err := os.Rename(k, keyFile); err != nil {
 				t.Fatal(err)
 			}

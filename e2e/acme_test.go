@@ -2,17 +2,13 @@ package e2e
 
 import (
 	"context"
-	"crypto/ecdsa"
 	"crypto/ed25519"
-	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
 	"encoding/pem"
 	"io"
-	"math/big"
 	"net"
 	"net/http"
 	"os"
@@ -24,6 +20,7 @@ import (
 
 	"github.com/peerport/peerport/internal/natlab"
 	"github.com/peerport/peerport/internal/secure"
+	"github.com/peerport/peerport/internal/testutil"
 )
 
 // Brokers with a certificate from a CA: the broker URL has no pin, and
@@ -32,76 +29,14 @@ import (
 // from a real ACME server, pebble, in the NAT lab; TestCertFile uses an
 // operator's certificate files on loopback.
 
-// e2eCA is a private CA made by the test.
-type e2eCA struct {
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
-	file string // the root, PEM, for SSL_CERT_FILE
-}
-
-func newE2ECA(t *testing.T, dir string) *e2eCA {
+// newE2ECA makes a private CA for the test and writes its root, PEM, to
+// dir/root.pem, for SSL_CERT_FILE.
+func newE2ECA(t *testing.T, dir string) (ca *testutil.CA, rootFile string) {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "peerport e2e root"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
-		KeyUsage: x509.KeyUsageCertSign, BasicConstraintsValid: true, IsCA: true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ca := &e2eCA{cert: cert, key: key, file: filepath.Join(dir, "root.pem")}
-	writePEMFile(t, ca.file, "CERTIFICATE", der)
-	return ca
-}
-
-// issue writes a server certificate for names (DNS names or IPs) and its
-// key to dir/base.crt and dir/base.key.
-func (ca *e2eCA) issue(t *testing.T, dir, base string, names ...string) (certFile, keyFile string) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: names[0]},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	for _, n := range names {
-		if ip := net.ParseIP(n); ip != nil {
-			tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
-		} else {
-			tmpl.DNSNames = append(tmpl.DNSNames, n)
-		}
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, key.Public(), ca.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kder, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	certFile, keyFile = filepath.Join(dir, base+".crt"), filepath.Join(dir, base+".key")
-	writePEMFile(t, certFile, "CERTIFICATE", der)
-	writePEMFile(t, keyFile, "PRIVATE KEY", kder)
-	return certFile, keyFile
-}
-
-func writePEMFile(t *testing.T, path, typ string, der []byte) {
-	t.Helper()
-	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	ca = testutil.NewCA(t, "peerport e2e root")
+	rootFile = filepath.Join(dir, "root.pem")
+	ca.WriteRoot(t, rootFile)
+	return ca, rootFile
 }
 
 // withRoots runs an agent with SSL_CERT_FILE set to roots; "" runs it with
@@ -171,8 +106,9 @@ func lastLine(s string) string {
 // that does not, or that uses a name the certificate is not for, is refused.
 func TestCertFile(t *testing.T) {
 	dir := t.TempDir()
-	ca := newE2ECA(t, dir)
-	certFile, keyFile := ca.issue(t, dir, "broker", "broker.test", "127.0.0.1")
+	ca, rootFile := newE2ECA(t, dir)
+	now := time.Now()
+	certFile, keyFile := testutil.WritePair(t, dir, "broker", ca.Issue(t, now.Add(-time.Hour), now.Add(24*time.Hour), "broker.test", "127.0.0.1"))
 	b := start(t, "broker", bins.broker, "--listen", "127.0.0.1:0", "--state-dir", t.TempDir(), "--public-addr", "127.0.0.1",
 		"--no-turn", "--cert-file", certFile, "--key-file", keyFile)
 	url := b.firstLine()
@@ -184,16 +120,16 @@ func TestCertFile(t *testing.T) {
 		t.Fatalf("broker URL %s: want pp://TOKEN@127.0.0.1:PORT, no pin", u.Redacted())
 	}
 	sharerDir, connDir := t.TempDir(), t.TempDir()
-	if _, stderr, err := run(t, "/usr/bin/env", withRoots(ca.file, "--state-dir", sharerDir, "login", url)...); err != nil {
+	if _, stderr, err := run(t, "/usr/bin/env", withRoots(rootFile, "--state-dir", sharerDir, "login", url)...); err != nil {
 		t.Fatalf("login: %v\n%s", err, stderr)
 	}
-	sharer := start(t, "sharer", "/usr/bin/env", withRoots(ca.file, "--state-dir", sharerDir, "share", echoServer(t))...)
+	sharer := start(t, "sharer", "/usr/bin/env", withRoots(rootFile, "--state-dir", sharerDir, "share", echoServer(t))...)
 	ticket := sharer.firstLine()
 	tk, err := secure.ParseTicket(ticket)
 	if err != nil || !tk.Pin.IsZero() || tk.Broker != u.Addr {
 		t.Fatalf("ticket %+v, %v: want broker %s and no pin", tk, err, u.Addr)
 	}
-	conn := start(t, "connector", "/usr/bin/env", withRoots(ca.file, "--state-dir", connDir, "connect", ticket, "--listen", "127.0.0.1:0")...)
+	conn := start(t, "connector", "/usr/bin/env", withRoots(rootFile, "--state-dir", connDir, "connect", ticket, "--listen", "127.0.0.1:0")...)
 	echoCheck(t, conn.firstLine(), 1<<20)
 
 	_, port, _ := net.SplitHostPort(u.Addr)
@@ -201,7 +137,7 @@ func TestCertFile(t *testing.T) {
 		_, stderr, err := run(t, "/usr/bin/env", withRoots(roots, append([]string{"--state-dir", t.TempDir()}, args...)...)...)
 		return stderr, err
 	}
-	checkRefusals(t, ca.file, []refusal{
+	checkRefusals(t, rootFile, []refusal{
 		// localhost is this broker too, but not a name of its certificate.
 		{"wrong name", "pp://" + u.Token + "@localhost:" + port, []string{
 			"broker localhost:" + port + ": certificate not trusted (x509: certificate is valid for broker.test, not localhost); use a broker URL with a name the certificate is for"}},
@@ -256,8 +192,9 @@ func TestLabACME(t *testing.T) {
 	// pebble, with an API certificate from a CA of the test, which the
 	// broker's ACME client trusts through SSL_CERT_FILE.
 	dir := t.TempDir()
-	apiCA := newE2ECA(t, dir)
-	apiCert, apiKey := apiCA.issue(t, dir, "pebble", "ca.test", caIP)
+	apiCA, apiRootFile := newE2ECA(t, dir)
+	now := time.Now()
+	apiCert, apiKey := testutil.WritePair(t, dir, "pebble", apiCA.Issue(t, now.Add(-time.Hour), now.Add(24*time.Hour), "ca.test", caIP))
 	cfg, err := json.Marshal(map[string]any{"pebble": map[string]any{
 		"listenAddress":                  net.JoinHostPort(caIP, "14000"),
 		"managementListenAddress":        net.JoinHostPort(caIP, "15000"),
@@ -287,7 +224,7 @@ func TestLabACME(t *testing.T) {
 	})
 
 	start := time.Now()
-	b := w.startCmd(w.broker, natlab.Command{Path: bins.broker, Env: append([]string{"SSL_CERT_FILE=" + apiCA.file}, raceEnv...),
+	b := w.startCmd(w.broker, natlab.Command{Path: bins.broker, Env: append([]string{"SSL_CERT_FILE=" + apiRootFile}, raceEnv...),
 		Args: []string{"--state-dir", t.TempDir(), "--listen", ":443", "--acme-domain", "broker.test",
 			"--acme-directory", "https://" + net.JoinHostPort(caIP, "14000") + "/dir"}})
 	w.url = w.firstLine(b)
@@ -360,7 +297,7 @@ func TestLabACME(t *testing.T) {
 	// The validation is real: a broker whose name points elsewhere (at
 	// pebble's own host, where nothing answers on 443) gets no certificate,
 	// and says so.
-	b2 := w.startCmd(a, natlab.Command{Path: bins.broker, Env: append([]string{"SSL_CERT_FILE=" + apiCA.file}, raceEnv...),
+	b2 := w.startCmd(a, natlab.Command{Path: bins.broker, Env: append([]string{"SSL_CERT_FILE=" + apiRootFile}, raceEnv...),
 		Args: []string{"--state-dir", t.TempDir(), "--listen", ":443", "--no-turn", "--acme-domain", "elsewhere.test",
 			"--acme-directory", "https://" + net.JoinHostPort(caIP, "14000") + "/dir"}})
 	w.firstLine(b2)
@@ -374,7 +311,7 @@ func TestLabACME(t *testing.T) {
 
 	// HTTP-01 with --acme-http, for a broker whose port is not 443: its
 	// TLS-ALPN-01 validation fails (nothing on a's 443), HTTP-01 on :80 passes.
-	b3 := w.startCmd(a, natlab.Command{Path: bins.broker, Env: append([]string{"SSL_CERT_FILE=" + apiCA.file}, raceEnv...),
+	b3 := w.startCmd(a, natlab.Command{Path: bins.broker, Env: append([]string{"SSL_CERT_FILE=" + apiRootFile}, raceEnv...),
 		Args: []string{"--state-dir", t.TempDir(), "--listen", ":7443", "--no-turn", "--acme-domain", "http01.test", "--acme-http", ":80",
 			"--acme-directory", "https://" + net.JoinHostPort(caIP, "14000") + "/dir"}})
 	if u3 := w.firstLine(b3); !strings.HasSuffix(u3, "@http01.test:7443") {
@@ -401,13 +338,11 @@ func TestLabACME(t *testing.T) {
 
 // fetchPebbleRoot reads pebble's issuing root from its management API,
 // from node n, trusting the API's certificate by apiCA.
-func fetchPebbleRoot(t *testing.T, w *labWorld, n *natlab.Node, caIP string, apiCA *e2eCA) []byte {
+func fetchPebbleRoot(t *testing.T, w *labWorld, n *natlab.Node, caIP string, apiCA *testutil.CA) []byte {
 	t.Helper()
-	pool := x509.NewCertPool()
-	pool.AddCert(apiCA.cert)
 	tr := &http.Transport{
 		DialContext:     func(ctx context.Context, network, addr string) (net.Conn, error) { return n.Dial(ctx, network, addr) },
-		TLSClientConfig: &tls.Config{RootCAs: pool},
+		TLSClientConfig: &tls.Config{RootCAs: apiCA.Pool},
 	}
 	defer tr.CloseIdleConnections()
 	client := &http.Client{Transport: tr, Timeout: 10 * time.Second}

@@ -249,6 +249,34 @@ func TestLabProxyOnly(t *testing.T) {
 			echoOver(t, c, 16<<20)
 			w.brokerRelayed(w.connDir, "connector", 32<<20)
 			s := w.brokerRelayed(w.sharerDir, "sharer", 32<<20)
+			if tc.auth == "" {
+				// The proxy restarts under both agents' feet: every tunnel
+				// through it dies mid-stream. That is a lost path, not a
+				// crash: both reconnect through the new proxy by themselves.
+				c.Close()
+				if err := px.Stop(); err != nil {
+					t.Fatalf("stop the proxy: %v", err)
+				}
+				if px, err = w.lab.StartProxy(w.ctx, "proxy-a", natlab.ProxyConfig{}); err != nil {
+					t.Fatal(err)
+				}
+				start := time.Now()
+				var last error
+				for time.Since(start) < 90*time.Second {
+					c, err := b.Dial(w.ctx, "tcp", "127.0.0.1:18080")
+					if err == nil {
+						err = tryEcho(c, 1<<20, 10*time.Second)
+					}
+					if last = err; err == nil {
+						break
+					}
+					time.Sleep(500 * time.Millisecond)
+				}
+				if last != nil {
+					t.Fatalf("no echo within 90 s of the proxy's restart: %v", last)
+				}
+				t.Logf("proxy restarted: forwarding again after %v", time.Since(start).Round(time.Millisecond))
+			}
 			if err := conn.Stop(); err != nil {
 				t.Errorf("stop the connector: %v", err)
 			}

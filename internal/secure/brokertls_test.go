@@ -1,88 +1,15 @@
 package secure
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"errors"
-	"math/big"
-	"net"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/peerport/peerport/internal/testutil"
 )
-
-// testCA is a private CA, as an operator's or pebble's.
-type testCA struct {
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
-	pool *x509.CertPool
-}
-
-func newTestCA(t *testing.T, name string) *testCA {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: name},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(24 * time.Hour),
-		KeyUsage:              x509.KeyUsageCertSign,
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool := x509.NewCertPool()
-	pool.AddCert(cert)
-	return &testCA{cert: cert, key: key, pool: pool}
-}
-
-// issue makes a server certificate for names (DNS names or IP literals),
-// valid from notBefore to notAfter.
-func (ca *testCA) issue(t *testing.T, notBefore, notAfter time.Time, names ...string) tls.Certificate {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(time.Now().UnixNano()),
-		Subject:      pkix.Name{CommonName: names[0]},
-		NotBefore:    notBefore,
-		NotAfter:     notAfter,
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	for _, n := range names {
-		if ip := net.ParseIP(n); ip != nil {
-			tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
-		} else {
-			tmpl.DNSNames = append(tmpl.DNSNames, n)
-		}
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, key.Public(), ca.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	leaf, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}
-}
 
 func serveCert(c tls.Certificate) *tls.Config {
 	return ControlServerConfigFunc(func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return &c, nil })
@@ -92,10 +19,10 @@ func serveCert(c tls.Certificate) *tls.Config {
 // certificate chain, for the URL's host; every refusal is ErrUntrustedBroker
 // with a message that names the broker and says what to do.
 func TestBrokerClientCA(t *testing.T) {
-	ca, other := newTestCA(t, "test root"), newTestCA(t, "another root")
+	ca, other := testutil.NewCA(t, "test root"), testutil.NewCA(t, "another root")
 	now := time.Now()
-	good := ca.issue(t, now.Add(-time.Hour), now.Add(time.Hour), "broker.test", "203.0.113.7")
-	expired := ca.issue(t, now.Add(-2*time.Hour), now.Add(-time.Hour), "broker.test")
+	good := ca.Issue(t, now.Add(-time.Hour), now.Add(time.Hour), "broker.test", "203.0.113.7")
+	expired := ca.Issue(t, now.Add(-2*time.Hour), now.Add(-time.Hour), "broker.test")
 	for _, tt := range []struct {
 		name  string
 		addr  string
@@ -103,18 +30,18 @@ func TestBrokerClientCA(t *testing.T) {
 		cert  tls.Certificate
 		want  string // "" = handshake succeeds; else the client's whole error
 	}{
-		{"name", "broker.test:443", ca.pool, good, ""},
-		{"IP address", "203.0.113.7:7000", ca.pool, good, ""},
-		{"wrong name", "other.test:443", ca.pool, good,
+		{"name", "broker.test:443", ca.Pool, good, ""},
+		{"IP address", "203.0.113.7:7000", ca.Pool, good, ""},
+		{"wrong name", "other.test:443", ca.Pool, good,
 			"broker other.test:443: certificate not trusted (x509: certificate is valid for broker.test, not other.test); use a broker URL with a name the certificate is for"},
-		{"wrong IP", "203.0.113.8:443", ca.pool, good,
+		{"wrong IP", "203.0.113.8:443", ca.Pool, good,
 			"broker 203.0.113.8:443: certificate not trusted (x509: certificate is valid for 203.0.113.7, not 203.0.113.8); use a broker URL with a name the certificate is for"},
-		{"untrusted root", "broker.test:443", other.pool, good,
+		{"untrusted root", "broker.test:443", other.Pool, good,
 			"broker broker.test:443: certificate not trusted (x509: certificate signed by unknown authority); if the broker uses a private CA, point SSL_CERT_FILE at its root"},
-		{"untrusted root and wrong name", "other.test:443", other.pool, good,
+		{"untrusted root and wrong name", "other.test:443", other.Pool, good,
 			"broker other.test:443: certificate not trusted (x509: certificate signed by unknown authority); if the broker uses a private CA, point SSL_CERT_FILE at its root"},
-		{"expired", "broker.test:443", ca.pool, expired, "expired"},
-		{"self-signed pinned broker without its pin", "broker.test:443", ca.pool, brokerCert(t),
+		{"expired", "broker.test:443", ca.Pool, expired, "expired"},
+		{"self-signed pinned broker without its pin", "broker.test:443", ca.Pool, brokerCert(t),
 			"broker broker.test:443: certificate not trusted (x509: certificate signed by unknown authority); this broker has a self-signed key: use the broker URL with #PIN that it printed"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
@@ -152,9 +79,9 @@ func TestBrokerClientCA(t *testing.T) {
 // CA-issued certificate of the pinned key passes under any name, one of
 // another key fails with ErrPinMismatch, as today.
 func TestBrokerClientConfigPinned(t *testing.T) {
-	ca := newTestCA(t, "test root")
+	ca := testutil.NewCA(t, "test root")
 	now := time.Now()
-	cert := ca.issue(t, now.Add(-time.Hour), now.Add(time.Hour), "broker.test")
+	cert := ca.Issue(t, now.Add(-time.Hour), now.Add(time.Hour), "broker.test")
 	u := BrokerURL{Token: "tok", Addr: "elsewhere.test:1", Pin: PinOf(cert.Leaf)}
 	cfg, err := BrokerClientConfig(newID(t), u, ALPNRelay)
 	if err != nil {
@@ -214,11 +141,11 @@ func TestBrokerClientConfigArgs(t *testing.T) {
 // TestControlServerConfigFunc: the certificate is picked per handshake, so
 // a renewed one is served without a restart.
 func TestControlServerConfigFunc(t *testing.T) {
-	ca := newTestCA(t, "test root")
+	ca := testutil.NewCA(t, "test root")
 	now := time.Now()
 	certs := []tls.Certificate{
-		ca.issue(t, now.Add(-time.Hour), now.Add(time.Hour), "broker.test"),
-		ca.issue(t, now.Add(-time.Hour), now.Add(time.Hour), "broker.test"),
+		ca.Issue(t, now.Add(-time.Hour), now.Add(time.Hour), "broker.test"),
+		ca.Issue(t, now.Add(-time.Hour), now.Add(time.Hour), "broker.test"),
 	}
 	n := 0
 	srv := ControlServerConfigFunc(func(h *tls.ClientHelloInfo) (*tls.Certificate, error) {
@@ -230,7 +157,7 @@ func TestControlServerConfigFunc(t *testing.T) {
 		return c, nil
 	})
 	for i := range 2 {
-		cfg, err := brokerClientConfig(newID(t), BrokerURL{Addr: "broker.test:443"}, ALPNControl, ca.pool)
+		cfg, err := brokerClientConfig(newID(t), BrokerURL{Addr: "broker.test:443"}, ALPNControl, ca.Pool)
 		if err != nil {
 			t.Fatal(err)
 		}
