@@ -415,6 +415,19 @@ func (a *Agent) ticketFor(name string) (secure.Ticket, error) {
 	}
 	path := filepath.Join(a.opts.StateDir, "tickets", name+".secret")
 	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+			return t, fmt.Errorf("keep ticket: %w", err)
+		}
+		err = secure.CreateFileExclusive(path, []byte(hex.EncodeToString(t.Secret[:])+"\n"), 0o600)
+		if err == nil {
+			return t, nil
+		}
+		if !errors.Is(err, os.ErrExist) {
+			return t, fmt.Errorf("keep ticket: %w", err)
+		}
+		b, err = os.ReadFile(path) // a process sharing it beside us made it
+	}
 	switch {
 	case err == nil:
 		raw, derr := hex.DecodeString(strings.TrimSpace(string(b)))
@@ -423,11 +436,6 @@ func (a *Agent) ticketFor(name string) (secure.Ticket, error) {
 		}
 		copy(t.Secret[:], raw)
 		return t, nil
-	case errors.Is(err, os.ErrNotExist):
-		if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-			return t, fmt.Errorf("keep ticket: %w", err)
-		}
-		return t, secure.WriteFileAtomic(path, []byte(hex.EncodeToString(t.Secret[:])+"\n"), 0o600)
 	default:
 		return t, fmt.Errorf("read ticket secret: %w", err)
 	}

@@ -87,10 +87,14 @@ func loadOrCreateTURNSecret(path string) (string, error) {
 			return "", fmt.Errorf("generate TURN secret: %w", err)
 		}
 		s := strings.ToLower(base32.StdEncoding.WithPadding(base32.NoPadding).EncodeToString(r[:]))
-		if err := secure.WriteFileAtomic(path, []byte(s+"\n"), 0o600); err != nil {
+		err := secure.CreateFileExclusive(path, []byte(s+"\n"), 0o600)
+		if err == nil {
+			return s, nil
+		}
+		if !errors.Is(err, os.ErrExist) {
 			return "", fmt.Errorf("write TURN secret: %w", err)
 		}
-		return s, nil
+		b, err = os.ReadFile(path) // a broker starting beside us made it
 	}
 	if err != nil {
 		return "", fmt.Errorf("read TURN secret: %w", err)
@@ -105,7 +109,11 @@ func loadOrCreateTURNSecret(path string) (string, error) {
 func loadOrCreateToken(path string) (string, error) {
 	b, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) {
-		return createToken(path)
+		tok, cerr := createToken(path)
+		if !errors.Is(cerr, os.ErrExist) {
+			return tok, cerr
+		}
+		b, err = os.ReadFile(path) // a broker starting beside us made it
 	}
 	if err != nil {
 		return "", fmt.Errorf("read token: %w", err)
@@ -127,7 +135,7 @@ func createToken(path string) (string, error) {
 		return "", fmt.Errorf("generate token: %w", err)
 	}
 	tok := strings.ToLower(base32.StdEncoding.WithPadding(base32.NoPadding).EncodeToString(b[:]))
-	if err := secure.WriteFileAtomic(path, []byte(tok+"\n"), 0o600); err != nil {
+	if err := secure.CreateFileExclusive(path, []byte(tok+"\n"), 0o600); err != nil {
 		return "", fmt.Errorf("write token: %w", err)
 	}
 	return tok, nil

@@ -97,7 +97,12 @@ func LoadOrCreateIdentity(dir string) (*Identity, error) {
 func LoadOrCreateKey(path string) (ed25519.PrivateKey, error) {
 	b, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) {
-		return createKey(path)
+		priv, cerr := createKey(path)
+		if !errors.Is(cerr, os.ErrExist) {
+			return priv, cerr
+		}
+		// Another process created it first: its key is the identity.
+		b, err = os.ReadFile(path)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("read key: %w", err)
@@ -129,34 +134,63 @@ func createKey(path string) (ed25519.PrivateKey, error) {
 	if err != nil {
 		return nil, fmt.Errorf("encode key: %w", err)
 	}
-	if err := WriteFileAtomic(path, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600); err != nil {
+	if err := CreateFileExclusive(path, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600); err != nil {
 		return nil, fmt.Errorf("write key: %w", err)
 	}
 	return priv, nil
 }
 
-// WriteFileAtomic writes data to path through a temporary file and a rename,
-// so a crash never leaves a half-written key or token behind.
-func WriteFileAtomic(path string, data []byte, mode os.FileMode) error {
-	f, err := os.CreateTemp(filepath.Dir(path), ".tmp-"+filepath.Base(path))
+// CreateFileExclusive writes data to a new file at path, complete or not at
+// all, and fails with an error matching os.ErrExist when path exists. Of
+// processes that start together on a fresh state dir, exactly one creates
+// each file and the others read its content, so one state dir always
+// means one identity (a rename, as WriteFileAtomic does, would let the last
+// writer win while the others go on under a key no longer on disk).
+func CreateFileExclusive(path string, data []byte, mode os.FileMode) error {
+	tmp, err := writeTemp(path, data, mode)
 	if err != nil {
 		return err
 	}
-	defer os.Remove(f.Name())
-	if err := f.Chmod(mode); err != nil {
-		f.Close()
+	defer os.Remove(tmp)
+	// link(2), unlike rename(2), refuses to replace: whoever links first
+	// wins, and the file appears with all its bytes.
+	if err := os.Link(tmp, path); err != nil {
 		return err
 	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
+	return nil
+}
+
+// WriteFileAtomic writes data to path through a temporary file and a rename,
+// so a crash never leaves a half-written key or token behind.
+func WriteFileAtomic(path string, data []byte, mode os.FileMode) error {
+	tmp, err := writeTemp(path, data, mode)
+	if err != nil {
 		return err
 	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
+	defer os.Remove(tmp)
+	return os.Rename(tmp, path)
+}
+
+// writeTemp writes data, synced, to a new temporary file beside path and
+// returns its name.
+func writeTemp(path string, data []byte, mode os.FileMode) (string, error) {
+	f, err := os.CreateTemp(filepath.Dir(path), ".tmp-"+filepath.Base(path))
+	if err != nil {
+		return "", err
 	}
-	if err := f.Close(); err != nil {
-		return err
+	err = f.Chmod(mode)
+	if err == nil {
+		_, err = f.Write(data)
 	}
-	return os.Rename(f.Name(), path)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(f.Name())
+		return "", err
+	}
+	return f.Name(), nil
 }

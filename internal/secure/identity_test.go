@@ -1,6 +1,7 @@
 package secure
 
 import (
+	"bytes"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -8,7 +9,9 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"errors"
+	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -215,6 +218,57 @@ func TestParseAgentIDErrors(t *testing.T) {
 	} {
 		if _, err := ParseAgentID(in); !errors.Is(err, ErrBadAgentID) {
 			t.Errorf("%s: ParseAgentID(%q) = %v, want ErrBadAgentID", name, in, err)
+		}
+	}
+}
+
+// TestConcurrentFirstStart starts several processes together on a fresh
+// state dir, round after round: all of them must run under one identity,
+// the one on disk. With the key written by rename, each process kept the
+// key it generated and the last rename won.
+func TestConcurrentFirstStart(t *testing.T) {
+	const rounds, procs = 10, 6
+	for round := range rounds {
+		dir := filepath.Join(t.TempDir(), "state")
+		var (
+			cmds   []*exec.Cmd
+			outs   []*bytes.Buffer
+			starts []io.WriteCloser
+		)
+		for range procs {
+			cmd := exec.Command(os.Args[0], "-test.run=^$")
+			cmd.Env = append(os.Environ(), childStateDir+"="+dir)
+			out := new(bytes.Buffer)
+			cmd.Stdout, cmd.Stderr = out, out
+			in, err := cmd.StdinPipe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			cmds, outs, starts = append(cmds, cmd), append(outs, out), append(starts, in)
+		}
+		for _, in := range starts {
+			in.Write([]byte{1})
+			in.Close()
+		}
+		got := map[string]int{}
+		for i, cmd := range cmds {
+			if err := cmd.Wait(); err != nil {
+				t.Fatalf("round %d: process %d: %v: %s", round, i, err, outs[i])
+			}
+			got[strings.TrimSpace(outs[i].String())]++
+		}
+		onDisk, err := LoadOrCreateIdentity(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(got) != 1 || got[onDisk.ID().String()] != procs {
+			t.Fatalf("round %d: identities %v, on disk %s: want all %d processes under the one on disk", round, got, onDisk.ID(), procs)
+		}
+		if left, _ := filepath.Glob(filepath.Join(dir, ".tmp-*")); len(left) > 0 {
+			t.Errorf("round %d: temporary files left: %v", round, left)
 		}
 	}
 }
