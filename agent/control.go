@@ -46,7 +46,7 @@ func (e *RemoteError) Error() string { return e.Message + " (" + e.Code + ")" }
 
 // Unwrap lets callers test errors.Is(err, ErrUnauthorized).
 func (e *RemoteError) Unwrap() error {
-	if e.Code == proto.CodeUnauthorized {
+	if proto.Final(e.Code) {
 		return ErrUnauthorized
 	}
 	return nil

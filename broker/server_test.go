@@ -215,7 +215,7 @@ func TestConnectRefused(t *testing.T) {
 	}{
 		{"admit of another share", proto.Connect{Sharer: tkWeb.Sharer.String(), Share: "web", Admit: dbKey[:]}, proto.CodeUnauthorized, false},
 		{"admit of web to db", proto.Connect{Sharer: tkWeb.Sharer.String(), Share: "db", Admit: webKey[:]}, proto.CodeUnauthorized, false},
-		{"unknown share", proto.Connect{Sharer: tkWeb.Sharer.String(), Share: "nope", Admit: webKey[:]}, proto.CodeUnauthorized, false},
+		{"unknown share", proto.Connect{Sharer: tkWeb.Sharer.String(), Share: "nope", Admit: webKey[:]}, proto.CodeNotRegistered, false},
 		{"no admit key", proto.Connect{Sharer: tkWeb.Sharer.String(), Share: "web"}, proto.CodeUnauthorized, false},
 		{"sharer offline", proto.Connect{Sharer: offline, Share: "web", Admit: webKey[:]}, proto.CodeNotFound, false},
 		{"bad sharer id", proto.Connect{Sharer: "x", Share: "web", Admit: webKey[:]}, proto.CodeBadRequest, false},

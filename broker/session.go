@@ -352,12 +352,20 @@ func (srv *Server) introduce(c *session, m *proto.Connect) *proto.ConnectReply {
 		log.Info("introduction: sharer not online")
 		return fail(proto.CodeNotFound, "sharer %s is not online", sharerID.Short())
 	}
-	sharer := sessions[len(sessions)-1]
+	var sharer *session
 	for i := len(sessions) - 1; i >= 0; i-- {
 		if sessions[i].shares[m.Share] != nil {
 			sharer = sessions[i]
 			break
 		}
+	}
+	if sharer == nil {
+		// Not a refusal: after a broker restart the sharer's processes log
+		// in and register their shares one by one, so a process of the
+		// same identity may be back before the one that holds this share.
+		srv.mu.Unlock()
+		log.Info("introduction: sharer online, share not registered (yet)")
+		return fail(proto.CodeNotRegistered, "sharer %s is online but has not registered share %q (yet)", sharerID.Short(), m.Share)
 	}
 	if !c.mayConnect(sharer.shares[m.Share], m.Admit) {
 		srv.mu.Unlock()
@@ -572,7 +580,7 @@ func connectorIPs(obs string, cands []proto.Candidate) []netip.Addr {
 func metricCode(code string) string {
 	switch code {
 	case proto.CodeUnauthorized, proto.CodeNotFound, proto.CodeRefused, proto.CodeBadRequest,
-		proto.CodeLimit, proto.CodeTimeout, proto.CodeInternal, proto.CodeNoRelay:
+		proto.CodeLimit, proto.CodeTimeout, proto.CodeInternal, proto.CodeNoRelay, proto.CodeNotRegistered:
 		return code
 	}
 	return "other"

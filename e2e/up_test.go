@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/peerport/peerport/agent"
+	"github.com/peerport/peerport/internal/proto"
 )
 
 // slowEcho sends n random bytes through addr over about d, reads the echo
@@ -302,4 +303,30 @@ func TestUpBadEntryStopsAlone(t *testing.T) {
 		return good.Listen != "" && refused
 	})
 	echoCheck(t, good.Listen, 1<<20)
+}
+
+// TestConnectWaitsForRegistration: a connect that asks while the sharer's
+// identity is online through another process, but the share is not
+// registered (yet: as right after a broker restart, its processes come back
+// one by one), is told so, retries, and connects once the share is back. It
+// used to be told "unauthorized" and exit for good.
+func TestConnectWaitsForRegistration(t *testing.T) {
+	w := newWorld(t)
+	cfg := filepath.Join(t.TempDir(), "agent.yaml")
+	writeFile(t, cfg, "shares:\n  - name: web\n    target: "+echoServer(t)+"\n")
+	up, tickets := upTickets(t, w.sharerDir, cfg, 1)
+	up.stop()
+	w.share(echoServer(t), "--name", "other") // the same identity, online
+
+	c := start(t, "connector", bins.agent, "--state-dir", w.connDir, "connect", tickets["web"], "--listen", "127.0.0.1:0")
+	eventually(t, 30*time.Second, "connector told the share is not registered", func() bool {
+		return strings.Contains(c.stderr.String(), proto.CodeNotRegistered)
+	})
+	select {
+	case <-c.done:
+		t.Fatalf("connector gave up: %v\n%s", c.err, c.stderr.String())
+	default:
+	}
+	upTickets(t, w.sharerDir, cfg, 1)
+	echoCheck(t, c.firstLine(), 1<<20)
 }

@@ -24,7 +24,16 @@ const (
 	CodeTimeout      = "timeout"
 	CodeInternal     = "internal"
 	CodeNoRelay      = "no_relay" // a relay introduction, but the broker offers no relay
+	// CodeNotRegistered: the sharer is online but no session of it holds
+	// the share yet, as in the seconds after a broker restart before its
+	// agents register again. Transient: retry, unlike a refused ticket.
+	CodeNotRegistered = "not_registered"
 )
+
+// Final tells whether an answer with this code is final: retrying cannot
+// help until the user changes something (a token, a ticket). Every other
+// code, and any code this version does not know, may pass.
+func Final(code string) bool { return code == CodeUnauthorized }
 
 // Paths of a Connect: how the peer channel of this introduction is made.
 const (
