@@ -2,7 +2,9 @@ package agent
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/tls"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
@@ -82,13 +84,24 @@ type controlConn struct {
 type brokerDialer struct {
 	id    *secure.Identity
 	proxy proxy.Dialer
+	// instance names this process among those of its identity, in every
+	// Hello (see proto.Hello.Instance).
+	instance string
 }
 
 func newBrokerDialer(id *secure.Identity, proxyURL *url.URL) *brokerDialer {
-	return &brokerDialer{id: id, proxy: proxy.Dialer{
+	return &brokerDialer{id: id, instance: newInstance(), proxy: proxy.Dialer{
 		Config:  proxy.Config{URL: proxyURL},
 		Forward: &net.Dialer{Timeout: controlDialTimeout, KeepAlive: 15 * time.Second},
 	}}
+}
+
+// newInstance is a process's instance name: 64 random bits, enough that
+// the processes of one identity never collide.
+func newInstance() string {
+	var b [8]byte
+	rand.Read(b[:])
+	return hex.EncodeToString(b[:])
 }
 
 // dial opens a TLS connection to the broker of u speaking alpn: the control
@@ -124,7 +137,7 @@ func dialControl(ctx context.Context, d *brokerDialer, u secure.BrokerURL, log l
 	}
 	conn.SetDeadline(time.Now().Add(controlDialTimeout))
 	start := time.Now()
-	if err := proto.Write(conn, &proto.Hello{Token: u.Token, Version: Version}); err != nil {
+	if err := proto.Write(conn, &proto.Hello{Token: u.Token, Version: Version, Instance: d.instance}); err != nil {
 		conn.Close()
 		return nil, fmt.Errorf("broker %s: hello: %w", u.Addr, err)
 	}

@@ -231,6 +231,11 @@ func (f *forward) keep(ctx context.Context) {
 				return
 			case <-ps.sess.CloseChan():
 			}
+			if ps.sess.Retiring() {
+				// Retired here, for the direct session that came up beside
+				// it: nothing was lost, and the next round finds that one.
+				continue
+			}
 			bo.Lost(time.Now())
 			if ctx.Err() != nil || f.a.draining.Load() {
 				return

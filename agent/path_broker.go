@@ -75,7 +75,7 @@ func (p brokerPath) answer(ctx context.Context, b *brokerClient, in *proto.Intro
 			return
 		}
 		cc := &countConn{Conn: conn}
-		p.a.servePeer(ctx, cc, connector, outcome{path: PathRelay, relayKind: RelayBroker, relay: b.url.Addr, relayed: &cc.n,
+		p.a.servePeer(ctx, cc, connector, in.ConnectorInstance, outcome{path: PathRelay, relayKind: RelayBroker, relay: b.url.Addr, relayed: &cc.n,
 			localNAT: natType(local), peerNAT: natType(in.NAT)})
 	})
 }

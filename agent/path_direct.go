@@ -248,6 +248,6 @@ func (p directPath) answer(ctx context.Context, b *brokerClient, in *proto.Intro
 		if err != nil {
 			return
 		}
-		a.servePeer(ctx, conn, connector, out)
+		a.servePeer(ctx, conn, connector, in.ConnectorInstance, out)
 	})
 }

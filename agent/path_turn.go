@@ -135,7 +135,7 @@ func (p turnPath) answer(ctx context.Context, b *brokerClient, in *proto.Intro, 
 			return
 		}
 		cc := &countConn{Conn: conn}
-		a.servePeer(ctx, cc, connector, outcome{path: PathRelay, relayKind: RelayTURN, relay: alloc.Addr().String(), relayed: &cc.n,
+		a.servePeer(ctx, cc, connector, in.ConnectorInstance, outcome{path: PathRelay, relayKind: RelayTURN, relay: alloc.Addr().String(), relayed: &cc.n,
 			localNAT: natType(local), peerNAT: natType(in.NAT)})
 	})
 }

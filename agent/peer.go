@@ -34,10 +34,15 @@ const (
 
 // sessionKey names a peer session. A pair of agents may hold a relayed and
 // a direct session side by side while new streams move to the direct one.
+// A sharer keys its sessions by the connector's process too (instance, its
+// proto.Hello.Instance as the broker passed it on): several connect
+// processes of one identity each keep their own session, where one key per
+// identity made each new one replace the other's, round and round.
 type sessionKey struct {
-	peer secure.AgentID
-	role string
-	path string // proto.PathDirect or proto.PathRelay
+	peer     secure.AgentID
+	instance string // the connector's process, at a sharer; "" at a connector
+	role     string
+	path     string // proto.PathDirect or proto.PathRelay
 }
 
 // peerSession is one TLS peer channel with its yamux session.
@@ -142,7 +147,7 @@ func (a *Agent) addSession(ps *peerSession) error {
 	// on the old one finish there before it closes.
 	olds := []sessionKey{ps.key}
 	if ps.key.role == roleConnector && ps.key.path == proto.PathDirect {
-		olds = append(olds, sessionKey{ps.key.peer, roleConnector, proto.PathRelay})
+		olds = append(olds, sessionKey{peer: ps.key.peer, role: roleConnector, path: proto.PathRelay})
 	}
 	for _, k := range olds {
 		if old := a.sessions[k]; old != nil {
@@ -161,7 +166,7 @@ func (a *Agent) addSession(ps *peerSession) error {
 // direct one when it is up, else the relayed one. Callers hold a.mu.
 func (a *Agent) connectorSession(sharer secure.AgentID) *peerSession {
 	for _, path := range []string{proto.PathDirect, proto.PathRelay} {
-		if ps := a.sessions[sessionKey{sharer, roleConnector, path}]; ps != nil && !ps.sess.IsClosed() && !ps.sess.Retiring() {
+		if ps := a.sessions[sessionKey{peer: sharer, role: roleConnector, path: path}]; ps != nil && !ps.sess.IsClosed() && !ps.sess.Retiring() {
 			return ps
 		}
 	}
@@ -210,9 +215,9 @@ func (ps *peerSession) setOutcome(out outcome) {
 }
 
 // servePeer is the sharer's side of a punched peer channel: only the
-// connector the broker introduced may complete it, and each of its streams
-// still has to prove a ticket or be allowed.
-func (a *Agent) servePeer(ctx context.Context, conn net.Conn, want secure.AgentID, out outcome) {
+// connector the broker introduced (want, its process instance) may complete
+// it, and each of its streams still has to prove a ticket or be allowed.
+func (a *Agent) servePeer(ctx context.Context, conn net.Conn, want secure.AgentID, instance string, out outcome) {
 	log := a.log.WithFields(logrus.Fields{"component": "peer", "remote": conn.RemoteAddr().String(), "path": out.path})
 	cfg, err := secure.PeerServerConfig(a.id)
 	if err != nil {
@@ -235,7 +240,7 @@ func (a *Agent) servePeer(ctx context.Context, conn net.Conn, want secure.AgentI
 		c.Close()
 		return
 	}
-	ps, err := newPeerSession(sessionKey{peer, roleSharer, out.path}, c, a.log.WithField("component", "peer"))
+	ps, err := newPeerSession(sessionKey{peer: peer, instance: instance, role: roleSharer, path: out.path}, c, a.log.WithField("component", "peer"))
 	if err == nil {
 		ps.setOutcome(out)
 		err = a.addSession(ps)
@@ -315,7 +320,7 @@ type CandidatePair struct {
 
 // startConnectorSession runs the connector's session over a new peer channel.
 func (a *Agent) startConnectorSession(ctx context.Context, sharer secure.AgentID, c *secure.Conn, out outcome) (*peerSession, error) {
-	ps, err := newPeerSession(sessionKey{sharer, roleConnector, out.path}, c, a.log.WithField("component", "peer"))
+	ps, err := newPeerSession(sessionKey{peer: sharer, role: roleConnector, path: out.path}, c, a.log.WithField("component", "peer"))
 	if err == nil {
 		ps.setOutcome(out)
 		err = a.addSession(ps)

@@ -26,8 +26,11 @@ type session struct {
 	raw   net.Conn // the connection under it, for lingering after an Error
 	id    secure.AgentID
 	guest bool // no token: may only Connect with an admit key, and Ping
-	log   logrus.FieldLogger
-	since time.Time
+	// instance is the agent process's Hello.Instance, handed to sharers
+	// with its introductions (see proto.Intro.ConnectorInstance).
+	instance string
+	log      logrus.FieldLogger
+	since    time.Time
 
 	writeMu   sync.Mutex
 	done      chan struct{} // closed when the session is closed, for whatever reason
@@ -112,7 +115,7 @@ func (s *session) admit(h *proto.Hello) bool {
 		s.fail(proto.CodeUnauthorized, "wrong broker token: check the broker URL (agent login)")
 		return false
 	}
-	s.guest = h.Token == ""
+	s.guest, s.instance = h.Token == "", h.Instance
 	srv := s.srv
 	srv.mu.Lock()
 	known := len(srv.agents[s.id]) > 0
@@ -393,7 +396,7 @@ func (srv *Server) introduce(c *session, m *proto.Connect) *proto.ConnectReply {
 	log = log.WithField("intro", id)
 
 	introduced := false // the sharer accepted: a broker relay token stays
-	intro := &proto.Intro{Intro: id, Connector: c.id.String(), Share: m.Share, Candidates: m.Candidates, NAT: m.NAT, RTTMillis: m.RTTMillis, Path: m.Path}
+	intro := &proto.Intro{Intro: id, Connector: c.id.String(), ConnectorInstance: c.instance, Share: m.Share, Candidates: m.Candidates, NAT: m.NAT, RTTMillis: m.RTTMillis, Path: m.Path}
 	if relayed {
 		// The sharer permits the connector's public address on its relay:
 		// the broker saw it, whatever the connector found out itself.

@@ -78,6 +78,9 @@ const (
 type Hello struct {
 	Token   string `json:"token,omitempty"`
 	Version string `json:"version,omitempty"` // agent software version, for logs
+	// Instance tells apart the processes of one identity (one state dir):
+	// random, fixed for the life of the process, kept across reconnects.
+	Instance string `json:"instance,omitempty"`
 }
 
 // Welcome accepts a Hello.
@@ -145,13 +148,17 @@ type Connect struct {
 
 // Intro tells a sharer that Connector wants Share, with its candidates.
 type Intro struct {
-	Intro      uint64      `json:"intro"`
-	Connector  string      `json:"connector"`
-	Share      string      `json:"share"`
-	Candidates []Candidate `json:"candidates,omitempty"`
-	NAT        *NAT        `json:"nat,omitempty"`
-	RTTMillis  float64     `json:"rtt_ms,omitempty"` // copied from Connect
-	Path       string      `json:"path,omitempty"`   // copied from Connect
+	Intro     uint64 `json:"intro"`
+	Connector string `json:"connector"`
+	// ConnectorInstance is the Hello.Instance of the connector's process:
+	// the sharer keeps a session per process, so two connect processes of
+	// one identity do not replace each other's.
+	ConnectorInstance string      `json:"connector_instance,omitempty"`
+	Share             string      `json:"share"`
+	Candidates        []Candidate `json:"candidates,omitempty"`
+	NAT               *NAT        `json:"nat,omitempty"`
+	RTTMillis         float64     `json:"rtt_ms,omitempty"` // copied from Connect
+	Path              string      `json:"path,omitempty"`   // copied from Connect
 	// TURN is the sharer's credential for a relay introduction, when the
 	// broker runs or knows the relay; the sharer may use its own instead.
 	TURN *TURN `json:"turn,omitempty"`
@@ -248,7 +255,7 @@ func (*Ping) Type() Type         { return TypePing }
 func (*Pong) Type() Type         { return TypePong }
 func (*RelayBind) Type() Type    { return TypeRelayBind }
 
-func (m *Hello) validate() error { return strs(m.Token, m.Version) }
+func (m *Hello) validate() error { return strs(m.Token, m.Version, m.Instance) }
 func (m *Welcome) validate() error {
 	if len(m.STUN) > MaxCandidates {
 		return fmt.Errorf("welcome: %d STUN servers, limit %d", len(m.STUN), MaxCandidates)
@@ -292,7 +299,7 @@ func (m *Connect) validate() error {
 	return firstErr(strs(m.Sharer, m.Share), candidates(m.Candidates), m.NAT.validate(), path(m.Path))
 }
 func (m *Intro) validate() error {
-	return firstErr(strs(m.Connector, m.Share), candidates(m.Candidates), m.NAT.validate(), path(m.Path), m.TURN.validate(),
+	return firstErr(strs(m.Connector, m.ConnectorInstance, m.Share), candidates(m.Candidates), m.NAT.validate(), path(m.Path), m.TURN.validate(),
 		relayToken(m.RelayToken, true))
 }
 
