@@ -32,6 +32,10 @@ const (
 	DefaultMaxAgents         = 100000
 	DefaultMaxSharesPerAgent = 64
 	DefaultMaxPendingIntros  = 64
+	// DefaultRegistrationGrace is twice the agents' longest reconnect
+	// backoff (30s): by then every process of a sharer that is coming back
+	// has logged in and registered its shares.
+	DefaultRegistrationGrace = time.Minute
 )
 
 // writeTimeout bounds every write to an agent, so one stuck agent cannot hold
@@ -51,17 +55,23 @@ type Config struct {
 	Token             string          // admits sharers (broker URL's TOKEN); connectors with a ticket need none
 	Cert              tls.Certificate // broker key; its SPKI pin is in the broker URL
 	Log               logrus.FieldLogger
-	Version           string           // software version, sent in Welcome
-	STUN              []string         // STUN servers agents are told of in Welcome
-	HandshakeTimeout  time.Duration    // TLS handshake + Hello; default 10s
-	IdleTimeout       time.Duration    // no message for this long drops the session; default 90s
-	IntroTimeout      time.Duration    // wait for the sharer's IntroReply; default 10s
-	MaxAgents         int              // sessions (members and guests); default 100000
-	MaxSharesPerAgent int              // default 64
-	MaxPendingIntros  int              // Connects in flight per session; default 64
-	MaxMessageSize    int              // default proto.MaxMessageSize
-	MaxRelayPairs     int              // broker relay pairs, bound or waiting; default 10000
-	RelayPairTimeout  time.Duration    // how long a broker relay token waits for both agents; default 20s
+	Version           string        // software version, sent in Welcome
+	STUN              []string      // STUN servers agents are told of in Welcome
+	HandshakeTimeout  time.Duration // TLS handshake + Hello; default 10s
+	IdleTimeout       time.Duration // no message for this long drops the session; default 90s
+	IntroTimeout      time.Duration // wait for the sharer's IntroReply; default 10s
+	MaxAgents         int           // sessions (members and guests); default 100000
+	MaxSharesPerAgent int           // default 64
+	MaxPendingIntros  int           // Connects in flight per session; default 64
+	MaxMessageSize    int           // default proto.MaxMessageSize
+	MaxRelayPairs     int           // broker relay pairs, bound or waiting; default 10000
+	RelayPairTimeout  time.Duration // how long a broker relay token waits for both agents; default 20s
+	// RegistrationGrace is how long a share the online sharer does not
+	// hold counts as "not registered yet" (retry) rather than unknown
+	// (refused): from the broker's start, from the newest login of the
+	// sharer's identity, and from when the share was last withdrawn or
+	// lost. Default 1m, about the agents' longest reconnect backoff.
+	RegistrationGrace time.Duration
 	Now               func() time.Time // injected clock, default time.Now
 	// Relay issues TURN credentials to sharers for relay introductions
 	// (Connect with Path relay), for the embedded relay (NewRelay) or an
@@ -110,6 +120,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.RelayPairTimeout == 0 {
 		c.RelayPairTimeout = DefaultRelayPairTimeout
+	}
+	if c.RegistrationGrace == 0 {
+		c.RegistrationGrace = DefaultRegistrationGrace
 	}
 	if c.Now == nil {
 		c.Now = time.Now
@@ -180,6 +193,8 @@ type Server struct {
 	guests    int
 	shares    int
 	nextIntro uint64
+	started   time.Time
+	lost      lostShares  // shares withdrawn or gone with their session, for RegistrationGrace
 	relay     *Relay      // the embedded TURN relay, if NewRelay made one
 	port      *tls.Config // the listener's: agents' protocols and HTTPS (port.go)
 	pairs     *pairRelay  // the broker relay
@@ -209,6 +224,7 @@ func New(cfg Config) (*Server, error) {
 		tls:       cfg.controlTLS(),
 		tokenHash: sha256.Sum256([]byte(cfg.Token)),
 		agents:    make(map[secure.AgentID][]*session),
+		started:   cfg.Now(),
 	}
 	s.metrics = newMetrics(s)
 	s.port = s.portTLS(s.tls)

@@ -243,6 +243,53 @@ func TestConnectRefused(t *testing.T) {
 	}
 }
 
+// TestRegistrationGrace: a share the online sharer does not hold is "not
+// registered yet" (retry) just after the broker starts, after a login of
+// the sharer's identity and after the share was withdrawn; past the grace
+// it is refused like a bad ticket.
+func TestRegistrationGrace(t *testing.T) {
+	clock := &fakeClock{now: time.Now()}
+	h := newHarness(t, "pipe", func(c *Config) { c.Now, c.RegistrationGrace = clock.Now, time.Minute })
+	id := newIdentity(t)
+	sharer := h.login(t, id, h.state.Token)
+	defer sharer.close()
+	for i, name := range []string{"web", "db"} {
+		sharer.send(&proto.Register{ID: uint64(i + 1), Share: name})
+		if r := expectType[*proto.Result](t, sharer.read()); r.Code != "" {
+			t.Fatalf("register %s: %#v", name, r)
+		}
+	}
+	conn := h.login(t, newIdentity(t), h.state.Token)
+	defer conn.close()
+	steps := []struct {
+		name  string
+		do    func()
+		share string
+		code  string
+	}{
+		{"broker just started", nil, "nope", proto.CodeNotRegistered},
+		{"past the grace", func() { clock.Add(2 * time.Minute) }, "nope", proto.CodeUnauthorized},
+		{"withdrawn", func() {
+			sharer.send(&proto.Unregister{ID: 3, Share: "db"})
+			expectType[*proto.Result](t, sharer.read())
+		}, "db", proto.CodeNotRegistered},
+		{"withdrawn, past the grace", func() { clock.Add(2 * time.Minute) }, "db", proto.CodeUnauthorized},
+		{"identity just logged in again", func() {
+			second := h.login(t, id, h.state.Token)
+			t.Cleanup(second.close)
+		}, "nope", proto.CodeNotRegistered},
+	}
+	for i, st := range steps {
+		if st.do != nil {
+			st.do()
+		}
+		conn.send(&proto.Connect{ID: uint64(i + 1), Sharer: id.ID().String(), Share: st.share})
+		if rep := expectType[*proto.ConnectReply](t, conn.read()); rep.Code != st.code {
+			t.Errorf("%s: %#v, want code %q", st.name, rep, st.code)
+		}
+	}
+}
+
 func TestSharerAnswers(t *testing.T) {
 	h := newHarness(t, "tcp", nil)
 	sharer, tk := sharerWithTicket(t, h, "web")

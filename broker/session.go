@@ -180,6 +180,9 @@ func (s *session) leave() {
 		}
 	}
 	srv.shares -= len(s.shares)
+	for name := range s.shares {
+		srv.lost.add(s.id, name, srv.cfg.Now(), srv.cfg.RegistrationGrace)
+	}
 	clear(s.shares)
 	clear(s.intros)
 	emb := srv.relay
@@ -290,6 +293,7 @@ func (s *session) unregister(m *proto.Unregister) *proto.Result {
 	if _, ok := s.shares[m.Share]; ok {
 		delete(s.shares, m.Share)
 		srv.shares--
+		srv.lost.add(s.id, m.Share, srv.cfg.Now(), srv.cfg.RegistrationGrace)
 	}
 	srv.mu.Unlock()
 	s.log.WithField("share", m.Share).Info("share withdrawn")
@@ -362,7 +366,7 @@ func (srv *Server) introduce(c *session, m *proto.Connect) *proto.ConnectReply {
 			break
 		}
 	}
-	if sharer == nil {
+	if sharer == nil && srv.registeringSoon(sharerID, m.Share, sessions) {
 		// Not a refusal: after a broker restart the sharer's processes log
 		// in and register their shares one by one, so a process of the
 		// same identity may be back before the one that holds this share.
@@ -370,7 +374,7 @@ func (srv *Server) introduce(c *session, m *proto.Connect) *proto.ConnectReply {
 		log.Info("introduction: sharer online, share not registered (yet)")
 		return fail(proto.CodeNotRegistered, "sharer %s is online but has not registered share %q (yet)", sharerID.Short(), m.Share)
 	}
-	if !c.mayConnect(sharer.shares[m.Share], m.Admit) {
+	if sharer == nil || !c.mayConnect(sharer.shares[m.Share], m.Admit) {
 		srv.mu.Unlock()
 		log.Warn("introduction refused: ticket not valid for this share")
 		return fail(proto.CodeUnauthorized, "ticket not valid for this share, and this agent is not on its allow list")

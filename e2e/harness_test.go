@@ -179,9 +179,13 @@ type world struct {
 	connDir   string
 }
 
-func newWorld(t testing.TB) *world {
+func newWorld(t testing.TB) *world { return newWorldWith(t) }
+
+// newWorldWith is newWorld with more broker arguments.
+func newWorldWith(t testing.TB, brokerArgs ...string) *world {
 	w := &world{t: t, sharerDir: t.TempDir(), connDir: t.TempDir()}
-	b := start(t, "broker", bins.broker, "--listen", "127.0.0.1:0", "--state-dir", t.TempDir(), "--public-addr", "127.0.0.1")
+	args := append([]string{"--listen", "127.0.0.1:0", "--state-dir", t.TempDir(), "--public-addr", "127.0.0.1"}, brokerArgs...)
+	b := start(t, "broker", bins.broker, args...)
 	w.brokerURL = b.firstLine()
 	if _, stderr, err := run(t, bins.agent, "--state-dir", w.sharerDir, "login", w.brokerURL); err != nil {
 		t.Fatalf("login: %v\n%s", err, stderr)

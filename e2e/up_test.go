@@ -273,8 +273,12 @@ func TestUpMetrics(t *testing.T) {
 
 // TestUpBadEntryStopsAlone: in agent up, a connect the broker refuses stops
 // alone with its error in status; a valid connect to the same sharer works.
+// The share is unknown, refused once the broker's registration grace (short
+// here) is over.
 func TestUpBadEntryStopsAlone(t *testing.T) {
-	w := newWorld(t)
+	brokerCfg := filepath.Join(t.TempDir(), "broker.yaml")
+	writeFile(t, brokerCfg, "limits:\n  registration_grace: 2s\n")
+	w := newWorldWith(t, "-c", brokerCfg)
 	if _, stderr, err := run(t, bins.agent, "--state-dir", w.connDir, "login", w.brokerURL); err != nil {
 		t.Fatalf("login: %v %s", err, stderr)
 	}

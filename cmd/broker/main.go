@@ -120,6 +120,7 @@ func newRoot() *cobra.Command {
 					b.MaxAgents, b.MaxSharesPerAgent, b.MaxPendingIntros = lim.MaxAgents, lim.MaxSharesPerAgent, lim.MaxPendingIntros
 					b.MaxMessageSize = lim.MaxMessageBytes
 					b.HandshakeTimeout, b.IdleTimeout, b.IntroTimeout = lim.HandshakeTimeout, lim.IdleTimeout, lim.IntroTimeout
+					b.RegistrationGrace = lim.RegistrationGrace
 				},
 			}
 			o.TLS = broker.TLSOptions{CertFile: cfg.TLS.CertFile, KeyFile: cfg.TLS.KeyFile, ACME: broker.ACMEOptions{

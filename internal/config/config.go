@@ -122,6 +122,9 @@ type BrokerLimits struct {
 	HandshakeTimeout  time.Duration `yaml:"handshake_timeout"`
 	IdleTimeout       time.Duration `yaml:"idle_timeout"`
 	IntroTimeout      time.Duration `yaml:"intro_timeout"`
+	// RegistrationGrace: how long a share its online sharer does not hold
+	// is "not registered yet" (agents retry) before it is refused.
+	RegistrationGrace time.Duration `yaml:"registration_grace"`
 }
 
 // Error is one problem in a configuration. Its text is

@@ -319,6 +319,7 @@ func defaultBroker() Broker {
 			HandshakeTimeout:  10 * time.Second,
 			IdleTimeout:       90 * time.Second,
 			IntroTimeout:      10 * time.Second,
+			RegistrationGrace: time.Minute,
 		},
 		TURN: BrokerTURN{
 			RelayPorts:                  "49152-65535",

@@ -15,6 +15,7 @@ const (
 	DefaultHandshakeTimeout  = 10 * time.Second
 	DefaultIdleTimeout       = 90 * time.Second
 	DefaultIntroTimeout      = 10 * time.Second
+	DefaultRegistrationGrace = time.Minute
 )
 
 // SetDefaults fills the unset fields of l.
@@ -76,6 +77,7 @@ func (l *BrokerLimits) SetDefaults() {
 	setDuration(&l.HandshakeTimeout, DefaultHandshakeTimeout)
 	setDuration(&l.IdleTimeout, DefaultIdleTimeout)
 	setDuration(&l.IntroTimeout, DefaultIntroTimeout)
+	setDuration(&l.RegistrationGrace, DefaultRegistrationGrace)
 }
 
 func setString(p *string, v string) {

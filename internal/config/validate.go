@@ -208,6 +208,7 @@ func (c *Broker) validate(p *problems) error {
 	positive(p, "limits.handshake_timeout", l.HandshakeTimeout)
 	positive(p, "limits.idle_timeout", l.IdleTimeout)
 	positive(p, "limits.intro_timeout", l.IntroTimeout)
+	positive(p, "limits.registration_grace", l.RegistrationGrace)
 	c.TURN.validate(p, c)
 	c.validateCert(p)
 	return p.err()
