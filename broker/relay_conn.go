@@ -16,11 +16,11 @@ import (
 // (pion's Close leaves them open) and wait until pion is done with them.
 type trackingListener struct {
 	net.Listener
-	log  logrus.FieldLogger
+	log logrus.FieldLogger
 	// guard wraps each accepted connection before pion sees it (turnGuard).
 	guard func(net.Conn) net.Conn
-	done chan struct{}
-	once sync.Once
+	done  chan struct{}
+	once  sync.Once
 
 	mu      sync.Mutex
 	closing bool // closeConns ran: accept no more
