@@ -8,7 +8,9 @@ import (
 
 	"github.com/pion/stun/v4"
 	"github.com/pion/turn/v5"
+	"github.com/sirupsen/logrus"
 
+	"github.com/peerport/peerport/internal/limit"
 	"github.com/peerport/peerport/internal/relay"
 )
 
@@ -208,5 +210,15 @@ func (r *Relay) turnKey(user string) []byte {
 
 // guard wraps one accepted TURN connection.
 func (r *Relay) guard(c net.Conn) net.Conn {
-	return &turnGuard{Conn: c, key: r.turnKey}
+	lim := r.srv.limits
+	return &turnGuard{Conn: c, key: r.turnKey,
+		onAuth: func() { limit.Authenticated(c) },
+		onGarbage: func() {
+			ip := ""
+			if ta, ok := c.RemoteAddr().(*net.TCPAddr); ok {
+				ip = ta.AddrPort().Addr().Unmap().String()
+			}
+			lim.connRefused.WithLabelValues("turn", limit.ReasonGarbage).Inc()
+			lim.refusals.Refused("connections closed: not STUN", limit.ReasonGarbage, logrus.Fields{"listener": "turn", "remote_ip": ip})
+		}}
 }
