@@ -15,7 +15,7 @@ import (
 )
 
 // turnGuard sits between a TURN client's TCP connection and pion. It follows
-// the stream's framing (STUN messages and ChannelData, RFC 5766 §11.5), so:
+// the stream's STUN framing (RFC 5389 §7.2.2), so:
 //
 //   - bytes that are neither close the connection at once (pion would wait
 //     for ever for the rest of a "frame" a bogus length announced);
@@ -36,8 +36,7 @@ type turnGuard struct {
 	onGarbage func()
 
 	mu      sync.Mutex
-	buf     []byte // the current frame's bytes so far (STUN only)
-	skip    int    // ChannelData bytes still to pass
+	buf     []byte // the current message's bytes so far
 	raw     bool   // after ConnectionBind: no more parsing
 	authed  bool
 	udpReqs map[[stun.TransactionIDSize]byte]string // UDP Allocates in flight: username
@@ -69,22 +68,16 @@ func (g *turnGuard) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// feed follows the framing of b.
+// feed follows the framing of b. Only STUN messages can be valid: the
+// relay makes TCP allocations only, which have no channels (RFC 6062 §4),
+// so ChannelData is garbage too.
 func (g *turnGuard) feed(b []byte) error {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	for len(b) > 0 && !g.raw {
-		if g.skip > 0 {
-			k := min(g.skip, len(b))
-			g.skip -= k
-			b = b[k:]
-			continue
-		}
-		need := 4
-		if len(g.buf) >= 4 {
-			if g.buf[0]&0xc0 == 0 { // STUN
-				need = 20 + int(binary.BigEndian.Uint16(g.buf[2:4]))
-			}
+		need := 8 // type, length, magic cookie
+		if len(g.buf) >= 8 {
+			need = 20 + int(binary.BigEndian.Uint16(g.buf[2:4]))
 		}
 		k := min(need-len(g.buf), len(b))
 		g.buf = append(g.buf, b[:k]...)
@@ -92,20 +85,9 @@ func (g *turnGuard) feed(b []byte) error {
 		if len(g.buf) < need {
 			continue
 		}
-		if need == 4 {
+		if need == 8 {
 			ln := int(binary.BigEndian.Uint16(g.buf[2:4]))
-			switch {
-			case g.buf[0]&0xc0 == 0:
-				if ln%4 != 0 || 20+ln > maxTURNMessage {
-					return errTURNGarbage
-				}
-				if ln == 0 && len(g.buf) == 4 {
-					continue // a header alone: read the other 16 bytes
-				}
-			case g.buf[0] >= 0x40 && g.buf[0] <= 0x7f: // ChannelData, padded to 4 over TCP
-				g.skip = (ln + 3) &^ 3
-				g.buf = g.buf[:0]
-			default:
+			if g.buf[0]&0xc0 != 0 || binary.BigEndian.Uint32(g.buf[4:8]) != stunMagicCookie || ln%4 != 0 || 20+ln > maxTURNMessage {
 				return errTURNGarbage
 			}
 			continue
