@@ -327,3 +327,28 @@ func isTimeout(err error) bool {
 	ne, ok := err.(net.Error)
 	return ok && ne.Timeout()
 }
+
+func TestRemoteIP(t *testing.T) {
+	tests := []struct{ addr, want string }{
+		{"192.0.2.7:1234", "192.0.2.7"},
+		{"[::ffff:192.0.2.7]:1234", "192.0.2.7"},
+		{"[2001:db8:1:2:3:4:5:6]:1234", "2001:db8:1:2::"},
+	}
+	for _, tt := range tests {
+		c := addrConn{net.TCPAddrFromAddrPort(netip.MustParseAddrPort(tt.addr))}
+		if got := remoteIP(c).String(); got != tt.want {
+			t.Errorf("remoteIP(%s) = %s, want %s", tt.addr, got, tt.want)
+		}
+	}
+}
+
+type addrConn struct{ remote net.Addr }
+
+func (c addrConn) RemoteAddr() net.Addr           { return c.remote }
+func (addrConn) Read([]byte) (int, error)         { return 0, nil }
+func (addrConn) Write([]byte) (int, error)        { return 0, nil }
+func (addrConn) Close() error                     { return nil }
+func (addrConn) LocalAddr() net.Addr              { return nil }
+func (addrConn) SetDeadline(time.Time) error      { return nil }
+func (addrConn) SetReadDeadline(time.Time) error  { return nil }
+func (addrConn) SetWriteDeadline(time.Time) error { return nil }

@@ -95,11 +95,18 @@ func (l *Listener) refuse(c net.Conn, reason string, ip netip.Addr) {
 	}
 }
 
+// remoteIP is the key of c's source: its IPv4 address, or its IPv6 /64,
+// since one host commonly holds a whole /64.
 func remoteIP(c net.Conn) netip.Addr {
-	if ta, ok := c.RemoteAddr().(*net.TCPAddr); ok {
-		return ta.AddrPort().Addr().Unmap()
+	ta, ok := c.RemoteAddr().(*net.TCPAddr)
+	if !ok {
+		return netip.Addr{}
 	}
-	return netip.Addr{}
+	ip := ta.AddrPort().Addr().Unmap().WithZone("")
+	if ip.Is6() {
+		ip = netip.PrefixFrom(ip, 64).Masked().Addr()
+	}
+	return ip
 }
 
 // Conn is an admitted connection. Close gives its slots back.
