@@ -17,7 +17,12 @@ import (
 	"github.com/peerport/peerport/internal/secure"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) {
+	if floodChild() {
+		return
+	}
+	goleak.VerifyTestMain(m)
+}
 
 // connKinds are the transports every protocol test runs over: the server is
 // handed a net.Pipe end (as when embedded), or serves a loopback listener.

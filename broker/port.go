@@ -14,6 +14,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/peerport/peerport/internal/limit"
 	"github.com/peerport/peerport/internal/secure"
 )
 
@@ -73,6 +74,9 @@ func (s *Server) dispatch(ctx context.Context, tc *tls.Conn, raw net.Conn, log l
 			log.WithError(err).Info("agent handshake failed")
 			return
 		}
+		// An agent certificate: out of the pre-authentication budget (the
+		// session's Hello deadline and login rate limits take over).
+		limit.Authenticated(raw)
 		if cs.NegotiatedProtocol == secure.ALPNRelay {
 			s.pairs.serve(ctx, tc, id, s.cfg.HandshakeTimeout, log.WithField("agent", id.Short()))
 			return
@@ -81,6 +85,7 @@ func (s *Server) dispatch(ctx context.Context, tc *tls.Conn, raw net.Conn, log l
 	case acmeALPN:
 		// The challenge was answered in the handshake (GetCertificate).
 	default:
+		limit.NoDeadline(raw) // net/http's own timeouts bound it
 		raw.SetDeadline(time.Time{})
 		s.serveHTTP(ctx, tc)
 	}

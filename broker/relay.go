@@ -81,7 +81,8 @@ const (
 	relayPortTries = 64
 )
 
-// Errors of the relay's address generator; pion answers them with 508.
+// Errors of the relay's address generator; pion answers them with 508,
+// but errRelayUDP with 442 (turnGuard rewrites it).
 var (
 	errRelayUDP      = errors.New("relay: UDP allocations are not offered (use TCP, RFC 6062)")
 	errRelayFamily   = errors.New("relay: no relay address of this address family")
@@ -305,7 +306,7 @@ func (r *Relay) Serve(ctx context.Context, ln net.Listener) error {
 	}
 	r.served = true
 	r.mu.Unlock()
-	tl := newTrackingListener(ln, r.log)
+	tl := newTrackingListener(ln, r.log, r.guard)
 	ts, err := turn.NewServer(turn.ServerConfig{
 		ListenerConfigs: []turn.ListenerConfig{{
 			Listener:              tl,

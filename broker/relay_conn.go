@@ -16,9 +16,11 @@ import (
 // (pion's Close leaves them open) and wait until pion is done with them.
 type trackingListener struct {
 	net.Listener
-	log  logrus.FieldLogger
-	done chan struct{}
-	once sync.Once
+	log logrus.FieldLogger
+	// guard wraps each accepted connection before pion sees it (turnGuard).
+	guard func(net.Conn) net.Conn
+	done  chan struct{}
+	once  sync.Once
 
 	mu      sync.Mutex
 	closing bool // closeConns ran: accept no more
@@ -26,8 +28,8 @@ type trackingListener struct {
 	wg      sync.WaitGroup
 }
 
-func newTrackingListener(ln net.Listener, log logrus.FieldLogger) *trackingListener {
-	return &trackingListener{Listener: ln, log: log, done: make(chan struct{}), conns: make(map[*trackedConn]struct{})}
+func newTrackingListener(ln net.Listener, log logrus.FieldLogger, guard func(net.Conn) net.Conn) *trackingListener {
+	return &trackingListener{Listener: ln, log: log, guard: guard, done: make(chan struct{}), conns: make(map[*trackedConn]struct{})}
 }
 
 func (l *trackingListener) Accept() (net.Conn, error) {
@@ -35,6 +37,9 @@ func (l *trackingListener) Accept() (net.Conn, error) {
 	for {
 		c, err := l.Listener.Accept()
 		if err == nil {
+			if l.guard != nil {
+				c = l.guard(c)
+			}
 			tc := &trackedConn{Conn: c, l: l}
 			l.mu.Lock()
 			if l.closing {

@@ -877,3 +877,23 @@ func TestRelayAgentReconnects(t *testing.T) {
 		t.Errorf("%d allocations, want 1", n)
 	}
 }
+
+// TestRelayUDPAllocate: an Allocate for UDP gets 442 Unsupported Transport
+// Protocol (RFC 5766 §6.2), not 508, and a TCP one on the same credential
+// still works.
+func TestRelayUDPAllocate(t *testing.T) {
+	h := newRelayHarness(t, nil)
+	sharer, tk := sharerWithTicket(t, h.harness, "web")
+	defer sharer.close()
+	in := h.relayIntro(t, sharer, tk)
+	cl := h.turnClient(t, in.TURN.Username, in.TURN.Password)
+	pc, err := cl.Allocate()
+	if err == nil {
+		pc.Close()
+		t.Fatal("UDP allocation succeeded")
+	}
+	if code := turnCode(err); code != int(stun.CodeUnsupportedTransProto) {
+		t.Fatalf("UDP allocate: %v (code %d), want 442", err, code)
+	}
+	mustAllocate(t, h.turnClient(t, in.TURN.Username, in.TURN.Password).AllocateTCP)
+}

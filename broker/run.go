@@ -15,6 +15,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/peerport/peerport/internal/limit"
 	"github.com/peerport/peerport/internal/nat"
 	"github.com/peerport/peerport/internal/secure"
 )
@@ -157,12 +158,20 @@ func Start(ctx context.Context, o Options) (*Running, error) {
 	if o.Limits != nil {
 		o.Limits(&cfg)
 	}
+	connBudget(&cfg, o.Log)
 	srv, err := New(cfg)
 	if err != nil {
 		return fail(err)
 	}
+	ln = srv.Limit(ln, "control")
+	if turnLn != nil {
+		turnLn = srv.Limit(turnLn, "turn")
+	}
 	if stun != nil {
 		newSTUNMetrics(srv.Registry()).wrap(stun)
+		for i, l := range stun.TCP {
+			stun.TCP[i] = srv.Limit(l, "stun")
+		}
 	}
 	var ms *metricsServer
 	if o.MetricsListen != "" {
@@ -222,6 +231,31 @@ func Start(ctx context.Context, o Options) (*Running, error) {
 		certs.close()
 	}()
 	return r, nil
+}
+
+// connBudget raises the fd limit and keeps the global connection budget
+// below it: a limits.max_conns above what the descriptors allow is lowered.
+func connBudget(cfg *Config, log logrus.FieldLogger) {
+	nofile, err := limit.RaiseNoFile()
+	if err != nil {
+		log.WithError(err).Warn("cannot raise the file descriptor limit")
+	}
+	if nofile == 0 {
+		return
+	}
+	share := cfg.Conns.PreAuthShare
+	if share == 0 {
+		share = DefaultPreAuthShare
+	}
+	total, _ := limit.BudgetFor(nofile, share)
+	if cfg.Conns.MaxConns > total {
+		log.WithFields(logrus.Fields{"max_conns": cfg.Conns.MaxConns, "nofile": nofile, "budget": total}).
+			Warn("limits.max_conns is above what the fd limit allows; lowered")
+	}
+	if cfg.Conns.MaxConns == 0 || cfg.Conns.MaxConns > total {
+		cfg.Conns.MaxConns = total
+	}
+	log.WithFields(logrus.Fields{"nofile": nofile, "max_conns": cfg.Conns.MaxConns}).Debug("connection budget")
 }
 
 // setupTURN decides the relay of relay introductions: the external TURN

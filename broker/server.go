@@ -86,6 +86,10 @@ type Config struct {
 	// can validate the TLS-ALPN-01 challenge that GetCertificate answers; a
 	// connection that negotiated it is closed after the handshake.
 	ACME bool
+	// Conns bound connections at the listeners Limit wraps, Rates the
+	// logins, registrations and connects of control sessions (limits.go).
+	Conns ConnLimits
+	Rates RateLimits
 }
 
 func (c *Config) setDefaults() {
@@ -127,6 +131,8 @@ func (c *Config) setDefaults() {
 	if c.Now == nil {
 		c.Now = time.Now
 	}
+	c.Conns.setDefaults()
+	c.Rates.setDefaults()
 	if c.Relay != nil {
 		r := *c.Relay // the caller's stays as it was
 		if r.TTL == 0 {
@@ -174,6 +180,7 @@ func (c *Config) validate() error {
 			errs = append(errs, fmt.Errorf("relay.ttl: %v is negative", r.TTL))
 		}
 	}
+	errs = append(errs, c.Conns.validate()...)
 	if c.MaxMessageSize > 0 && c.MaxMessageSize < 1024 {
 		errs = append(errs, fmt.Errorf("max_message_size: %d is too small for a Register (min 1024)", c.MaxMessageSize))
 	}
@@ -202,6 +209,7 @@ type Server struct {
 
 	introductions atomic.Uint64
 	metrics       *metrics
+	limits        *limits
 }
 
 // Stats are counters for status and metrics.
@@ -227,6 +235,7 @@ func New(cfg Config) (*Server, error) {
 		started:   cfg.Now(),
 	}
 	s.metrics = newMetrics(s)
+	s.limits = newLimits(&s.cfg, s.metrics.reg, s.log)
 	s.port = s.portTLS(s.tls)
 	s.pairs = newPairRelay(s.log, cfg.MaxRelayPairs, cfg.RelayPairTimeout, s.metrics.reg)
 	s.web = s.webHandler()
@@ -251,6 +260,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		ln.Close()
 		cancel()
 		wg.Wait()
+		s.limits.refusals.Close()
 	}()
 	stop := context.AfterFunc(ctx, func() { ln.Close() })
 	defer stop()

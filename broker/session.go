@@ -109,9 +109,14 @@ func (s *session) readHello() *proto.Hello {
 // has not timed out yet. Introductions go to the newest session holding the
 // share, so neither knocks the other off.
 func (s *session) admit(h *proto.Hello) bool {
+	if ok, msg := s.srv.allowRequest(reqLogin, s.raw.RemoteAddr(), s.id); !ok {
+		s.srv.metrics.refused.WithLabelValues(proto.CodeLimit).Inc()
+		s.fail(proto.CodeLimit, msg)
+		return false
+	}
 	if h.Token != "" && !s.srv.checkToken(h.Token) {
 		s.srv.metrics.refused.WithLabelValues(proto.CodeUnauthorized).Inc()
-		s.log.Warn("wrong broker token")
+		s.srv.limits.refusals.Refused("logins refused: wrong broker token", proto.CodeUnauthorized, logrus.Fields{"remote": s.raw.RemoteAddr().String(), "agent": s.id.Short()})
 		s.fail(proto.CodeUnauthorized, "wrong broker token: check the broker URL (agent login)")
 		return false
 	}
@@ -253,6 +258,9 @@ func (s *session) handle(m proto.Message) bool {
 const guestRefusal = "this session has no broker token, so it can only connect with a ticket; to share, log in with the broker URL (agent login)"
 
 func (s *session) register(m *proto.Register) *proto.Result {
+	if ok, msg := s.srv.allowRequest(reqRegister, s.raw.RemoteAddr(), s.id); !ok {
+		return &proto.Result{ID: m.ID, Code: proto.CodeLimit, Message: msg}
+	}
 	if s.guest {
 		return &proto.Result{ID: m.ID, Code: proto.CodeUnauthorized, Message: guestRefusal}
 	}
@@ -303,6 +311,10 @@ func (s *session) unregister(m *proto.Unregister) *proto.Result {
 // connect runs the introduction in its own goroutine: it waits on another
 // agent, and the session must keep reading meanwhile (it may be that agent).
 func (s *session) connect(m *proto.Connect) bool {
+	if ok, msg := s.srv.allowRequest(reqConnect, s.raw.RemoteAddr(), s.id); !ok {
+		s.srv.metrics.introFailed.WithLabelValues(proto.CodeLimit).Inc()
+		return s.send(&proto.ConnectReply{ID: m.ID, Code: proto.CodeLimit, Message: msg}) == nil
+	}
 	select {
 	case s.pending <- struct{}{}:
 	default:
@@ -376,7 +388,8 @@ func (srv *Server) introduce(c *session, m *proto.Connect) *proto.ConnectReply {
 	}
 	if sharer == nil || !c.mayConnect(sharer.shares[m.Share], m.Admit) {
 		srv.mu.Unlock()
-		log.Warn("introduction refused: ticket not valid for this share")
+		srv.limits.refusals.Refused("introductions refused: ticket not valid for this share", proto.CodeUnauthorized,
+			logrus.Fields{"remote": c.raw.RemoteAddr().String(), "agent": c.id.Short(), "sharer": sharerID.Short(), "share": m.Share})
 		return fail(proto.CodeUnauthorized, "ticket not valid for this share, and this agent is not on its allow list")
 	}
 	relayed := m.Path == proto.PathRelay

@@ -121,6 +121,12 @@ func newRoot() *cobra.Command {
 					b.MaxMessageSize = lim.MaxMessageBytes
 					b.HandshakeTimeout, b.IdleTimeout, b.IntroTimeout = lim.HandshakeTimeout, lim.IdleTimeout, lim.IntroTimeout
 					b.RegistrationGrace = lim.RegistrationGrace
+					b.Conns = broker.ConnLimits{PreAuthTimeout: lim.PreAuthTimeout, MaxPreAuthPerIP: lim.MaxPreAuthPerIP,
+						AcceptRatePerIP: float64(lim.AcceptsPerSecondPerIP), AcceptBurst: lim.AcceptBurstPerIP,
+						MaxConns: lim.MaxConns, PreAuthShare: float64(lim.PreAuthPercent) / 100}
+					b.Rates = broker.RateLimits{LoginsPerIP: float64(lim.LoginsPerMinPerIP), LoginsPerAgent: float64(lim.LoginsPerMinPerAgent),
+						RegistersPerIP: float64(lim.RegistersPerMinPerIP), RegistersPerAgent: float64(lim.RegistersPerMinPerAg),
+						ConnectsPerIP: float64(lim.ConnectsPerMinPerIP), ConnectsPerAgent: float64(lim.ConnectsPerMinPerAg)}
 				},
 			}
 			o.TLS = broker.TLSOptions{CertFile: cfg.TLS.CertFile, KeyFile: cfg.TLS.KeyFile, ACME: broker.ACMEOptions{

@@ -125,6 +125,21 @@ type BrokerLimits struct {
 	// RegistrationGrace: how long a share its online sharer does not hold
 	// is "not registered yet" (agents retry) before it is refused.
 	RegistrationGrace time.Duration `yaml:"registration_grace"`
+
+	// Admission limits of every listener (control, TURN, STUN over TCP)
+	// and rate limits of control requests; see README "Broker limits".
+	PreAuthTimeout        time.Duration `yaml:"preauth_timeout"`           // a connection must authenticate within it
+	MaxPreAuthPerIP       int           `yaml:"max_preauth_per_ip"`        // unauthenticated connections per source IP and listener
+	AcceptsPerSecondPerIP int           `yaml:"accepts_per_second_per_ip"` // accepted connections per source IP and listener
+	AcceptBurstPerIP      int           `yaml:"accept_burst_per_ip"`
+	MaxConns              int           `yaml:"max_conns"`       // global; 0: derived from the fd limit
+	PreAuthPercent        int           `yaml:"preauth_percent"` // of max_conns unauthenticated connections may hold
+	LoginsPerMinPerIP     int           `yaml:"logins_per_minute_per_ip"`
+	LoginsPerMinPerAgent  int           `yaml:"logins_per_minute_per_agent"`
+	RegistersPerMinPerIP  int           `yaml:"registers_per_minute_per_ip"`
+	RegistersPerMinPerAg  int           `yaml:"registers_per_minute_per_agent"`
+	ConnectsPerMinPerIP   int           `yaml:"connects_per_minute_per_ip"`
+	ConnectsPerMinPerAg   int           `yaml:"connects_per_minute_per_agent"`
 }
 
 // Error is one problem in a configuration. Its text is

@@ -320,6 +320,9 @@ func defaultBroker() Broker {
 			IdleTimeout:       90 * time.Second,
 			IntroTimeout:      10 * time.Second,
 			RegistrationGrace: time.Minute,
+			PreAuthTimeout:    10 * time.Second, MaxPreAuthPerIP: 32, AcceptsPerSecondPerIP: 20, AcceptBurstPerIP: 64, PreAuthPercent: 50,
+			LoginsPerMinPerIP: 120, LoginsPerMinPerAgent: 30, RegistersPerMinPerIP: 600, RegistersPerMinPerAg: 300,
+			ConnectsPerMinPerIP: 120, ConnectsPerMinPerAg: 60,
 		},
 		TURN: BrokerTURN{
 			RelayPorts:                  "49152-65535",
@@ -440,6 +443,18 @@ limits:
 			[]string{`broker.yaml:1: metrics_listen: "http://x:9102" is not PORT or HOST:PORT`}},
 		{"metrics listen clashes with listen", "listen: 7000\nmetrics_listen: \":7000\"\n",
 			[]string{`broker.yaml:2: metrics_listen: address ":7000" clashes with listen`}},
+		{"admission limits out of range", `
+limits:
+  preauth_timeout: -1s
+  max_preauth_per_ip: -1
+  preauth_percent: 150
+  connects_per_minute_per_ip: -3
+`, []string{
+			`broker.yaml:3: limits.preauth_timeout: must be positive (got -1s)`,
+			`broker.yaml:4: limits.max_preauth_per_ip: -1 out of range (1-1000000)`,
+			`broker.yaml:5: limits.preauth_percent: 150 out of range (1-100)`,
+			`broker.yaml:6: limits.connects_per_minute_per_ip: -3 out of range (1-1000000)`,
+		}},
 		{"message size too large", "limits: {max_message_bytes: 2000000}\n",
 			[]string{`broker.yaml:1: limits.max_message_bytes: 2000000 out of range (1024-1048576)`}},
 	}

@@ -16,6 +16,19 @@ const (
 	DefaultIdleTimeout       = 90 * time.Second
 	DefaultIntroTimeout      = 10 * time.Second
 	DefaultRegistrationGrace = time.Minute
+
+	// Admission and rate limits; the broker package has the same defaults.
+	DefaultPreAuthTimeout        = 10 * time.Second
+	DefaultMaxPreAuthPerIP       = 32
+	DefaultAcceptsPerSecondPerIP = 20
+	DefaultAcceptBurstPerIP      = 64
+	DefaultPreAuthPercent        = 50
+	DefaultLoginsPerMinPerIP     = 120
+	DefaultLoginsPerMinPerAgent  = 30
+	DefaultRegistersPerMinPerIP  = 600
+	DefaultRegistersPerMinPerAg  = 300
+	DefaultConnectsPerMinPerIP   = 120
+	DefaultConnectsPerMinPerAg   = 60
 )
 
 // SetDefaults fills the unset fields of l.
@@ -78,6 +91,17 @@ func (l *BrokerLimits) SetDefaults() {
 	setDuration(&l.IdleTimeout, DefaultIdleTimeout)
 	setDuration(&l.IntroTimeout, DefaultIntroTimeout)
 	setDuration(&l.RegistrationGrace, DefaultRegistrationGrace)
+	setDuration(&l.PreAuthTimeout, DefaultPreAuthTimeout)
+	setInt(&l.MaxPreAuthPerIP, DefaultMaxPreAuthPerIP)
+	setInt(&l.AcceptsPerSecondPerIP, DefaultAcceptsPerSecondPerIP)
+	setInt(&l.AcceptBurstPerIP, DefaultAcceptBurstPerIP)
+	setInt(&l.PreAuthPercent, DefaultPreAuthPercent)
+	setInt(&l.LoginsPerMinPerIP, DefaultLoginsPerMinPerIP)
+	setInt(&l.LoginsPerMinPerAgent, DefaultLoginsPerMinPerAgent)
+	setInt(&l.RegistersPerMinPerIP, DefaultRegistersPerMinPerIP)
+	setInt(&l.RegistersPerMinPerAg, DefaultRegistersPerMinPerAg)
+	setInt(&l.ConnectsPerMinPerIP, DefaultConnectsPerMinPerIP)
+	setInt(&l.ConnectsPerMinPerAg, DefaultConnectsPerMinPerAg)
 }
 
 func setString(p *string, v string) {

@@ -20,6 +20,7 @@ const (
 	maxMaxPendingIntros  = 10_000
 	minMaxMessageBytes   = 1 << 10
 	maxMaxMessageBytes   = 1 << 20
+	maxRateLimit         = 1_000_000
 )
 
 // problems collects validation errors, locating each by the line its field
@@ -209,6 +210,20 @@ func (c *Broker) validate(p *problems) error {
 	positive(p, "limits.idle_timeout", l.IdleTimeout)
 	positive(p, "limits.intro_timeout", l.IntroTimeout)
 	positive(p, "limits.registration_grace", l.RegistrationGrace)
+	positive(p, "limits.preauth_timeout", l.PreAuthTimeout)
+	intRange(p, "limits.max_preauth_per_ip", l.MaxPreAuthPerIP, 1, maxRateLimit)
+	intRange(p, "limits.accepts_per_second_per_ip", l.AcceptsPerSecondPerIP, 1, maxRateLimit)
+	intRange(p, "limits.accept_burst_per_ip", l.AcceptBurstPerIP, 1, maxRateLimit)
+	intRange(p, "limits.max_conns", l.MaxConns, 0, maxMaxAgents)
+	intRange(p, "limits.preauth_percent", l.PreAuthPercent, 1, 100)
+	for _, r := range []struct {
+		key string
+		v   int
+	}{{"logins_per_minute_per_ip", l.LoginsPerMinPerIP}, {"logins_per_minute_per_agent", l.LoginsPerMinPerAgent},
+		{"registers_per_minute_per_ip", l.RegistersPerMinPerIP}, {"registers_per_minute_per_agent", l.RegistersPerMinPerAg},
+		{"connects_per_minute_per_ip", l.ConnectsPerMinPerIP}, {"connects_per_minute_per_agent", l.ConnectsPerMinPerAg}} {
+		intRange(p, "limits."+r.key, r.v, 1, maxRateLimit)
+	}
 	c.TURN.validate(p, c)
 	c.validateCert(p)
 	return p.err()
