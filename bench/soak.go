@@ -157,10 +157,20 @@ type soakLeak struct {
 	Goroutines, GoroutinesBase int
 	FDs, FDsBase               int
 	Note                       string
+	// Restarted: the process is not the one the baseline was taken of.
+	// An idle agent's goroutines vary by some 8 with what its sessions
+	// are doing (27 or 35 for the same sharer), so only streams count.
+	Restarted bool
+	// Stacks groups the goroutines of an agent that kept more than its
+	// baseline, from its SIGQUIT dump at the end: "count  function".
+	Stacks []string
 }
 
 func (l soakLeak) leaked() bool {
-	return l.Streams != 0 || l.PeerStreams != 0 || l.Goroutines > l.GoroutinesBase || l.FDs > l.FDsBase
+	if l.Streams != 0 || l.PeerStreams != 0 {
+		return true
+	}
+	return !l.Restarted && (l.Goroutines > l.GoroutinesBase || l.FDs > l.FDsBase)
 }
 
 func (r *soakResult) wrong() int {
@@ -206,6 +216,14 @@ func (r *soakResult) print(w io.Writer) {
 	for _, l := range r.Leaks {
 		if l.Note != "" {
 			fmt.Fprintf(w, "  %s: %s\n", l.Agent, l.Note)
+		}
+	}
+	for _, l := range r.Leaks {
+		if len(l.Stacks) > 0 {
+			fmt.Fprintf(w, "\ngoroutines of %s at the end (SIGQUIT dump, by function):\n", l.Agent)
+			for _, s := range l.Stacks {
+				fmt.Fprintf(w, "  %s\n", s)
+			}
 		}
 	}
 	if len(r.Errors) > 0 {
@@ -570,9 +588,18 @@ func runSoak(ctx context.Context, bin binaries, tmp string, o soakOptions, log i
 			time.Sleep(time.Second)
 		}
 		if a.name == "sharer" && res.Faults[faultSharer] > 0 {
-			lk.Note = strings.TrimSpace(lk.Note + " restarted during the soak; baseline is its first process's")
+			lk.Restarted = true
+			lk.Note = strings.TrimSpace(lk.Note + " restarted during the soak: the baseline is its first process's, so only its streams count")
 		}
 		res.Leaks = append(res.Leaks, lk)
+	}
+	// Only once all are measured: a dump ends the agent, and its peers with
+	// it would change.
+	for i, lk := range res.Leaks {
+		if lk.Goroutines > lk.GoroutinesBase {
+			p, _ := l.agentProc(lk.Agent)
+			res.Leaks[i].Stacks = goroutineGroups(l.ctx, p)
+		}
 	}
 	return res, nil
 }
@@ -666,6 +693,85 @@ func (l *soakLab) inject(kind string, round int) error {
 		return nil
 	}
 	return fmt.Errorf("unknown fault %q", kind)
+}
+
+// goroutineGroups ends an agent with SIGQUIT (the Go runtime then prints
+// every goroutine's stack and exits) once the soak is over, and counts its
+// goroutines by the function each one is parked in, outside the runtime,
+// so a leak shows where it sits. Largest groups first.
+func goroutineGroups(ctx context.Context, p *natlab.Proc) []string {
+	mark := len(p.Stderr())
+	if err := p.Signal(syscall.SIGQUIT); err != nil {
+		return []string{"SIGQUIT: " + err.Error()}
+	}
+	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	p.Wait(wctx) // it exits 2 after the dump
+	dump := p.Stderr()
+	if len(dump) < mark {
+		return nil
+	}
+	return goroutineCounts(dump[mark:])
+}
+
+// goroutineCounts reads a Go traceback of all goroutines.
+func goroutineCounts(dump string) []string {
+	counts := map[string]int{}
+	var cur string // function of the goroutine being read, "" once counted
+	inG := false
+	for _, line := range strings.Split(dump, "\n") {
+		switch {
+		case strings.HasPrefix(line, "goroutine 0 "): // a scheduler stack, not a goroutine
+			inG = false
+		case strings.HasPrefix(line, "goroutine ") && strings.HasSuffix(line, ":"):
+			inG, cur = true, ""
+		case !inG || strings.HasPrefix(line, "\t"):
+		case line == "":
+			if cur != "" {
+				counts[cur]++
+			}
+			inG = false
+		case cur == "" || plumbing(cur):
+			// the first frame outside the runtime and the standard library's plumbing
+			if i := strings.LastIndex(line, "("); i > 0 {
+				cur = line[:i]
+			} else {
+				cur = line
+			}
+		}
+	}
+	if inG && cur != "" {
+		counts[cur]++
+	}
+	if len(counts) == 0 {
+		return []string{"no goroutine dump on stderr (capture full?)"}
+	}
+	keys := make([]string, 0, len(counts))
+	for k := range counts {
+		keys = append(keys, k)
+	}
+	sort.Slice(keys, func(i, j int) bool {
+		if counts[keys[i]] != counts[keys[j]] {
+			return counts[keys[i]] > counts[keys[j]]
+		}
+		return keys[i] < keys[j]
+	})
+	out := make([]string, 0, len(keys))
+	for _, k := range keys {
+		out = append(out, fmt.Sprintf("%4d  %s", counts[k], k))
+	}
+	return out
+}
+
+// plumbing says whether a frame's function is one every parked goroutine
+// passes through (so it names no owner).
+func plumbing(fn string) bool {
+	for _, p := range []string{"runtime.", "sync.", "internal/", "net.", "io.", "bufio.", "os.", "time.", "crypto/tls."} {
+		if strings.HasPrefix(fn, p) {
+			return true
+		}
+	}
+	return false
 }
 
 func kill(ctx context.Context, p *natlab.Proc) error {
