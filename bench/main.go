@@ -8,6 +8,7 @@
 //	sudo go run ./bench -only wan    # tunnel vs raw TCP over the lab's WAN link at 0/20/50 ms
 //	sudo go run ./bench -lab         # all NAT-lab parts: punch, relay, wan
 //	go run ./bench -only ops         # broker restarts, idle RSS of agent up (bench/ops.go)
+//	sudo go run ./bench soak -duration 10m  # transfers under faults in the NAT lab (bench/soak.go)
 //
 // It builds the agent and broker (no -race), runs a broker, sharers and
 // connectors as separate processes on 127.0.0.1, drives them with iperf3 and
@@ -54,6 +55,9 @@ func main() {
 	if len(os.Args) > 2 && os.Args[1] == "-mux-streams-child" {
 		muxStreamsChild(os.Args[2])
 		return
+	}
+	if len(os.Args) > 1 && os.Args[1] == "soak" {
+		os.Exit(soakMain(os.Args[2:]))
 	}
 	if len(os.Args) > 2 && os.Args[1] == "-relay-child" {
 		relayChild(os.Args[2])

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"os"
 	"sync"
@@ -26,6 +27,10 @@ type Link struct {
 	outer *os.File // TAP in the parent's namespace
 	up    *linkDir // node -> parent
 	down  *linkDir // parent -> node
+
+	// lossOverride, when set (a math.Float64bits value + 1), replaces
+	// cfg.Loss: a fault a soak turns on and off while traffic runs.
+	lossOverride atomic.Uint64
 
 	pool      sync.Pool // of frameBuf-sized []byte
 	startOnce sync.Once
@@ -120,6 +125,20 @@ func (l *Link) start() {
 // Config returns the link's settings (with defaults filled in).
 func (l *Link) Config() LinkConfig { return l.cfg }
 
+// SetLoss replaces the configured loss (a fraction, 0 to 1) on both
+// directions from now on; ResetLoss goes back to the configured one.
+func (l *Link) SetLoss(p float64) { l.lossOverride.Store(math.Float64bits(p) + 1) }
+
+// ResetLoss undoes SetLoss.
+func (l *Link) ResetLoss() { l.lossOverride.Store(0) }
+
+func (l *Link) loss() float64 {
+	if v := l.lossOverride.Load(); v != 0 {
+		return math.Float64frombits(v - 1)
+	}
+	return l.cfg.Loss
+}
+
 // Stats returns the counters of the up (node to parent) and down directions.
 func (l *Link) Stats() (up, down LinkStats) { return l.up.stats(), l.down.stats() }
 
@@ -149,7 +168,7 @@ func (l *Link) read(d *linkDir, rng *rand.Rand) {
 			}
 		}
 		now := time.Now()
-		if cfg.Loss > 0 && !isARP(buf[:n]) && rng.Float64() < cfg.Loss {
+		if loss := l.loss(); loss > 0 && !isARP(buf[:n]) && rng.Float64() < loss {
 			d.lost.Add(1)
 			l.pool.Put(buf)
 			continue
