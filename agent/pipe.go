@@ -40,9 +40,19 @@ var (
 )
 
 // A pipe copies both ways between a stream and a local TCP connection until
-// both directions ended, carrying a half-close across (a stream's Close is a
-// half-close: it sends FIN and keeps reading), and counts bytes as they
-// pass into each set of counters; "in" is what came from the peer.
+// both directions ended, and counts bytes as they pass into each set of
+// counters; "in" is what came from the peer.
+//
+// How a connection ends is carried across as it happened. A graceful end
+// of one direction (EOF: the application's FIN, or the peer's half-close)
+// is a half-close on the other side, and the other direction goes on. Any
+// other end is abnormal and ends both directions on both sides at once:
+// a read or write error on the local connection (ECONNRESET, say) resets
+// the stream, so the peer resets its local connection too; a reset stream,
+// a dead session or a stopping agent resets the local connection (SO_LINGER
+// 0, an RST), so an application never takes a cut transfer for a complete
+// one. fail does that once, whichever direction or event comes first, and
+// ended counts each direction's end once, so the counters cannot drift.
 //
 // An idle forwarded connection costs as little as we can make it: no
 // buffer in either direction, and one goroutine, blocked on the stream.
@@ -57,6 +67,13 @@ type pipe struct {
 	rc      syscall.RawConn // nil when c has no descriptor to park
 	cs      []*counters
 	running atomic.Int32 // directions not ended
+	failed  sync.Once
+	// finSent: toLocal passed the peer's FIN on to the local side, after
+	// which a local EOF may leave the socket CLOSE without a reset.
+	finSent atomic.Bool
+	// unwatch stops the watch on the session's death, which nothing else
+	// reports while the stream is half-closed and the local side idle.
+	unwatch func() bool
 
 	mu       sync.Mutex
 	parked   bool   // local -> peer waits in the parker
@@ -75,19 +92,26 @@ func (a *Agent) pipe(st *mux.Stream, c net.Conn, cs ...*counters) {
 		k.total.Add(1)
 	}
 	p.running.Store(2)
+	p.unwatch = st.OnSessionEnd(p.fail)
 	a.spawn(p.toPeer)
 	a.spawn(p.toLocal)
 }
 
 // toLocal copies peer -> local, waiting on the stream without a buffer.
+// The peer's FIN becomes the local connection's; anything else fails the
+// pipe.
 func (p *pipe) toLocal() {
 	defer p.ended()
 	in := copier{cs: p.cs, in: true, bufs: toLocalBufs, wait: p.st.WaitRead}
 	if err := in.copy(p.c, p.st); err != nil {
-		p.abort()
-		p.st.Close()
-	} else if tc, ok := p.c.(interface{ CloseWrite() error }); ok {
-		tc.CloseWrite()
+		p.fail()
+		return
+	}
+	if tc, ok := p.c.(interface{ CloseWrite() error }); ok {
+		p.finSent.Store(true)
+		if tc.CloseWrite() != nil {
+			p.fail() // the local connection is gone already
+		}
 	}
 }
 
@@ -127,9 +151,13 @@ func (p *pipe) toPeer() {
 			err = out.copy(p.st, p.c)
 		}
 	}
-	p.st.Close() // FIN to the peer, also after an error: it then sees EOF
-	if err != nil {
-		p.c.Close()
+	// The local EOF is a FIN to the peer; the stream reads on until the
+	// peer's own end (toLocal), so no reset timer is armed.
+	if err == nil && !p.finSent.Load() && resetSeen(p.rc) {
+		err = syscall.ECONNRESET
+	}
+	if err != nil || p.st.CloseWrite() != nil {
+		p.fail()
 	}
 	p.ended()
 }
@@ -158,9 +186,25 @@ func (p *pipe) unpark() {
 	}
 }
 
-// abort ends the local connection from the other direction (or as the
-// agent stops); a parked local -> peer direction ends with it.
-func (p *pipe) abort() {
+// abort ends the pipe as the agent stops: the connection is cut, and both
+// ends learn it was.
+func (p *pipe) abort() { p.fail() }
+
+// fail ends the pipe abnormally, once: the stream is reset (the peer
+// resets its local connection on reading that) and so is the local
+// connection, which wakes whichever direction waits on either; a parked
+// local -> peer direction has no goroutine to wake, so it ends here. A
+// second caller (the other direction, woken by the same death) waits for
+// the first to finish, so that its end cannot close the connection with a
+// FIN before the RST is set up.
+func (p *pipe) fail() { p.failed.Do(p.reset) }
+
+func (p *pipe) reset() {
+	if l, ok := p.c.(interface{ SetLinger(int) error }); ok {
+		l.SetLinger(0) // first: whatever closes c from now on sends an RST
+	}
+	p.st.Reset()
+	p.c.Close()
 	p.mu.Lock()
 	wasParked := p.parked
 	p.parked = false
@@ -168,9 +212,7 @@ func (p *pipe) abort() {
 		p.a.parker.cancel(p.parkID)
 	}
 	p.mu.Unlock()
-	p.c.Close()
 	if wasParked {
-		p.st.Close()
 		p.ended()
 	}
 }
@@ -180,9 +222,13 @@ func (p *pipe) ended() {
 	if p.running.Add(-1) > 0 {
 		return
 	}
+	p.unwatch()
 	p.c.Close()
 	for _, k := range p.cs {
 		k.streams.Add(-1)
+	}
+	if p.a.stats.streams.Load() == 0 {
+		p.a.release.idle()
 	}
 }
 
