@@ -2,6 +2,7 @@ package agent
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -37,6 +38,8 @@ var (
 	errQuiet = errors.New("quiet")
 	// errParkerClosed: the agent is stopping.
 	errParkerClosed = errors.New("agent stopping")
+	// errCut: the pipe failed already (the other direction saw why).
+	errCut = errors.New("connection cut")
 )
 
 // A pipe copies both ways between a stream and a local TCP connection until
@@ -68,9 +71,9 @@ type pipe struct {
 	cs      []*counters
 	running atomic.Int32 // directions not ended
 	failed  sync.Once
-	// finSent: toLocal passed the peer's FIN on to the local side, after
-	// which a local EOF may leave the socket CLOSE without a reset.
-	finSent atomic.Bool
+	cut     atomic.Bool // fail ran
+	// writing is held by toLocal while it writes to c; see settle.
+	writing chan struct{}
 	// unwatch stops the watch on the session's death, which nothing else
 	// reports while the stream is half-closed and the local side idle.
 	unwatch func() bool
@@ -83,7 +86,7 @@ type pipe struct {
 
 // pipe starts forwarding between st and c and returns.
 func (a *Agent) pipe(st *mux.Stream, c net.Conn, cs ...*counters) {
-	p := &pipe{a: a, st: st, c: c, cs: cs}
+	p := &pipe{a: a, st: st, c: c, cs: cs, writing: make(chan struct{}, 1)}
 	if sc, ok := c.(syscall.Conn); ok {
 		p.rc, _ = sc.SyscallConn()
 	}
@@ -92,7 +95,7 @@ func (a *Agent) pipe(st *mux.Stream, c net.Conn, cs ...*counters) {
 		k.total.Add(1)
 	}
 	p.running.Store(2)
-	p.unwatch = st.OnSessionEnd(p.fail)
+	p.unwatch = st.OnSessionEnd(func() { p.fail("peer session ended", nil) })
 	a.spawn(p.toPeer)
 	a.spawn(p.toLocal)
 }
@@ -103,14 +106,13 @@ func (a *Agent) pipe(st *mux.Stream, c net.Conn, cs ...*counters) {
 func (p *pipe) toLocal() {
 	defer p.ended()
 	in := copier{cs: p.cs, in: true, bufs: toLocalBufs, wait: p.st.WaitRead}
-	if err := in.copy(p.c, p.st); err != nil {
-		p.fail()
+	if err := in.copy(localWriter{p}, p.st); err != nil {
+		p.fail("peer -> local", err)
 		return
 	}
 	if tc, ok := p.c.(interface{ CloseWrite() error }); ok {
-		p.finSent.Store(true)
-		if tc.CloseWrite() != nil {
-			p.fail() // the local connection is gone already
+		if err := tc.CloseWrite(); err != nil {
+			p.fail("half-close of the local connection", err) // gone already
 		}
 	}
 }
@@ -153,13 +155,52 @@ func (p *pipe) toPeer() {
 	}
 	// The local EOF is a FIN to the peer; the stream reads on until the
 	// peer's own end (toLocal), so no reset timer is armed.
-	if err == nil && !p.finSent.Load() && resetSeen(p.rc) {
-		err = syscall.ECONNRESET
+	if err == nil && p.settle() {
+		err = errCut
 	}
-	if err != nil || p.st.CloseWrite() != nil {
-		p.fail()
+	if err == nil {
+		if err = p.st.CloseWrite(); err != nil {
+			err = fmt.Errorf("half-close of the stream: %w", err)
+		}
+	}
+	if err != nil {
+		p.fail("local -> peer", err)
 	}
 	p.ended()
+}
+
+// localWriter is toLocal's writes to the local connection: a write that
+// fails fails the pipe before it lets settle go on.
+type localWriter struct{ p *pipe }
+
+func (w localWriter) Write(b []byte) (int, error) {
+	w.p.writing <- struct{}{}
+	defer func() { <-w.p.writing }()
+	n, err := w.p.c.Write(b)
+	if err != nil {
+		w.p.fail("peer -> local", err)
+	}
+	return n, err
+}
+
+// settleWait bounds settle's wait (a write blocked on a slow reader is no
+// reset being reported).
+const settleWait = 500 * time.Millisecond
+
+// settle tells, after a local EOF, whether that EOF was a reset in fact.
+// The kernel reports a reset once, to whichever call on the socket comes
+// first; when that was toLocal's write, the read sees a plain EOF, and the
+// FIN it would send could reach the peer before the reset. So the EOF
+// waits for a write in flight to finish (and fail the pipe, if it does).
+// A reset after the application's FIN (it closed, then data reached it)
+// comes after the FIN, as it does on the wire: FIN, then RST.
+func (p *pipe) settle() (cut bool) {
+	select {
+	case p.writing <- struct{}{}:
+		<-p.writing
+	case <-time.After(settleWait):
+	}
+	return p.cut.Load()
 }
 
 // park hands the quiet local side to the parker.
@@ -188,7 +229,7 @@ func (p *pipe) unpark() {
 
 // abort ends the pipe as the agent stops: the connection is cut, and both
 // ends learn it was.
-func (p *pipe) abort() { p.fail() }
+func (p *pipe) abort() { p.fail("agent stopping", nil) }
 
 // fail ends the pipe abnormally, once: the stream is reset (the peer
 // resets its local connection on reading that) and so is the local
@@ -197,7 +238,13 @@ func (p *pipe) abort() { p.fail() }
 // second caller (the other direction, woken by the same death) waits for
 // the first to finish, so that its end cannot close the connection with a
 // FIN before the RST is set up.
-func (p *pipe) fail() { p.failed.Do(p.reset) }
+func (p *pipe) fail(why string, err error) {
+	p.failed.Do(func() {
+		p.cut.Store(true)
+		p.a.log.WithError(err).WithField("where", why).Debug("forwarded connection cut: resetting both ends")
+		p.reset()
+	})
+}
 
 func (p *pipe) reset() {
 	if l, ok := p.c.(interface{ SetLinger(int) error }); ok {

@@ -87,10 +87,9 @@ func (w *tunnel) open4() [4]int64 {
 		int64(w.sess[0].NumStreams()), int64(w.sess[1].NumStreams())}
 }
 
-// flow moves bytes through c both ways until it ends: one goroutine
-// writes, one reads. read gets how the connection ended to it: the first
-// error either saw (a reset is reported once, to whichever syscall comes
-// first; the other then sees EPIPE or EOF), or io.EOF for a clean end.
+// flow moves bytes through c both ways until it ends or halt stops the
+// writer: one goroutine writes, one reads. read gets how the connection
+// ended to it: the first error either saw, or io.EOF for a clean end.
 type flow struct {
 	read    chan error
 	moved   chan struct{}
@@ -203,6 +202,12 @@ func TestPipeAbruptEnds(t *testing.T) {
 				<-targetF[i].moved
 			}
 			if tc.killSes {
+				for i := range cs {
+					appF[i].halt()
+					targetF[i].halt()
+					appF[i].written.Wait()
+					targetF[i].written.Wait()
+				}
 				w.sess[1].Close()
 			}
 			var wg sync.WaitGroup
@@ -213,10 +218,17 @@ func TestPipeAbruptEnds(t *testing.T) {
 				wg.Add(1)
 				go func() {
 					defer wg.Done()
+					// The side that sees the reset only reads from now on: a
+					// reset is reported to one syscall, and a write of its
+					// own could take it from the read we check.
 					switch tc.ends(i) {
 					case appRST:
+						targetF[i].halt()
+						targetF[i].written.Wait()
 						rst(c.app)
 					case targetRST:
+						appF[i].halt()
+						appF[i].written.Wait()
 						rst(c.target)
 					case graceful:
 						appF[i].halt()
