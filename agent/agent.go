@@ -122,6 +122,7 @@ type Agent struct {
 	started  time.Time
 	stats    counters // every forwarded connection, for drain and status
 	parker   parker   // the local sides of idle connections
+	release  releaser // returns the heap a burst of traffic grew once idle
 	draining atomic.Bool
 	reloadMu sync.Mutex // one reload at a time
 
@@ -172,6 +173,7 @@ func New(opts Options) (*Agent, error) {
 		dialing:  map[secure.AgentID]*dialCall{},
 	}
 	a.parker.spawn = a.spawn
+	a.release.busy = func() bool { return a.stats.streams.Load() > 0 }
 	a.dialer = newBrokerDialer(opts.Identity, opts.Proxy)
 	a.paths = newPaths(a)
 	return a, nil
@@ -253,6 +255,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.closeSessions()
 	a.parker.close()
 	a.wg.Wait()
+	a.release.stop()
 	if err := context.Cause(inner); err != nil && !errors.Is(err, context.Canceled) {
 		return err
 	}

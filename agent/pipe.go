@@ -2,6 +2,7 @@ package agent
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -37,12 +38,24 @@ var (
 	errQuiet = errors.New("quiet")
 	// errParkerClosed: the agent is stopping.
 	errParkerClosed = errors.New("agent stopping")
+	// errCut: the pipe failed already (the other direction saw why).
+	errCut = errors.New("connection cut")
 )
 
 // A pipe copies both ways between a stream and a local TCP connection until
-// both directions ended, carrying a half-close across (a stream's Close is a
-// half-close: it sends FIN and keeps reading), and counts bytes as they
-// pass into each set of counters; "in" is what came from the peer.
+// both directions ended, and counts bytes as they pass into each set of
+// counters; "in" is what came from the peer.
+//
+// How a connection ends is carried across as it happened. A graceful end
+// of one direction (EOF: the application's FIN, or the peer's half-close)
+// is a half-close on the other side, and the other direction goes on. Any
+// other end is abnormal and ends both directions on both sides at once:
+// a read or write error on the local connection (ECONNRESET, say) resets
+// the stream, so the peer resets its local connection too; a reset stream,
+// a dead session or a stopping agent resets the local connection (SO_LINGER
+// 0, an RST), so an application never takes a cut transfer for a complete
+// one. fail does that once, whichever direction or event comes first, and
+// ended counts each direction's end once, so the counters cannot drift.
 //
 // An idle forwarded connection costs as little as we can make it: no
 // buffer in either direction, and one goroutine, blocked on the stream.
@@ -57,6 +70,13 @@ type pipe struct {
 	rc      syscall.RawConn // nil when c has no descriptor to park
 	cs      []*counters
 	running atomic.Int32 // directions not ended
+	failed  sync.Once
+	cut     atomic.Bool // fail ran
+	// writing is held by toLocal while it writes to c; see settle.
+	writing chan struct{}
+	// unwatch stops the watch on the session's death, which nothing else
+	// reports while the stream is half-closed and the local side idle.
+	unwatch func() bool
 
 	mu       sync.Mutex
 	parked   bool   // local -> peer waits in the parker
@@ -66,7 +86,7 @@ type pipe struct {
 
 // pipe starts forwarding between st and c and returns.
 func (a *Agent) pipe(st *mux.Stream, c net.Conn, cs ...*counters) {
-	p := &pipe{a: a, st: st, c: c, cs: cs}
+	p := &pipe{a: a, st: st, c: c, cs: cs, writing: make(chan struct{}, 1)}
 	if sc, ok := c.(syscall.Conn); ok {
 		p.rc, _ = sc.SyscallConn()
 	}
@@ -75,19 +95,25 @@ func (a *Agent) pipe(st *mux.Stream, c net.Conn, cs ...*counters) {
 		k.total.Add(1)
 	}
 	p.running.Store(2)
+	p.unwatch = st.OnSessionEnd(func() { p.fail("peer session ended", nil) })
 	a.spawn(p.toPeer)
 	a.spawn(p.toLocal)
 }
 
 // toLocal copies peer -> local, waiting on the stream without a buffer.
+// The peer's FIN becomes the local connection's; anything else fails the
+// pipe.
 func (p *pipe) toLocal() {
 	defer p.ended()
 	in := copier{cs: p.cs, in: true, bufs: toLocalBufs, wait: p.st.WaitRead}
-	if err := in.copy(p.c, p.st); err != nil {
-		p.abort()
-		p.st.Close()
-	} else if tc, ok := p.c.(interface{ CloseWrite() error }); ok {
-		tc.CloseWrite()
+	if err := in.copy(localWriter{p}, p.st); err != nil {
+		p.fail("peer -> local", err)
+		return
+	}
+	if tc, ok := p.c.(interface{ CloseWrite() error }); ok {
+		if err := tc.CloseWrite(); err != nil {
+			p.fail("half-close of the local connection", err) // gone already
+		}
 	}
 }
 
@@ -127,11 +153,54 @@ func (p *pipe) toPeer() {
 			err = out.copy(p.st, p.c)
 		}
 	}
-	p.st.Close() // FIN to the peer, also after an error: it then sees EOF
+	// The local EOF is a FIN to the peer; the stream reads on until the
+	// peer's own end (toLocal), so no reset timer is armed.
+	if err == nil && p.settle() {
+		err = errCut
+	}
+	if err == nil {
+		if err = p.st.CloseWrite(); err != nil {
+			err = fmt.Errorf("half-close of the stream: %w", err)
+		}
+	}
 	if err != nil {
-		p.c.Close()
+		p.fail("local -> peer", err)
 	}
 	p.ended()
+}
+
+// localWriter is toLocal's writes to the local connection: a write that
+// fails fails the pipe before it lets settle go on.
+type localWriter struct{ p *pipe }
+
+func (w localWriter) Write(b []byte) (int, error) {
+	w.p.writing <- struct{}{}
+	defer func() { <-w.p.writing }()
+	n, err := w.p.c.Write(b)
+	if err != nil {
+		w.p.fail("peer -> local", err)
+	}
+	return n, err
+}
+
+// settleWait bounds settle's wait (a write blocked on a slow reader is no
+// reset being reported).
+const settleWait = 500 * time.Millisecond
+
+// settle tells, after a local EOF, whether that EOF was a reset in fact.
+// The kernel reports a reset once, to whichever call on the socket comes
+// first; when that was toLocal's write, the read sees a plain EOF, and the
+// FIN it would send could reach the peer before the reset. So the EOF
+// waits for a write in flight to finish (and fail the pipe, if it does).
+// A reset after the application's FIN (it closed, then data reached it)
+// comes after the FIN, as it does on the wire: FIN, then RST.
+func (p *pipe) settle() (cut bool) {
+	select {
+	case p.writing <- struct{}{}:
+		<-p.writing
+	case <-time.After(settleWait):
+	}
+	return p.cut.Load()
 }
 
 // park hands the quiet local side to the parker.
@@ -158,9 +227,31 @@ func (p *pipe) unpark() {
 	}
 }
 
-// abort ends the local connection from the other direction (or as the
-// agent stops); a parked local -> peer direction ends with it.
-func (p *pipe) abort() {
+// abort ends the pipe as the agent stops: the connection is cut, and both
+// ends learn it was.
+func (p *pipe) abort() { p.fail("agent stopping", nil) }
+
+// fail ends the pipe abnormally, once: the stream is reset (the peer
+// resets its local connection on reading that) and so is the local
+// connection, which wakes whichever direction waits on either; a parked
+// local -> peer direction has no goroutine to wake, so it ends here. A
+// second caller (the other direction, woken by the same death) waits for
+// the first to finish, so that its end cannot close the connection with a
+// FIN before the RST is set up.
+func (p *pipe) fail(why string, err error) {
+	p.failed.Do(func() {
+		p.cut.Store(true)
+		p.a.log.WithError(err).WithField("where", why).Debug("forwarded connection cut: resetting both ends")
+		p.reset()
+	})
+}
+
+func (p *pipe) reset() {
+	if l, ok := p.c.(interface{ SetLinger(int) error }); ok {
+		l.SetLinger(0) // first: whatever closes c from now on sends an RST
+	}
+	p.st.Reset()
+	p.c.Close()
 	p.mu.Lock()
 	wasParked := p.parked
 	p.parked = false
@@ -168,9 +259,7 @@ func (p *pipe) abort() {
 		p.a.parker.cancel(p.parkID)
 	}
 	p.mu.Unlock()
-	p.c.Close()
 	if wasParked {
-		p.st.Close()
 		p.ended()
 	}
 }
@@ -180,9 +269,13 @@ func (p *pipe) ended() {
 	if p.running.Add(-1) > 0 {
 		return
 	}
+	p.unwatch()
 	p.c.Close()
 	for _, k := range p.cs {
 		k.streams.Add(-1)
+	}
+	if p.a.stats.streams.Load() == 0 {
+		p.a.release.idle()
 	}
 }
 

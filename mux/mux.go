@@ -138,6 +138,9 @@ type Session struct {
 	ys       *yamux.Session
 	budget   budget
 	retiring atomic.Bool
+	// ended is done once the session has ended, for OnSessionEnd: one
+	// goroutine per session waits for that, none per stream.
+	ended context.Context
 }
 
 // Client starts the connector's side of a session over conn.
@@ -167,6 +170,12 @@ func newSession(conn net.Conn, log logrus.FieldLogger, client bool) (*Session, e
 		return nil, fmt.Errorf("start mux session: %w", err)
 	}
 	s.ys = ys
+	ctx, cancel := context.WithCancel(context.Background())
+	s.ended = ctx
+	go func() {
+		<-ys.CloseChan()
+		cancel()
+	}()
 	return s, nil
 }
 
@@ -179,7 +188,7 @@ func (s *Session) OpenStream() (*Stream, error) {
 	if err != nil {
 		return nil, sessionErr(err)
 	}
-	return &Stream{ys: st}, nil
+	return &Stream{ys: st, sess: s}, nil
 }
 
 // AcceptStream waits for the peer to open a stream.
@@ -188,7 +197,7 @@ func (s *Session) AcceptStream() (*Stream, error) {
 	if err != nil {
 		return nil, sessionErr(err)
 	}
-	return &Stream{ys: st}, nil
+	return &Stream{ys: st, sess: s}, nil
 }
 
 // Accept is AcceptStream as a net.Listener.
@@ -262,7 +271,8 @@ func (s *Session) NumStreams() int { return s.ys.NumStreams() }
 
 // Stream is one stream of a session, a net.Conn whose Close is a half-close.
 type Stream struct {
-	ys *yamux.Stream
+	ys   *yamux.Stream
+	sess *Session
 
 	mu    sync.Mutex
 	ended bool        // our reads saw the peer's side end
@@ -320,6 +330,23 @@ func (s *Stream) Close() error {
 }
 
 var closeTimeout = CloseTimeout // tests shorten it
+
+// CloseWrite is a half-close for an owner that reads the stream until it
+// ends (EOF or an error) whatever happens: the peer reads EOF after what
+// we wrote, and no reset is armed, so a peer may go on sending for as long
+// as it likes (a download after the request's FIN).
+func (s *Stream) CloseWrite() error { return s.ys.CloseWrite() }
+
+// OnSessionEnd calls f, in a goroutine of its own, once the stream's
+// session ends (at once if it has), unless stop is called first; stop
+// reports whether it stopped f. It lets an owner that waits on something
+// else (a half-closed stream's local side) learn of the session's death.
+func (s *Stream) OnSessionEnd(f func()) (stop func() bool) {
+	return context.AfterFunc(s.sess.ended, f)
+}
+
+// StreamID is the stream's yamux ID, for logs and tests.
+func (s *Stream) StreamID() uint32 { return s.ys.StreamID() }
 
 // Reset ends both sides at once; the peer's reads and writes fail.
 func (s *Stream) Reset() error {
