@@ -94,6 +94,11 @@ func (a *Agent) pipe(st *mux.Stream, c net.Conn, cs ...*counters) {
 		k.streams.Add(1)
 		k.total.Add(1)
 	}
+	// Until the pipe ends cleanly, closing c resets it: when this agent is
+	// killed the kernel closes c, and with the default linger that is a FIN,
+	// which the application behind c would take for a complete transfer.
+	// (A FIN it sends by CloseWrite is not affected: linger acts on close.)
+	p.linger(0)
 	p.running.Store(2)
 	p.unwatch = st.OnSessionEnd(func() { p.fail("peer session ended", nil) })
 	a.spawn(p.toPeer)
@@ -247,9 +252,7 @@ func (p *pipe) fail(why string, err error) {
 }
 
 func (p *pipe) reset() {
-	if l, ok := p.c.(interface{ SetLinger(int) error }); ok {
-		l.SetLinger(0) // first: whatever closes c from now on sends an RST
-	}
+	p.linger(0) // first: whatever closes c from now on sends an RST (set already, unless ended ran)
 	p.st.Reset()
 	p.c.Close()
 	p.mu.Lock()
@@ -264,12 +267,25 @@ func (p *pipe) reset() {
 	}
 }
 
+// linger sets SO_LINGER on a TCP local connection: 0 makes close a reset,
+// -1 is the default.
+func (p *pipe) linger(sec int) {
+	if l, ok := p.c.(interface{ SetLinger(int) error }); ok {
+		l.SetLinger(sec)
+	}
+}
+
 // ended is called once per direction; the last one closes up.
 func (p *pipe) ended() {
 	if p.running.Add(-1) > 0 {
 		return
 	}
 	p.unwatch()
+	if !p.cut.Load() {
+		// Both FINs have passed: the default linger lets the kernel deliver
+		// what is still unacknowledged (linger 0 would drop it).
+		p.linger(-1)
+	}
 	p.c.Close()
 	for _, k := range p.cs {
 		k.streams.Add(-1)

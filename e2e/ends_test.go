@@ -141,6 +141,51 @@ func TestKilledConnectorResetsTarget(t *testing.T) {
 	}
 }
 
+// TestKilledAgentResetsItsOwnSide: an agent killed mid-transfer resets
+// the connection it held itself, to the application on its own host: the
+// kernel closes a killed process's sockets, and that would be a FIN (a
+// complete-looking transfer) but for the linger the pipe keeps at 0 until
+// it ends cleanly. The sharer's target reads an upload, the connector's
+// application a download.
+func TestKilledAgentResetsItsOwnSide(t *testing.T) {
+	for _, kill := range []string{"sharer", "connector"} {
+		t.Run(kill, func(t *testing.T) {
+			t.Parallel()
+			w := newWorld(t)
+			target, ends := endlessServer(t, kill == "connector")
+			sharer, ticket := w.share(target)
+			conn, addr := w.connect(ticket)
+			c, err := net.DialTimeout("tcp", addr, 10*time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(time.Minute))
+			victim := sharer
+			if kill == "connector" {
+				victim = conn
+				if _, err := io.CopyN(io.Discard, c, 4<<20); err != nil {
+					t.Fatalf("download before the kill: %v", err)
+				}
+			} else if _, err := io.CopyN(c, zeros{}, 4<<20); err != nil {
+				t.Fatalf("upload before the kill: %v", err)
+			}
+			victim.cmd.Process.Signal(syscall.SIGKILL)
+			if kill == "connector" {
+				_, err = io.Copy(io.Discard, c)
+				wantReset(t, "the application's download", err)
+				return
+			}
+			select {
+			case err := <-ends:
+				wantReset(t, "the target's read of the upload", err)
+			case <-time.After(time.Minute):
+				t.Fatal("the target's connection did not end within a minute of the kill")
+			}
+		})
+	}
+}
+
 // TestIperf3Parallel runs real iperf3 -P 8 through the tunnel, forward,
 // reverse and both ways, on the direct and the relayed path. iperf3 ends
 // its parallel streams abruptly (RST); once it is done, both agents must
