@@ -6,7 +6,18 @@
 // much it has received and the other resends from there, so the byte
 // stream the mux sees, and the TCP connections riding it, go on untouched.
 //
-// This file set holds the wire format: the hello that opens every carrier
-// and the frames that follow it. Decoders bound every length and are
-// fuzzed (FuzzHello, FuzzFrame).
+// hello.go and frame.go hold the wire format: the hello that opens every
+// carrier and the frames that follow it, lengths bounded before bodies are
+// read (fuzzed: FuzzHello, FuzzFrame). conn.go is the session end, a
+// net.Conn; carrier.go its reader and writer; handshake.go how a session
+// starts (Dial, Table.Accept) and moves (Resume), fuzzed from both sides
+// (FuzzAccept, FuzzAnswer).
+//
+// A dead carrier is found by silence: the dialing side pings after
+// Config.KeepAlive without a frame, and a carrier that stays silent for
+// max(Config.DeadFloor, 4 round trips) while an ack or a pong is due is
+// dropped; Lost tells the owner to bring a new one. Writers pause at
+// Config.MaxUnacked unacknowledged bytes, as TCP's window does, and a
+// session with no carrier for Config.ResumeTimeout ends with
+// ErrResumeTimeout.
 package resume
