@@ -105,6 +105,34 @@ type PeerStatus struct {
 	RelayKind    string `json:"relay_kind,omitempty"`
 	Relay        string `json:"relay,omitempty"`
 	RelayedBytes int64  `json:"relayed_bytes,omitempty"`
+	// The session outlives its paths: Paused is true while it has none
+	// (its connections wait), PathSince when it moved to this one,
+	// Resumes how often it moved, PathHistory the last moves.
+	Paused      bool         `json:"paused"`
+	PathSince   time.Time    `json:"path_since"`
+	Resumes     int          `json:"resumes"`
+	PathLosses  int          `json:"path_losses"`
+	Unacked     int          `json:"unacked_bytes"` // sent, kept until the peer acknowledges
+	PathHistory []PathChange `json:"path_history"`
+}
+
+func (ps *peerSession) status() PeerStatus {
+	rs := ps.rc.Stats()
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	cur, out := ps.cur, ps.cur.out
+	var relayed int64
+	if out.relayed != nil {
+		relayed = out.relayed.Load()
+	}
+	return PeerStatus{Peer: ps.key.peer.String(), Role: ps.key.role, Path: out.path,
+		RelayKind: out.relayKind, Relay: out.relay, RelayedBytes: relayed,
+		Remote: cur.tls.RemoteAddr().String(), Local: cur.tls.LocalAddr().String(),
+		RTTMillis: millis(time.Duration(ps.rtt.Load())), Streams: ps.sess.NumStreams(),
+		BytesIn: ps.stats.bytesIn.Load(), BytesOut: ps.stats.bytesOut.Load(), Since: ps.since,
+		PunchMS: punchMS(out), Attempts: attempts(out), Pair: out.pair(), LocalNAT: out.localNAT, PeerNAT: out.peerNAT,
+		Paused: !rs.Attached, PathSince: cur.since, Resumes: rs.Resumes, PathLosses: rs.PathLosses, Unacked: rs.Unacked,
+		PathHistory: append([]PathChange{}, ps.history...)}
 }
 
 // Status returns a snapshot of the agent.
@@ -134,22 +162,13 @@ func (a *Agent) Status() AgentStatus {
 			BytesOut: f.stats.bytesOut.Load(), LastError: f.lastErr, Reconnects: f.reconnects}
 		f.mu.Unlock()
 		if ps := a.connectorSession(f.peer); ps != nil {
-			cs.Path, cs.RTTMillis = ps.key.path, millis(time.Duration(ps.rtt.Load()))
+			cs.Path, cs.RTTMillis = ps.path(), millis(time.Duration(ps.rtt.Load()))
 		}
 		st.Connects = append(st.Connects, cs)
 	}
 	sort.Slice(st.Connects, func(i, j int) bool { return st.Connects[i].Listen < st.Connects[j].Listen })
 	for _, ps := range a.sessions {
-		var relayed int64
-		if ps.relayed != nil {
-			relayed = ps.relayed.Load()
-		}
-		st.Peers = append(st.Peers, PeerStatus{Peer: ps.key.peer.String(), Role: ps.key.role, Path: ps.key.path,
-			RelayKind: ps.relayKind, Relay: ps.relay, RelayedBytes: relayed,
-			Remote: ps.tls.RemoteAddr().String(), Local: ps.tls.LocalAddr().String(),
-			RTTMillis: millis(time.Duration(ps.rtt.Load())), Streams: ps.sess.NumStreams(),
-			BytesIn: ps.stats.bytesIn.Load(), BytesOut: ps.stats.bytesOut.Load(), Since: ps.since,
-			PunchMS: ps.punch.Milliseconds(), Attempts: ps.attempts, Pair: ps.pair, LocalNAT: ps.localNAT, PeerNAT: ps.peerNAT})
+		st.Peers = append(st.Peers, ps.status())
 	}
 	sort.Slice(st.Brokers, func(i, j int) bool { return st.Brokers[i].Addr < st.Brokers[j].Addr })
 	sort.Slice(st.Shares, func(i, j int) bool { return st.Shares[i].Name < st.Shares[j].Name })

@@ -29,6 +29,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/peerport/peerport/internal/proto"
+	"github.com/peerport/peerport/internal/resume"
 	"github.com/peerport/peerport/internal/secure"
 )
 
@@ -101,6 +102,10 @@ type Options struct {
 	// agent up, where one bad entry must not take the others down.
 	KeepGoing bool
 
+	// Resume tunes the resumable layer under every peer session: dead-path
+	// detection, the resend buffer, the resume deadline. Zero: defaults.
+	Resume resume.Config
+
 	// OnTicket is called once a share is registered with the broker, with
 	// the ticket that reaches it.
 	OnTicket func(name string, t secure.Ticket)
@@ -125,6 +130,11 @@ type Agent struct {
 	release  releaser // returns the heap a burst of traffic grew once idle
 	draining atomic.Bool
 	reloadMu sync.Mutex // one reload at a time
+	// resumable holds the sessions connectors started with this agent's
+	// shares, for them to resume on a new path.
+	resumable  *resume.Table
+	resumes    atomic.Int64 // sessions moved onto a new carrier
+	migrations atomic.Int64 // of those, moves to another kind of path
 
 	mu       sync.Mutex
 	shares   map[string]*share // replaced, never changed in place
@@ -132,6 +142,8 @@ type Agent struct {
 	brokers  map[string]*brokerClient // by broker address and pin
 	sessions map[sessionKey]*peerSession
 	dialing  map[secure.AgentID]*dialCall
+	// netChanged is closed, and replaced, at every network change.
+	netChanged chan struct{}
 	wg       sync.WaitGroup
 	ctx      context.Context         // lives until the drain ends
 	fail     context.CancelCauseFunc // ends Run with a final error
@@ -171,7 +183,10 @@ func New(opts Options) (*Agent, error) {
 		brokers:  map[string]*brokerClient{},
 		sessions: map[sessionKey]*peerSession{},
 		dialing:  map[secure.AgentID]*dialCall{},
+
+		netChanged: make(chan struct{}),
 	}
+	a.resumable = resume.NewTable(a.resumeConfig())
 	a.parker.spawn = a.spawn
 	a.release.busy = func() bool { return a.stats.streams.Load() > 0 }
 	a.dialer = newBrokerDialer(opts.Identity, opts.Proxy)
@@ -240,6 +255,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		admin.Close()
 		return err
 	}
+	a.spawn(func() { a.watchNet(inner) })
 	select {
 	case <-ctx.Done():
 		a.drain()
@@ -253,6 +269,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	a.mu.Unlock()
 	a.closeSessions()
+	a.resumable.Close()
 	a.parker.close()
 	a.wg.Wait()
 	a.release.stop()

@@ -47,6 +47,8 @@ func (a *Agent) registry() *prometheus.Registry {
 	counter("connections_total", "Forwarded TCP connections since start.", func(AgentStatus) float64 { return float64(a.stats.total.Load()) })
 	counter("received_bytes_total", "Bytes received from peers.", func(AgentStatus) float64 { return float64(a.stats.bytesIn.Load()) })
 	counter("sent_bytes_total", "Bytes sent to peers.", func(AgentStatus) float64 { return float64(a.stats.bytesOut.Load()) })
+	counter("session_resumes_total", "Peer sessions moved onto a new path, their connections kept.", func(AgentStatus) float64 { return float64(a.resumes.Load()) })
+	counter("path_migrations_total", "Of the resumes, moves between direct and relayed paths.", func(AgentStatus) float64 { return float64(a.migrations.Load()) })
 	reg.MustRegister(c)
 	return reg
 }

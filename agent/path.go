@@ -105,6 +105,14 @@ type outcome struct {
 	relayed           *atomic.Int64 // bytes through the relay, both ways
 }
 
+// pair is the candidate pair a punched path was made over.
+func (o outcome) pair() CandidatePair {
+	if o.res == nil {
+		return CandidatePair{}
+	}
+	return CandidatePair{Local: o.res.Local.String(), Remote: o.res.Remote.String(), Kind: string(o.res.Candidate.Kind)}
+}
+
 // paths are the agent's path kinds: the direct one, then the relays.
 type paths struct {
 	direct path
@@ -145,7 +153,11 @@ type attempt struct {
 // streams. A direct path that comes up after a relay takes over the new
 // streams, and the relayed session closes once idle; a relay that comes up
 // after another one is closed unused.
-func (a *Agent) dialPaths(ctx context.Context, sharer secure.AgentID, policy string, dial dialFunc) (*peerSession, error) {
+//
+// headStart is relayHeadStart for a new session; a session that lost its
+// path races them all at once, since it can move from a relay to direct
+// later without a break.
+func (a *Agent) dialPaths(ctx context.Context, sharer secure.AgentID, policy string, dial dialFunc, headStart time.Duration) (*peerSession, error) {
 	var first, second []path
 	switch policy {
 	case "", PathAuto:
@@ -172,8 +184,8 @@ func (a *Agent) dialPaths(ctx context.Context, sharer secure.AgentID, policy str
 	}
 	try(first)
 	// Whatever is still dialing when the race is decided finishes here.
-	defer func() { a.spawn(func() { a.lateAttempts(ctx, sharer, results, pending) }) }()
-	head := time.NewTimer(relayHeadStart)
+	defer func() { a.spawn(func() { a.lateAttempts(ctx, sharer, results, pending, policy, dial) }) }()
+	head := time.NewTimer(headStart)
 	defer head.Stop()
 	var errs []error
 	for {
@@ -186,7 +198,7 @@ func (a *Agent) dialPaths(ctx context.Context, sharer secure.AgentID, policy str
 		case r := <-results:
 			pending--
 			if r.err == nil {
-				ps, err := a.upgrade(ctx, sharer, r)
+				ps, err := a.upgrade(ctx, sharer, r, policy, dial)
 				if err == nil {
 					return ps, nil
 				}
@@ -205,15 +217,16 @@ func (a *Agent) dialPaths(ctx context.Context, sharer secure.AgentID, policy str
 }
 
 // lateAttempts takes the paths that finished after the race was decided:
-// a direct path is worth moving to; a relayed one is not needed any more.
-func (a *Agent) lateAttempts(ctx context.Context, sharer secure.AgentID, results <-chan attempt, n int) {
+// a direct path is worth moving the session to; a relayed one is not
+// needed any more.
+func (a *Agent) lateAttempts(ctx context.Context, sharer secure.AgentID, results <-chan attempt, n int, policy string, dial dialFunc) {
 	for range n {
 		r := <-results
 		switch {
 		case r.err != nil:
 			a.log.WithError(r.err).WithField("peer", sharer.Short()).Debug("a slower path failed")
 		case r.out.path == PathDirect && ctx.Err() == nil:
-			if _, err := a.upgrade(ctx, sharer, r); err != nil {
+			if _, err := a.upgrade(ctx, sharer, r, policy, dial); err != nil {
 				a.log.WithError(err).WithField("peer", sharer.Short()).Info("a late direct path failed")
 			}
 		default:
@@ -223,8 +236,8 @@ func (a *Agent) lateAttempts(ctx context.Context, sharer secure.AgentID, results
 }
 
 // upgrade runs the connector's TLS handshake over a path's connection and
-// starts the session on it.
-func (a *Agent) upgrade(ctx context.Context, sharer secure.AgentID, r attempt) (*peerSession, error) {
+// starts the session on it, or moves the running one there.
+func (a *Agent) upgrade(ctx context.Context, sharer secure.AgentID, r attempt, policy string, dial dialFunc) (*peerSession, error) {
 	c, err := a.clientTLS(ctx, r.c, sharer)
 	if err != nil {
 		return nil, err
@@ -232,5 +245,5 @@ func (a *Agent) upgrade(ctx context.Context, sharer secure.AgentID, r attempt) (
 	if r.out.path == PathRelay {
 		a.log.WithFields(logrus.Fields{"component": "relay", "peer": sharer.Short(), "relay": r.out.relay, "relay_kind": r.out.relayKind}).Info("relayed path up")
 	}
-	return a.startConnectorSession(ctx, sharer, c, r.out)
+	return a.startConnectorSession(ctx, sharer, c, r.out, policy, dial)
 }

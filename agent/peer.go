@@ -11,7 +11,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
-	"github.com/peerport/peerport/internal/proto"
+	"github.com/peerport/peerport/internal/resume"
 	"github.com/peerport/peerport/internal/secure"
 	"github.com/peerport/peerport/mux"
 )
@@ -32,40 +32,66 @@ const (
 	roleConnector = "connector" // we connect to the peer's share
 )
 
-// sessionKey names a peer session. A pair of agents may hold a relayed and
-// a direct session side by side while new streams move to the direct one.
-// A sharer keys its sessions by the connector's process too (instance, its
-// proto.Hello.Instance as the broker passed it on): several connect
-// processes of one identity each keep their own session, where one key per
-// identity made each new one replace the other's, round and round.
+// maxPathHistory bounds the path changes a session remembers for status.
+const maxPathHistory = 32
+
+// sessionKey names a peer session. A sharer keys its sessions by the
+// connector's process too (instance, its proto.Hello.Instance as the
+// broker passed it on): several connect processes of one identity each
+// keep their own session, where one key per identity made each new one
+// replace the other's, round and round. The path is not part of the name:
+// a session outlives its paths (resume.Conn), moving between direct and
+// relayed ones with its streams.
 type sessionKey struct {
 	peer     secure.AgentID
 	instance string // the connector's process, at a sharer; "" at a connector
 	role     string
-	path     string // proto.PathDirect or proto.PathRelay
 }
 
-// peerSession is one TLS peer channel with its yamux session.
+// resumeIdentity is who may resume a sharer's session: the connector
+// process that started it, as the peer TLS channel authenticates it.
+func resumeIdentity(peer secure.AgentID, instance string) string { return peer.String() + "/" + instance }
+
+// peerSession is one resumable session with a peer (resume.Conn) and the
+// yamux session over it. Its carrier, a TLS peer channel over some path,
+// changes when a path dies or a better one comes up; the mux and its
+// streams do not notice.
 type peerSession struct {
-	key       sessionKey
-	sess      *mux.Session
-	tls       *secure.Conn
-	state     tls.ConnectionState
-	log       logrus.FieldLogger
-	since     time.Time
-	punch     time.Duration
-	attempts  int
-	pair      CandidatePair
-	localNAT  string
-	peerNAT   string
-	relay     string        // the relay's address, on the relay path
-	relayKind string        // RelayTURN or RelayBroker, on the relay path
-	relayed   *atomic.Int64 // bytes through the relay; nil on the direct path
-	rtt       atomic.Int64
-	stats     counters
+	key   sessionKey
+	sess  *mux.Session
+	rc    *resume.Conn
+	state tls.ConnectionState // the first carrier's: ticket proofs bind to it
+	log   logrus.FieldLogger
+	since time.Time
+	rtt   atomic.Int64
+	stats counters
+	// policy and dial re-make the connector's path when it is lost.
+	policy string
+	dial   dialFunc
+
+	mu      sync.Mutex
+	cur     carrier
+	history []PathChange
+	losses  int // carriers lost as of the last move
 
 	proofMu sync.Mutex
 	proofs  map[string][]byte // per share, connector side
+}
+
+// carrier is the peer channel a session rides now, and how it was made.
+type carrier struct {
+	tls   *secure.Conn
+	out   outcome
+	since time.Time
+}
+
+// PathChange is one move of a session between paths, for status.
+type PathChange struct {
+	At      time.Time `json:"at"`
+	From    string    `json:"from"` // "direct", "relay"
+	To      string    `json:"to"`
+	Why     string    `json:"why"`      // "path lost: ...", "direct path up"
+	PauseMS int64     `json:"pause_ms"` // how long the session had no path
 }
 
 // counters are shared by sessions, shares and forwards.
@@ -75,14 +101,15 @@ type counters struct {
 	total             atomic.Int64 // opened since start
 }
 
-func newPeerSession(key sessionKey, c *secure.Conn, log logrus.FieldLogger) (*peerSession, error) {
-	ps := &peerSession{key: key, tls: c, state: c.ConnectionState(), since: time.Now(),
-		log: log.WithFields(logrus.Fields{"peer": key.peer.Short(), "role": key.role, "path": key.path, "remote": c.RemoteAddr().String()})}
+func newPeerSession(key sessionKey, rc *resume.Conn, c *secure.Conn, out outcome, log logrus.FieldLogger) (*peerSession, error) {
+	ps := &peerSession{key: key, rc: rc, state: c.ConnectionState(), since: time.Now(),
+		log: log.WithFields(logrus.Fields{"peer": key.peer.Short(), "role": key.role})}
+	ps.cur = carrier{tls: c, out: out, since: ps.since}
 	var err error
 	if key.role == roleConnector {
-		ps.sess, err = mux.Client(c, ps.log)
+		ps.sess, err = mux.Client(rc, ps.log)
 	} else {
-		ps.sess, err = mux.Server(c, ps.log)
+		ps.sess, err = mux.Server(rc, ps.log)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("start session: %w", err)
@@ -90,8 +117,58 @@ func newPeerSession(key sessionKey, c *secure.Conn, log logrus.FieldLogger) (*pe
 	return ps, nil
 }
 
-// keepRTT measures the round trip now and then; a failed ping means the
-// path is gone, and closing the session lets forwards reconnect.
+// path is the kind of path the session rides now.
+func (ps *peerSession) path() string {
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	return ps.cur.out.path
+}
+
+func (ps *peerSession) carrier() carrier {
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	return ps.cur
+}
+
+// moved records that the session now rides c, and says so: "resumed on
+// relay after 3.1 s" after a loss, "moved to direct" for a better path.
+func (a *Agent) moved(ps *peerSession, c *secure.Conn, out outcome) {
+	st := ps.rc.Stats()
+	ps.mu.Lock()
+	from := ps.cur.out.path
+	ch := PathChange{At: time.Now(), From: from, To: out.path}
+	lost := st.PathLosses > ps.losses // a loss since the last move: this one ends it
+	ps.losses = st.PathLosses
+	if lost {
+		ch.PauseMS = st.LastPause.Milliseconds()
+		ch.Why = "path lost"
+		if st.LastLoss != nil {
+			ch.Why = "path lost: " + st.LastLoss.Error()
+		}
+	} else {
+		ch.Why = out.path + " path up"
+	}
+	ps.cur = carrier{tls: c, out: out, since: ch.At}
+	ps.history = append(ps.history, ch)
+	if len(ps.history) > maxPathHistory {
+		ps.history = ps.history[1:]
+	}
+	ps.mu.Unlock()
+	a.resumes.Add(1)
+	if from != out.path {
+		a.migrations.Add(1)
+	}
+	log := ps.log.WithFields(logrus.Fields{"path": out.path, "from": from, "remote": c.RemoteAddr().String(),
+		"relay": out.relay, "relay_kind": out.relayKind})
+	if lost {
+		log.Infof("resumed on %s after %.1f s", out.path, st.LastPause.Seconds())
+	} else {
+		log.Infof("moved to %s", out.path)
+	}
+}
+
+// keepRTT measures the round trip now and then. The resumable layer finds
+// dead paths; a ping that fails means the session gave up on resuming.
 func (ps *peerSession) keepRTT(ctx context.Context) {
 	t := time.NewTicker(rttEvery)
 	defer t.Stop()
@@ -142,33 +219,21 @@ func (a *Agent) addSession(ps *peerSession) error {
 	if len(a.sessions) >= maxSessions {
 		return fmt.Errorf("%d peer sessions open, limit reached", len(a.sessions))
 	}
-	// The peer reconnected (new path, or it restarted), or a direct path
-	// came up beside a relayed one: new streams use the new session, those
-	// on the old one finish there before it closes.
-	olds := []sessionKey{ps.key}
-	if ps.key.role == roleConnector && ps.key.path == proto.PathDirect {
-		olds = append(olds, sessionKey{peer: ps.key.peer, role: roleConnector, path: proto.PathRelay})
-	}
-	for _, k := range olds {
-		if old := a.sessions[k]; old != nil {
-			if k != ps.key {
-				old.log.Info("direct path up: new streams move to it; the relayed session closes once idle")
-				delete(a.sessions, k)
-			}
-			a.spawn(func() { old.sess.Retire(a.ctx) })
-		}
+	// The peer started a new session (it restarted, or its last one could
+	// not resume in time): new streams use the new one, those on the old
+	// one finish there before it closes.
+	if old := a.sessions[ps.key]; old != nil {
+		a.spawn(func() { old.sess.Retire(a.ctx) })
 	}
 	a.sessions[ps.key] = ps
 	return nil
 }
 
-// connectorSession is the live session to sharer that new streams use: the
-// direct one when it is up, else the relayed one. Callers hold a.mu.
+// connectorSession is the session to sharer that new streams use; while
+// it has no path, their streams wait for the resume. Callers hold a.mu.
 func (a *Agent) connectorSession(sharer secure.AgentID) *peerSession {
-	for _, path := range []string{proto.PathDirect, proto.PathRelay} {
-		if ps := a.sessions[sessionKey{peer: sharer, role: roleConnector, path: path}]; ps != nil && !ps.sess.IsClosed() && !ps.sess.Retiring() {
-			return ps
-		}
+	if ps := a.sessions[sessionKey{peer: sharer, role: roleConnector}]; ps != nil && !ps.sess.IsClosed() && !ps.sess.Retiring() {
+		return ps
 	}
 	return nil
 }
@@ -204,19 +269,10 @@ func (a *Agent) closeSessions() {
 	wg.Wait()
 }
 
-// setOutcome records how the path was made.
-func (ps *peerSession) setOutcome(out outcome) {
-	ps.localNAT, ps.peerNAT = out.localNAT, out.peerNAT
-	ps.relay, ps.relayed, ps.relayKind = out.relay, out.relayed, out.relayKind
-	if r := out.res; r != nil {
-		ps.punch, ps.attempts = r.Elapsed, r.Attempts
-		ps.pair = CandidatePair{Local: r.Local.String(), Remote: r.Remote.String(), Kind: string(r.Candidate.Kind)}
-	}
-}
-
-// servePeer is the sharer's side of a punched peer channel: only the
-// connector the broker introduced (want, its process instance) may complete
-// it, and each of its streams still has to prove a ticket or be allowed.
+// servePeer is the sharer's side of a punched or relayed peer channel:
+// only the connector the broker introduced (want, its process instance)
+// may complete it. It starts a new session, or carries on one the
+// connector resumes; each stream still has to prove a ticket or be allowed.
 func (a *Agent) servePeer(ctx context.Context, conn net.Conn, want secure.AgentID, instance string, out outcome) {
 	log := a.log.WithFields(logrus.Fields{"component": "peer", "remote": conn.RemoteAddr().String(), "path": out.path})
 	cfg, err := secure.PeerServerConfig(a.id)
@@ -227,9 +283,8 @@ func (a *Agent) servePeer(ctx context.Context, conn net.Conn, want secure.AgentI
 	}
 	c := secure.Server(conn, cfg)
 	hctx, cancel := context.WithTimeout(ctx, peerHandshakeTimeout)
-	err = c.HandshakeContext(hctx)
-	cancel()
-	if err != nil {
+	defer cancel()
+	if err := c.HandshakeContext(hctx); err != nil {
 		log.WithError(err).Info("peer handshake failed")
 		c.Close()
 		return
@@ -240,18 +295,59 @@ func (a *Agent) servePeer(ctx context.Context, conn net.Conn, want secure.AgentI
 		c.Close()
 		return
 	}
-	ps, err := newPeerSession(sessionKey{peer: peer, instance: instance, role: roleSharer, path: out.path}, c, a.log.WithField("component", "peer"))
+	// The path's owner (a TURN allocation, a punch) keeps it while this
+	// returns not: serve until the session lets go of the carrier.
+	cc := &carrierConn{Conn: c, closed: make(chan struct{})}
+	defer func() {
+		select {
+		case <-cc.closed:
+		case <-ctx.Done():
+		}
+	}()
+	rc, resumed, err := a.resumable.Accept(hctx, cc, resumeIdentity(peer, instance))
+	if err != nil {
+		log.WithError(err).WithField("peer", peer.Short()).Warn("peer refused")
+		return
+	}
+	key := sessionKey{peer: peer, instance: instance, role: roleSharer}
+	if resumed {
+		a.mu.Lock()
+		ps := a.sessions[key]
+		a.mu.Unlock()
+		if ps != nil && ps.rc == rc {
+			a.moved(ps, c, out)
+		}
+		return
+	}
+	ps, err := newPeerSession(key, rc, c, out, a.log.WithField("component", "peer"))
 	if err == nil {
-		ps.setOutcome(out)
 		err = a.addSession(ps)
 	}
 	if err != nil {
 		log.WithError(err).Warn("peer refused")
-		c.Close()
+		rc.Close()
 		return
 	}
-	ps.log.Info("peer session up")
+	ps.log.WithFields(logrus.Fields{"path": out.path, "remote": c.RemoteAddr().String()}).Info("peer session up")
 	a.spawn(func() { ps.keepRTT(ctx) })
+	a.spawn(func() { a.serveSession(ctx, ps) })
+}
+
+// carrierConn tells when the resumable layer is done with a carrier.
+type carrierConn struct {
+	net.Conn
+	once   sync.Once
+	closed chan struct{}
+}
+
+func (c *carrierConn) Close() error {
+	c.once.Do(func() { close(c.closed) })
+	return c.Conn.Close()
+}
+
+// serveSession takes the connector's streams on a sharer's session until
+// it ends, whatever carriers it crosses.
+func (a *Agent) serveSession(ctx context.Context, ps *peerSession) {
 	defer a.removeSession(ps)
 	defer ps.sess.Close()
 	for {
@@ -295,7 +391,7 @@ func (a *Agent) session(ctx context.Context, sharer secure.AgentID, policy strin
 		call = &dialCall{done: make(chan struct{})}
 		a.dialing[sharer] = call
 		a.spawn(func() {
-			call.ps, call.err = a.dialPaths(a.ctx, sharer, policy, dial)
+			call.ps, call.err = a.dialPaths(a.ctx, sharer, policy, dial, relayHeadStart)
 			a.mu.Lock()
 			delete(a.dialing, sharer)
 			a.mu.Unlock()
@@ -318,23 +414,55 @@ type CandidatePair struct {
 	Kind   string `json:"kind"`
 }
 
-// startConnectorSession runs the connector's session over a new peer channel.
-func (a *Agent) startConnectorSession(ctx context.Context, sharer secure.AgentID, c *secure.Conn, out outcome) (*peerSession, error) {
-	ps, err := newPeerSession(sessionKey{peer: sharer, role: roleConnector, path: out.path}, c, a.log.WithField("component", "peer"))
+// startConnectorSession starts the connector's resumable session over a
+// new peer channel, or, when one to sharer is running, moves that one onto
+// it (after a loss, or from a relay to a direct path).
+func (a *Agent) startConnectorSession(ctx context.Context, sharer secure.AgentID, c *secure.Conn, out outcome, policy string, dial dialFunc) (*peerSession, error) {
+	key := sessionKey{peer: sharer, role: roleConnector}
+	a.mu.Lock()
+	ps := a.sessions[key]
+	a.mu.Unlock()
+	if ps != nil && !ps.sess.IsClosed() {
+		if err := ps.rc.Resume(ctx, c); err != nil {
+			return nil, fmt.Errorf("resume the session on the %s path: %w", out.path, err)
+		}
+		a.moved(ps, c, out)
+		return ps, nil
+	}
+	rc, err := resume.Dial(ctx, c, a.resumeConfig())
+	if err != nil {
+		return nil, fmt.Errorf("start a resumable session: %w", err)
+	}
+	ps, err = newPeerSession(key, rc, c, out, a.log.WithField("component", "peer"))
 	if err == nil {
-		ps.setOutcome(out)
+		ps.policy, ps.dial = policy, dial
 		err = a.addSession(ps)
 	}
 	if err != nil {
-		c.Close()
+		rc.Close()
 		return nil, err
 	}
-	ps.log.WithFields(logrus.Fields{"punch_ms": ps.punch.Milliseconds(), "candidate": ps.pair.Kind, "attempts": ps.attempts,
-		"nat": ps.localNAT, "peer_nat": ps.peerNAT, "relay": ps.relay, "relay_kind": ps.relayKind}).Info("peer session up")
+	ps.log.WithFields(logrus.Fields{"path": out.path, "punch_ms": punchMS(out), "candidate": out.pair().Kind, "attempts": attempts(out),
+		"nat": out.localNAT, "peer_nat": out.peerNAT, "relay": out.relay, "relay_kind": out.relayKind}).Info("peer session up")
 	a.spawn(func() { ps.keepRTT(ctx) })
+	a.spawn(func() { a.keepPath(ctx, ps) })
 	a.spawn(func() {
 		<-ps.sess.CloseChan()
 		a.removeSession(ps)
 	})
 	return ps, nil
+}
+
+func punchMS(out outcome) int64 {
+	if out.res == nil {
+		return 0
+	}
+	return out.res.Elapsed.Milliseconds()
+}
+
+func attempts(out outcome) int {
+	if out.res == nil {
+		return 0
+	}
+	return out.res.Attempts
 }

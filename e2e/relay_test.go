@@ -257,18 +257,8 @@ func requireTool(t *testing.T, name string) {
 // closes once it is idle.
 func TestLabRelayThenDirect(t *testing.T) {
 	w := newLabWorld(t, natlab.Pair(natlab.BehindCone, natlab.BehindCone))
-	inet, b := w.lab.Internet(), w.lab.Host("b")
-	pa, pb := w.lab.PublicIP("a"), w.lab.PublicIP("b")
-	nft := func(args ...string) {
-		t.Helper()
-		if out, err := inet.Run(w.ctx, "nft", args...); err != nil {
-			t.Fatalf("nft %v: %v\n%s", args, err, out)
-		}
-	}
-	nft("add", "table", "bridge", "pptest")
-	nft("add", "chain", "bridge", "pptest", "cut", "{ type filter hook forward priority 0 ; }")
-	nft("add", "rule", "bridge", "pptest", "cut", "ip", "saddr", pa.String(), "ip", "daddr", pb.String(), "drop")
-	nft("add", "rule", "bridge", "pptest", "cut", "ip", "saddr", pb.String(), "ip", "daddr", pa.String(), "drop")
+	b := w.lab.Host("b")
+	uncut := cutBetweenNATs(w)
 
 	_, _, addr := w.shareConnect()
 	held, err := b.Dial(w.ctx, "tcp", addr)
@@ -291,7 +281,7 @@ func TestLabRelayThenDirect(t *testing.T) {
 	}
 	w.onlyPath(w.connDir, "relay")
 
-	nft("delete", "table", "bridge", "pptest")
+	uncut()
 	opened := time.Now()
 	var direct agent.PeerStatus
 	eventually(t, 30*time.Second, "a direct session beside the relayed one", func() bool {

@@ -153,6 +153,15 @@ func Server(conn net.Conn, log logrus.FieldLogger) (*Session, error) {
 	return newSession(conn, log, false)
 }
 
+// A Pauser is a conn that finds dead paths itself and may pause, writes
+// blocked, for up to MaxPause while it moves to a new one (resume.Conn).
+// A session over one sends no keepalives of its own and gives its writes
+// that long and WriteTimeout more.
+type Pauser interface {
+	net.Conn
+	MaxPause() time.Duration
+}
+
 func newSession(conn net.Conn, log logrus.FieldLogger, client bool) (*Session, error) {
 	if log == nil {
 		l := logrus.New()
@@ -165,7 +174,12 @@ func newSession(conn net.Conn, log logrus.FieldLogger, client bool) (*Session, e
 	if client {
 		start = yamux.Client
 	}
-	ys, err := start(conn, config(log), mm)
+	cfg := config(log)
+	if p, ok := conn.(Pauser); ok {
+		cfg.EnableKeepAlive = false
+		cfg.ConnectionWriteTimeout = p.MaxPause() + WriteTimeout
+	}
+	ys, err := start(conn, cfg, mm)
 	if err != nil {
 		return nil, fmt.Errorf("start mux session: %w", err)
 	}

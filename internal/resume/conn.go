@@ -171,6 +171,7 @@ type Conn struct {
 
 	resumes, losses int
 	lastPause       time.Duration
+	lossErr         error
 }
 
 func newConn(cfg Config, id SessionID, dialer bool) *Conn {
@@ -218,6 +219,7 @@ type Stats struct {
 	Unacked    int
 	RTT        time.Duration
 	LastPause  time.Duration // from the last loss to the resume after it
+	LastLoss   error         // why the last carrier was lost
 }
 
 func (c *Conn) Stats() Stats {
@@ -225,8 +227,12 @@ func (c *Conn) Stats() Stats {
 	defer c.mu.Unlock()
 	return Stats{Attached: c.carrier != nil, Resumes: c.resumes, PathLosses: c.losses,
 		Written: c.acked + uint64(c.send.len()), Acked: c.acked, Received: c.received,
-		Unacked: c.send.len(), RTT: c.srtt, LastPause: c.lastPause}
+		Unacked: c.send.len(), RTT: c.srtt, LastPause: c.lastPause, LastLoss: c.lossErr}
 }
+
+// MaxPause is how long the Conn may go without a carrier, writes blocked,
+// before it ends: a mux over it must not give up on it sooner.
+func (c *Conn) MaxPause() time.Duration { return c.cfg.ResumeTimeout }
 
 // signal wakes everyone waiting on the Conn's state.
 func (c *Conn) signal() {
@@ -370,8 +376,7 @@ func (c *Conn) finishLocked(rerr, werr error) {
 		c.writeErr = werr
 	}
 	if c.carrier != nil {
-		c.carrier.Close()
-		c.carrier = nil
+		c.closeCarrierLocked()
 	}
 	c.gen++
 	c.timer.Stop()
@@ -412,18 +417,31 @@ func (c *Conn) detachLocked(err error, lost bool) {
 	if c.carrier == nil {
 		return
 	}
-	c.carrier.Close()
-	c.carrier = nil
+	c.closeCarrierLocked()
 	c.gen++
 	c.detachedAt = time.Now()
 	if lost {
 		c.losses++
+		c.lossErr = err
 		c.markLostLocked()
 		c.cfg.Log.WithError(err).WithField("unacked", c.send.len()).Debug("carrier lost")
 	}
 	c.nextTick = time.Time{}
 	c.schedule(c.detachedAt.Add(c.cfg.ResumeTimeout))
 	c.signal()
+}
+
+// closeCarrierLocked drops the carrier and closes it in the background: a
+// TLS carrier's Close writes a close_notify, which on a dead path with a
+// full send buffer blocks for seconds, and nothing may wait for that.
+func (c *Conn) closeCarrierLocked() {
+	carrier := c.carrier
+	c.carrier = nil
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		carrier.Close()
+	}()
 }
 
 func (c *Conn) markLostLocked() {
