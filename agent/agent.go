@@ -144,10 +144,10 @@ type Agent struct {
 	dialing  map[secure.AgentID]*dialCall
 	// netChanged is closed, and replaced, at every network change.
 	netChanged chan struct{}
-	wg       sync.WaitGroup
-	ctx      context.Context         // lives until the drain ends
-	fail     context.CancelCauseFunc // ends Run with a final error
-	stop     <-chan struct{}         // closed when shutdown begins: stop accepting
+	wg         sync.WaitGroup
+	ctx        context.Context         // lives until the drain ends
+	fail       context.CancelCauseFunc // ends Run with a final error
+	stop       <-chan struct{}         // closed when shutdown begins: stop accepting
 }
 
 // share is one share as declared now. A reload that changes it puts a new

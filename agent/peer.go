@@ -50,7 +50,9 @@ type sessionKey struct {
 
 // resumeIdentity is who may resume a sharer's session: the connector
 // process that started it, as the peer TLS channel authenticates it.
-func resumeIdentity(peer secure.AgentID, instance string) string { return peer.String() + "/" + instance }
+func resumeIdentity(peer secure.AgentID, instance string) string {
+	return peer.String() + "/" + instance
+}
 
 // peerSession is one resumable session with a peer (resume.Conn) and the
 // yamux session over it. Its carrier, a TLS peer channel over some path,
