@@ -130,7 +130,7 @@ func (ps *peerSession) status() PeerStatus {
 		Remote: cur.tls.RemoteAddr().String(), Local: cur.tls.LocalAddr().String(),
 		RTTMillis: millis(time.Duration(ps.rtt.Load())), Streams: ps.sess.NumStreams(),
 		BytesIn: ps.stats.bytesIn.Load(), BytesOut: ps.stats.bytesOut.Load(), Since: ps.since,
-		PunchMS: punchMS(out), Attempts: attempts(out), Pair: out.pair(), LocalNAT: out.localNAT, PeerNAT: out.peerNAT,
+		PunchMS: out.punchMS(), Attempts: out.attempts(), Pair: out.pair(), LocalNAT: out.localNAT, PeerNAT: out.peerNAT,
 		Paused: !rs.Attached, PathSince: cur.since, Resumes: rs.Resumes, PathLosses: rs.PathLosses, Unacked: rs.Unacked,
 		PathHistory: append([]PathChange{}, ps.history...)}
 }

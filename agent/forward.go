@@ -232,8 +232,8 @@ func (f *forward) keep(ctx context.Context) {
 			case <-ps.sess.CloseChan():
 			}
 			if ps.sess.Retiring() {
-				// Retired here, for the direct session that came up beside
-				// it: nothing was lost, and the next round finds that one.
+				// Retired here, for a session that replaced it: nothing
+				// was lost, and the next round finds that one.
 				continue
 			}
 			bo.Lost(time.Now())

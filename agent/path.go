@@ -113,6 +113,23 @@ func (o outcome) pair() CandidatePair {
 	return CandidatePair{Local: o.res.Local.String(), Remote: o.res.Remote.String(), Kind: string(o.res.Candidate.Kind)}
 }
 
+// punchMS is how long the punch took, from the first SYN to the agreed
+// connection; 0 on a relayed path.
+func (o outcome) punchMS() int64 {
+	if o.res == nil {
+		return 0
+	}
+	return o.res.Elapsed.Milliseconds()
+}
+
+// attempts counts the punch's dial attempts across all candidates.
+func (o outcome) attempts() int {
+	if o.res == nil {
+		return 0
+	}
+	return o.res.Attempts
+}
+
 // paths are the agent's path kinds: the direct one, then the relays.
 type paths struct {
 	direct path
@@ -150,9 +167,9 @@ type attempt struct {
 // goes first; the relays join it, all at once, as soon as the punch is
 // known not to work, as soon as it says it will not come up soon (hurry),
 // or after relayHeadStart. The first path up carries the
-// streams. A direct path that comes up after a relay takes over the new
-// streams, and the relayed session closes once idle; a relay that comes up
-// after another one is closed unused.
+// streams. A direct path that comes up after a relay takes the session
+// over, open streams included, and the relay is released; a relay that
+// comes up after another one is closed unused.
 //
 // headStart is relayHeadStart for a new session; a session that lost its
 // path races them all at once, since it can move from a relay to direct

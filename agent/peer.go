@@ -126,12 +126,6 @@ func (ps *peerSession) path() string {
 	return ps.cur.out.path
 }
 
-func (ps *peerSession) carrier() carrier {
-	ps.mu.Lock()
-	defer ps.mu.Unlock()
-	return ps.cur
-}
-
 // moved records that the session now rides c, and says so: "resumed on
 // relay after 3.1 s" after a loss, "moved to direct" for a better path.
 func (a *Agent) moved(ps *peerSession, c *secure.Conn, out outcome) {
@@ -444,7 +438,7 @@ func (a *Agent) startConnectorSession(ctx context.Context, sharer secure.AgentID
 		rc.Close()
 		return nil, err
 	}
-	ps.log.WithFields(logrus.Fields{"path": out.path, "punch_ms": punchMS(out), "candidate": out.pair().Kind, "attempts": attempts(out),
+	ps.log.WithFields(logrus.Fields{"path": out.path, "punch_ms": out.punchMS(), "candidate": out.pair().Kind, "attempts": out.attempts(),
 		"nat": out.localNAT, "peer_nat": out.peerNAT, "relay": out.relay, "relay_kind": out.relayKind}).Info("peer session up")
 	a.spawn(func() { ps.keepRTT(ctx) })
 	a.spawn(func() { a.keepPath(ctx, ps) })
@@ -453,18 +447,4 @@ func (a *Agent) startConnectorSession(ctx context.Context, sharer secure.AgentID
 		a.removeSession(ps)
 	})
 	return ps, nil
-}
-
-func punchMS(out outcome) int64 {
-	if out.res == nil {
-		return 0
-	}
-	return out.res.Elapsed.Milliseconds()
-}
-
-func attempts(out outcome) int {
-	if out.res == nil {
-		return 0
-	}
-	return out.res.Attempts
 }

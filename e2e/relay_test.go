@@ -252,9 +252,8 @@ func requireTool(t *testing.T, name string) {
 
 // TestLabRelayThenDirect: the internet drops everything between the two
 // NATs, so the punch keeps failing and the relay carries the first
-// connection; then the path opens, the punch gets through, new connections
-// go direct, the open one finishes on the relay, and the relayed session
-// closes once it is idle.
+// connection; then the path opens, the punch gets through, and the
+// session, the open connection with it, moves to the direct path.
 func TestLabRelayThenDirect(t *testing.T) {
 	w := newLabWorld(t, natlab.Pair(natlab.BehindCone, natlab.BehindCone))
 	b := w.lab.Host("b")
@@ -284,7 +283,7 @@ func TestLabRelayThenDirect(t *testing.T) {
 	uncut()
 	opened := time.Now()
 	var direct agent.PeerStatus
-	eventually(t, 30*time.Second, "a direct session beside the relayed one", func() bool {
+	eventually(t, 30*time.Second, "the session on a direct path", func() bool {
 		for _, p := range w.peers(w.connDir) {
 			if p.Path == "direct" {
 				direct = p

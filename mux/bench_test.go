@@ -5,9 +5,10 @@ import (
 	"io"
 	"net"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
+
+	"github.com/peerport/peerport/internal/testutil"
 )
 
 // The session benchmarks run mux over the TLS peer channel on loopback
@@ -23,21 +24,6 @@ import (
 
 // benchChunk is what one Write carries, as the agent's copy buffer.
 const benchChunk = 64 << 10
-
-// cpuPerByte reports the process's CPU time (user and system, both ends of
-// the connection) per byte moved, from now until the returned func runs:
-// steadier than MB/s on a shared machine, whose other load steals time
-// rather than adding work.
-func cpuPerByte(b *testing.B, bytes int64) func() {
-	c0 := cpuTime()
-	return func() { b.ReportMetric(float64(cpuTime()-c0)/float64(bytes)*1e3, "cpu-ps/B") }
-}
-
-func cpuTime() time.Duration {
-	var ru syscall.Rusage
-	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-}
 
 func BenchmarkSessionThroughput(b *testing.B) {
 	b.Run("tcp", func(b *testing.B) { benchConn(b, tcpPair) })
@@ -72,7 +58,7 @@ func benchConn(b *testing.B, pair func(testing.TB) (net.Conn, net.Conn)) {
 	go func() { done <- drain(s, int64(b.N)*benchChunk) }()
 	buf := make([]byte, benchChunk)
 	b.ResetTimer()
-	defer cpuPerByte(b, int64(b.N)*benchChunk)()
+	defer testutil.CPUPerByte(b, int64(b.N)*benchChunk)()
 	for range b.N {
 		if _, err := c.Write(buf); err != nil {
 			b.Fatal(err)
@@ -119,7 +105,7 @@ func benchStreams(b *testing.B, client, server *Session, n int) {
 		accepted[i] = st
 	}
 	b.ResetTimer()
-	defer cpuPerByte(b, int64(b.N)*benchChunk)()
+	defer testutil.CPUPerByte(b, int64(b.N)*benchChunk)()
 	for i := range n {
 		wg.Add(2)
 		go func() {
@@ -156,13 +142,13 @@ func BenchmarkSessionRoundTrip(b *testing.B) {
 		c, s := tcpPair(b)
 		defer c.Close()
 		defer s.Close()
-		benchPingPong(b, c, s)
+		testutil.PingPong(b, c, s)
 	})
 	b.Run("tls", func(b *testing.B) {
 		c, s := tlsPair(b)
 		defer c.Close()
 		defer s.Close()
-		benchPingPong(b, c, s)
+		testutil.PingPong(b, c, s)
 	})
 	b.Run("mux", func(b *testing.B) {
 		client, server := sessions(b, tlsPair)
@@ -182,39 +168,8 @@ func BenchmarkSessionRoundTrip(b *testing.B) {
 		if _, err := io.ReadFull(s, make([]byte, 1)); err != nil {
 			b.Fatal(err)
 		}
-		benchPingPong(b, c, s)
+		testutil.PingPong(b, c, s)
 	})
-}
-
-func benchPingPong(b *testing.B, c, s io.ReadWriter) {
-	done := make(chan error, 1)
-	go func() {
-		done <- func() error {
-			p := make([]byte, 1)
-			for range b.N {
-				if _, err := io.ReadFull(s, p); err != nil {
-					return err
-				}
-				if _, err := s.Write(p); err != nil {
-					return err
-				}
-			}
-			return nil
-		}()
-	}()
-	p := make([]byte, 1)
-	b.ResetTimer()
-	for range b.N {
-		if _, err := c.Write(p); err != nil {
-			b.Fatal(err)
-		}
-		if _, err := io.ReadFull(c, p); err != nil {
-			b.Fatal(err)
-		}
-	}
-	if err := <-done; err != nil {
-		b.Fatal(err)
-	}
 }
 
 // BenchmarkLongPath moves data on one stream of a session over TLS on a

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+
+	"github.com/peerport/peerport/internal/testutil"
 )
 
 // TestSessionDeathEndsReads kills the connection under a session that has
@@ -111,7 +113,7 @@ func TestSessionDeathEndsReads(t *testing.T) {
 			t.Errorf("%d streams left on a dead session", n)
 		}
 	}
-	c0 := cpuTime()
+	c0 := testutil.CPUTime()
 	goleak.VerifyNone(t, before) // no reader, loop or timer goroutine left; retries ~2 s
-	t.Logf("CPU while the last goroutines ended: %v", (cpuTime() - c0).Round(time.Millisecond))
+	t.Logf("CPU while the last goroutines ended: %v", (testutil.CPUTime() - c0).Round(time.Millisecond))
 }

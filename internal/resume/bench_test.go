@@ -5,7 +5,6 @@ import (
 	"crypto/tls"
 	"io"
 	"net"
-	"syscall"
 	"testing"
 	"time"
 
@@ -50,12 +49,6 @@ func resumePair(b *testing.B) (net.Conn, net.Conn) {
 	return d, a
 }
 
-func cpuTime() time.Duration {
-	var ru syscall.Rusage
-	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-}
-
 func BenchmarkThroughput(b *testing.B) {
 	for _, bc := range []struct {
 		name string
@@ -70,7 +63,7 @@ func BenchmarkThroughput(b *testing.B) {
 				_, err := io.CopyBuffer(io.Discard, io.LimitReader(r, int64(b.N)*benchChunk), make([]byte, benchChunk))
 				done <- err
 			}()
-			c0 := cpuTime()
+			report := testutil.CPUPerByte(b, int64(b.N)*benchChunk)
 			b.ResetTimer()
 			for range b.N {
 				if _, err := w.Write(buf); err != nil {
@@ -80,7 +73,7 @@ func BenchmarkThroughput(b *testing.B) {
 			if err := <-done; err != nil {
 				b.Fatal(err)
 			}
-			b.ReportMetric(float64(cpuTime()-c0)/float64(int64(b.N)*benchChunk)*1e3, "cpu-ps/B")
+			report()
 		})
 	}
 }
@@ -92,25 +85,7 @@ func BenchmarkRoundTrip(b *testing.B) {
 	}{{"tls", tlsCarriers}, {"tls+resume", resumePair}} {
 		b.Run(bc.name, func(b *testing.B) {
 			c, s := bc.pair(b)
-			go func() {
-				p := make([]byte, 1)
-				for range b.N {
-					if _, err := io.ReadFull(s, p); err != nil {
-						return
-					}
-					s.Write(p)
-				}
-			}()
-			p := make([]byte, 1)
-			b.ResetTimer()
-			for range b.N {
-				if _, err := c.Write(p); err != nil {
-					b.Fatal(err)
-				}
-				if _, err := io.ReadFull(c, p); err != nil {
-					b.Fatal(err)
-				}
-			}
+			testutil.PingPong(b, c, s)
 		})
 	}
 }

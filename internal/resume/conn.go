@@ -3,6 +3,7 @@ package resume
 import (
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"sync"
@@ -71,15 +72,11 @@ func (c Config) withDefaults() Config {
 	}
 	if c.Log == nil {
 		l := logrus.New()
-		l.Out = discard{}
+		l.Out = io.Discard
 		c.Log = l
 	}
 	return c
 }
-
-type discard struct{}
-
-func (discard) Write(p []byte) (int, error) { return len(p), nil }
 
 // Errors a session ends with, or a resume is refused with.
 var (
