@@ -189,6 +189,7 @@ func New(opts Options) (*Agent, error) {
 	a.resumable = resume.NewTable(a.resumeConfig())
 	a.parker.spawn = a.spawn
 	a.release.busy = func() bool { return a.stats.streams.Load() > 0 }
+	a.release.trim = a.trimSessions
 	a.dialer = newBrokerDialer(opts.Identity, opts.Proxy)
 	a.paths = newPaths(a)
 	return a, nil

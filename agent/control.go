@@ -321,6 +321,28 @@ func (c *controlConn) connect(ctx context.Context, req *proto.Connect) (*proto.C
 	return rep, nil
 }
 
+// presence asks whether peer (its process instance, when named) is online
+// at the broker; known is false when the broker cannot say (it did not
+// introduce us).
+func (c *controlConn) presence(ctx context.Context, peer secure.AgentID, instance string) (online, known bool, err error) {
+	id := c.nextID.Add(1)
+	r, err := c.request(ctx, id, &proto.Presence{ID: id, Agent: peer.String(), Instance: instance})
+	if err != nil {
+		return false, false, err
+	}
+	res, ok := r.(*proto.Result)
+	if !ok {
+		return false, false, fmt.Errorf("presence: unexpected %T", r)
+	}
+	switch res.Code {
+	case "":
+		return true, true, nil
+	case proto.CodeNotFound:
+		return false, true, nil
+	}
+	return false, false, nil
+}
+
 // brokerClient keeps one control session to one broker alive, reconnecting
 // with backoff, and re-registers the agent's shares after each reconnect.
 type brokerClient struct {

@@ -242,6 +242,15 @@ func (a *Agent) removeSession(ps *peerSession) {
 	a.mu.Unlock()
 }
 
+// trimSessions lets every session drop the buffers an idle one keeps.
+func (a *Agent) trimSessions() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, ps := range a.sessions {
+		ps.rc.Trim()
+	}
+}
+
 // closeSessions ends every session as the agent stops: those whose streams
 // are done deliver what is still queued (within sessionCloseWait); the
 // rest close at once.
@@ -326,6 +335,7 @@ func (a *Agent) servePeer(ctx context.Context, conn net.Conn, want secure.AgentI
 	}
 	ps.log.WithFields(logrus.Fields{"path": out.path, "remote": c.RemoteAddr().String()}).Info("peer session up")
 	a.spawn(func() { ps.keepRTT(ctx) })
+	a.spawn(func() { a.watchPeer(ctx, ps) })
 	a.spawn(func() { a.serveSession(ctx, ps) })
 }
 
@@ -441,6 +451,7 @@ func (a *Agent) startConnectorSession(ctx context.Context, sharer secure.AgentID
 	ps.log.WithFields(logrus.Fields{"path": out.path, "punch_ms": out.punchMS(), "candidate": out.pair().Kind, "attempts": out.attempts(),
 		"nat": out.localNAT, "peer_nat": out.peerNAT, "relay": out.relay, "relay_kind": out.relayKind}).Info("peer session up")
 	a.spawn(func() { ps.keepRTT(ctx) })
+	a.spawn(func() { a.watchPeer(ctx, ps) })
 	a.spawn(func() { a.keepPath(ctx, ps) })
 	a.spawn(func() {
 		<-ps.sess.CloseChan()

@@ -25,6 +25,9 @@ type releaser struct {
 	// busy tells, when the timer fires, whether connections opened again
 	// meanwhile; nil means never busy.
 	busy func() bool
+	// trim, when set, lets go of buffers kept for reuse (the sessions'
+	// resend and receive queues) before the collections.
+	trim func()
 }
 
 // idle (re)starts the wait: the last forwarded connection just ended.
@@ -46,6 +49,9 @@ func (r *releaser) release() {
 	r.mu.Unlock()
 	if skip {
 		return
+	}
+	if r.trim != nil {
+		r.trim()
 	}
 	runtime.GC()
 	debug.FreeOSMemory()

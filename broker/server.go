@@ -202,6 +202,7 @@ type Server struct {
 	nextIntro uint64
 	started   time.Time
 	lost      lostShares  // shares withdrawn or gone with their session, for RegistrationGrace
+	presence  presence    // who is online and who met whom, for Presence
 	relay     *Relay      // the embedded TURN relay, if NewRelay made one
 	port      *tls.Config // the listener's: agents' protocols and HTTPS (port.go)
 	pairs     *pairRelay  // the broker relay
@@ -232,6 +233,7 @@ func New(cfg Config) (*Server, error) {
 		tls:       cfg.controlTLS(),
 		tokenHash: sha256.Sum256([]byte(cfg.Token)),
 		agents:    make(map[secure.AgentID][]*session),
+		presence:  newPresence(),
 		started:   cfg.Now(),
 	}
 	s.metrics = newMetrics(s)

@@ -139,6 +139,7 @@ func (s *session) admit(h *proto.Hello) bool {
 		return false
 	}
 	srv.sessions++
+	srv.presence.arrive(s.id, s.instance)
 	if s.guest {
 		srv.guests++
 	} else {
@@ -172,6 +173,7 @@ func (s *session) leave() {
 	srv := s.srv
 	srv.mu.Lock()
 	srv.sessions--
+	srv.presence.depart(s.id, s.instance)
 	gone := false
 	if s.guest {
 		srv.guests--
@@ -241,6 +243,8 @@ func (s *session) handle(m proto.Message) bool {
 		return s.send(s.unregister(m)) == nil
 	case *proto.Connect:
 		return s.connect(m)
+	case *proto.Presence:
+		return s.send(s.presence(m)) == nil
 	case *proto.IntroReply:
 		s.introReply(m)
 		return true
@@ -459,6 +463,9 @@ func (srv *Server) introduce(c *session, m *proto.Connect) *proto.ConnectReply {
 		srv.metrics.introductions.Inc()
 		log.WithField("candidates", len(r.Candidates)).Info("introduced")
 		introduced = true
+		srv.mu.Lock()
+		srv.presence.meet(c.id, sharerID, srv.cfg.Now())
+		srv.mu.Unlock()
 		return &proto.ConnectReply{ID: m.ID, Candidates: r.Candidates, Port: r.Port, NAT: r.NAT, Path: r.Path, RelayToken: intro.RelayToken}
 	case <-sharer.done:
 		log.Info("introduction: sharer went offline")

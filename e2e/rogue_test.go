@@ -15,6 +15,7 @@ import (
 
 	"github.com/peerport/peerport/internal/proto"
 	"github.com/peerport/peerport/internal/punch"
+	"github.com/peerport/peerport/internal/resume"
 	"github.com/peerport/peerport/internal/secure"
 	"github.com/peerport/peerport/mux"
 )
@@ -249,11 +250,15 @@ func TestBrokerCannotOpenShare(t *testing.T) {
 		if err := c.Handshake(); err != nil {
 			t.Fatal(err)
 		}
-		s, err := mux.Client(c, nil)
+		rc, err := resume.Dial(context.Background(), c, resume.Config{})
 		if err != nil {
 			t.Fatal(err)
 		}
-		t.Cleanup(func() { s.Close() })
+		s, err := mux.Client(rc, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close(); rc.Close() })
 		return c, func(h mux.Header) error {
 			st, err := s.OpenStream()
 			if err != nil {

@@ -200,6 +200,17 @@ type RelayBind struct {
 	Token []byte `json:"token"`
 }
 
+// Presence asks whether Agent (its process Instance, when not empty) is
+// online at the broker. The broker answers with a Result: success while it
+// is, CodeNotFound once it is not, CodeRefused when the broker never
+// introduced the two agents. A peer session without a path asks, to tell a
+// peer that is gone from one that is moving (DESIGN §3).
+type Presence struct {
+	ID       uint64 `json:"id"`
+	Agent    string `json:"agent"`
+	Instance string `json:"instance,omitempty"`
+}
+
 // Ping asks for a Pong with the same nonce; it measures RTT and keeps NAT
 // mappings of the control connection alive.
 type Ping struct {
@@ -254,6 +265,7 @@ func (*ConnectReply) Type() Type { return TypeConnectReply }
 func (*Ping) Type() Type         { return TypePing }
 func (*Pong) Type() Type         { return TypePong }
 func (*RelayBind) Type() Type    { return TypeRelayBind }
+func (*Presence) Type() Type     { return TypePresence }
 
 func (m *Hello) validate() error { return strs(m.Token, m.Version, m.Instance) }
 func (m *Welcome) validate() error {
@@ -304,6 +316,12 @@ func (m *Intro) validate() error {
 }
 
 func (m *RelayBind) validate() error { return relayToken(m.Token, false) }
+func (m *Presence) validate() error {
+	if m.Agent == "" {
+		return errors.New("presence: empty agent")
+	}
+	return strs(m.Agent, m.Instance)
+}
 
 // relayToken checks a token's size; optional ones may be absent.
 func relayToken(t []byte, optional bool) error {

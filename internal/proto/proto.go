@@ -71,6 +71,7 @@ const (
 	TypePong
 	TypeOutcome
 	TypeRelayBind
+	TypePresence
 )
 
 // Message is one control message.
@@ -109,6 +110,8 @@ func newMessage(t Type) Message {
 		return new(RelayBind)
 	case TypeOutcome:
 		return new(Outcome)
+	case TypePresence:
+		return new(Presence)
 	}
 	return nil
 }

@@ -45,6 +45,7 @@ var filled = []Message{
 	&Pong{Nonce: 42},
 	&Outcome{Result: OutcomeDirect, NAT: "cone", PeerNAT: "symmetric", PunchMS: 12},
 	&RelayBind{Token: relay32},
+	&Presence{ID: 9, Agent: "abc", Instance: "p1"},
 }
 
 func TestFilledCoversEveryType(t *testing.T) {
@@ -52,12 +53,12 @@ func TestFilledCoversEveryType(t *testing.T) {
 	for _, m := range filled {
 		seen[m.Type()] = true
 	}
-	for ty := TypeHello; ty <= TypeRelayBind; ty++ {
+	for ty := TypeHello; ty <= TypePresence; ty++ {
 		if !seen[ty] {
 			t.Errorf("type %d has no entry in filled", ty)
 		}
 	}
-	if newMessage(0) != nil || newMessage(TypeRelayBind+1) != nil {
+	if newMessage(0) != nil || newMessage(TypePresence+1) != nil {
 		t.Error("a type beyond the known range makes a message; add it to filled")
 	}
 }
@@ -229,7 +230,7 @@ func TestDecodeErrors(t *testing.T) {
 		{"version 2", frame(13, 2, TypePing, ping), ErrVersion},
 		{"version 255", frame(13, 255, TypePing, ping), ErrVersion},
 		{"type 0", frame(13, Version, 0, ping), ErrUnknownType},
-		{"type after the last", frame(13, Version, TypeRelayBind+1, ping), ErrUnknownType},
+		{"type after the last", frame(13, Version, TypePresence+1, ping), ErrUnknownType},
 		{"type 255", frame(13, Version, 255, ping), ErrUnknownType},
 		{"length 0", frame(0, Version, TypePing, ""), ErrMalformed},
 		{"length 1", frame(1, Version, TypePing, ""), ErrMalformed},
@@ -339,6 +340,7 @@ func TestValidation(t *testing.T) {
 		{"connect reply long relay token", &ConnectReply{Path: PathBroker, RelayToken: append(relay32, 0)}},
 		{"relay bind without token", &RelayBind{}},
 		{"relay bind short token", &RelayBind{Token: []byte("abc")}},
+		{"presence without agent", &Presence{ID: 1}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

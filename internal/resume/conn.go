@@ -359,6 +359,26 @@ func (c *Conn) Close() error {
 	return nil
 }
 
+// Trim lets go of the resend and receive buffers while they are empty: a
+// burst grows them to MaxUnacked and they keep that size for reuse, which
+// an idle session need not hold.
+func (c *Conn) Trim() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.send.trim()
+	c.recv.trim()
+}
+
+// Abandon ends the session at once with err, sending nothing: for a peer
+// known to be gone, which no carrier will reach and nothing sent would
+// reach. Reads and writes fail with err, so a mux over the Conn resets its
+// streams rather than ending them as if complete.
+func (c *Conn) Abandon(err error) {
+	c.mu.Lock()
+	c.failLocked(err)
+	c.mu.Unlock()
+}
+
 // finishLocked ends the session. Errors already set stay: a peer's close
 // read before keeps Read's io.EOF.
 func (c *Conn) finishLocked(rerr, werr error) {

@@ -360,6 +360,37 @@ func TestCloseDeliversThenEOF(t *testing.T) {
 	}
 }
 
+// Abandon, for a peer known gone, fails a writer paused at the bound and a
+// blocked reader with its error at once, not after the resume timeout.
+func TestAbandonEndsPausedSession(t *testing.T) {
+	d, _, _, cs := session(t, testCfg)
+	cs[0].cutAfter(0)
+	cs[1].cutAfter(0)
+	gone := errors.New("peer gone")
+	ends := make(chan error, 2)
+	go func() { _, err := d.Write(make([]byte, 2*DefaultMaxUnacked)); ends <- err }() // the dialer has the default bound
+	go func() { _, err := d.Read(make([]byte, 1)); ends <- err }()
+	select {
+	case <-d.Lost():
+	case <-time.After(10 * time.Second):
+		t.Fatal("the dead path was not found")
+	}
+	d.Abandon(gone)
+	for range 2 {
+		select {
+		case err := <-ends:
+			if !errors.Is(err, gone) {
+				t.Errorf("after Abandon: %v, want its error", err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("a read or write still blocked after Abandon")
+		}
+	}
+	if !errors.Is(d.Err(), gone) {
+		t.Errorf("Err after Abandon: %v", d.Err())
+	}
+}
+
 // An application that stops reading pauses the peer; it is not a dead path.
 func TestSlowReaderIsNotDead(t *testing.T) {
 	cfg := testCfg
@@ -393,4 +424,31 @@ func TestDeadlines(t *testing.T) {
 	time.Sleep(10 * time.Millisecond)
 	d.SetReadDeadline(time.Now()) // wakes the blocked reader
 	wg.Wait()
+}
+
+// After a burst, Trim lets the idle session's grown buffers go.
+func TestTrimAfterBurst(t *testing.T) {
+	d, a, _, _ := session(t, testCfg)
+	msg := random(t, 1<<20)
+	check(t, "burst", pump(d, a, msg), msg)
+	caps := func() (int, int) {
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		return cap(d.send.buf), cap(a.recv.buf)
+	}
+	if s, r := caps(); s == 0 && r == 0 {
+		t.Fatal("the burst grew no buffer; the test proves nothing")
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		d.Trim()
+		a.Trim()
+		if s, r := caps(); s == 0 && r == 0 {
+			break
+		} else if time.Now().After(deadline) {
+			t.Fatalf("after Trim on an idle session: send buffer %d, receive buffer %d bytes", s, r)
+		}
+		time.Sleep(20 * time.Millisecond) // the last ack may still be on its way
+	}
 }

@@ -44,3 +44,10 @@ func (q *queue) pop(p []byte) int {
 	q.drop(n)
 	return n
 }
+
+// trim drops the backing array while the queue is empty.
+func (q *queue) trim() {
+	if q.len() == 0 {
+		q.buf, q.head = nil, 0
+	}
+}

@@ -1,0 +1,114 @@
+package broker
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/peerport/peerport/internal/proto"
+	"github.com/peerport/peerport/internal/secure"
+)
+
+// Presence (DESIGN §3, issue 15): an agent whose peer session lost its path
+// asks whether the peer is still online here. While the peer is, the
+// session waits to resume; once it is not, the agent resets the session's
+// connections at once instead of holding them for minutes, so a killed
+// sharer still reaches the connector's application as a reset.
+//
+// The broker answers only about agents it introduced to the asker, so an
+// agent ID alone tells nobody whether its agent is online.
+
+const (
+	// maxMet bounds the introduced pairs the broker remembers.
+	maxMet = 1 << 16
+	// metFor is how long a pair is remembered after its last introduction.
+	metFor = 24 * time.Hour
+)
+
+// presence is who is online, by agent and process, and who was introduced
+// to whom. Guarded by Server.mu.
+type presence struct {
+	online map[secure.AgentID]map[string]int // sessions per process instance
+	met    map[[2]secure.AgentID]time.Time
+}
+
+func newPresence() presence {
+	return presence{online: map[secure.AgentID]map[string]int{}, met: map[[2]secure.AgentID]time.Time{}}
+}
+
+func (p *presence) arrive(id secure.AgentID, instance string) {
+	if p.online[id] == nil {
+		p.online[id] = map[string]int{}
+	}
+	p.online[id][instance]++
+}
+
+func (p *presence) depart(id secure.AgentID, instance string) {
+	byInst := p.online[id]
+	if byInst[instance]--; byInst[instance] <= 0 {
+		delete(byInst, instance)
+	}
+	if len(byInst) == 0 {
+		delete(p.online, id)
+	}
+}
+
+// isOnline: any process of id, or the process instance when it is named.
+func (p *presence) isOnline(id secure.AgentID, instance string) bool {
+	if instance == "" {
+		return len(p.online[id]) > 0
+	}
+	return p.online[id][instance] > 0
+}
+
+func pair(a, b secure.AgentID) [2]secure.AgentID {
+	if b.String() < a.String() {
+		a, b = b, a
+	}
+	return [2]secure.AgentID{a, b}
+}
+
+// meet remembers that a and b were introduced. When full it forgets the
+// pairs older than metFor, and failing that one arbitrary pair: a
+// forgotten pair only makes its agents wait for a resume timeout.
+func (p *presence) meet(a, b secure.AgentID, now time.Time) {
+	k := pair(a, b)
+	if _, ok := p.met[k]; !ok && len(p.met) >= maxMet {
+		for o, at := range p.met {
+			if now.Sub(at) > metFor {
+				delete(p.met, o)
+			}
+		}
+		for o := range p.met {
+			if len(p.met) < maxMet {
+				break
+			}
+			delete(p.met, o)
+		}
+	}
+	p.met[k] = now
+}
+
+func (p *presence) knows(a, b secure.AgentID, now time.Time) bool {
+	at, ok := p.met[pair(a, b)]
+	return ok && now.Sub(at) <= metFor
+}
+
+// presence answers a Presence: success while the agent (and process, when
+// named) is online, not_found once it is not, refused for an agent the
+// broker never introduced to the asker.
+func (s *session) presence(m *proto.Presence) *proto.Result {
+	id, err := secure.ParseAgentID(m.Agent)
+	if err != nil {
+		return &proto.Result{ID: m.ID, Code: proto.CodeBadRequest, Message: fmt.Sprintf("agent: %v", err)}
+	}
+	srv := s.srv
+	srv.mu.Lock()
+	defer srv.mu.Unlock()
+	switch {
+	case !srv.presence.knows(s.id, id, srv.cfg.Now()):
+		return &proto.Result{ID: m.ID, Code: proto.CodeRefused, Message: "this broker did not introduce that agent to you"}
+	case !srv.presence.isOnline(id, m.Instance):
+		return &proto.Result{ID: m.ID, Code: proto.CodeNotFound, Message: fmt.Sprintf("agent %s is not online", id.Short())}
+	}
+	return &proto.Result{ID: m.ID}
+}
