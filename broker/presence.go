@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"bytes"
 	"fmt"
 	"time"
 
@@ -60,8 +61,9 @@ func (p *presence) isOnline(id secure.AgentID, instance string) bool {
 	return p.online[id][instance] > 0
 }
 
+// pair is the map key of a and b, in either order.
 func pair(a, b secure.AgentID) [2]secure.AgentID {
-	if b.String() < a.String() {
+	if bytes.Compare(b[:], a[:]) < 0 {
 		a, b = b, a
 	}
 	return [2]secure.AgentID{a, b}
