@@ -35,10 +35,22 @@ func (a *Agent) resumeConfig() resume.Config {
 // session there; while relayed under PathAuto it tries a direct path
 // again, with backoff, and at once when the network changes.
 func (a *Agent) keepPath(ctx context.Context, ps *peerSession) {
+	// Paths are made for the session only while it lives: a dial still
+	// running when it ends (abandoned, its peer gone) stops with it.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	a.spawn(func() {
+		select {
+		case <-ps.rc.Done():
+			cancel()
+		case <-ctx.Done():
+		}
+	})
 	n := 0 // direct tries since the session was last lost or moved
 	for {
+		wantDirect := ps.path() == PathRelay && (ps.policy == "" || ps.policy == PathAuto)
 		retry := time.NewTimer(repunchDelay(n))
-		if ps.path() != PathRelay || (ps.policy != "" && ps.policy != PathAuto) {
+		if !wantDirect {
 			retry.Stop()
 		}
 		select {
@@ -57,7 +69,7 @@ func (a *Agent) keepPath(ctx context.Context, ps *peerSession) {
 			a.tryDirect(ctx, ps)
 		case <-a.netChange():
 			n = 0
-			if ps.path() == PathRelay {
+			if wantDirect {
 				ps.log.Info("network changed; trying a direct path")
 				a.tryDirect(ctx, ps)
 			}

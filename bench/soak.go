@@ -164,6 +164,9 @@ type soakLeak struct {
 	// Stacks groups the goroutines of an agent that kept more than its
 	// baseline, from its SIGQUIT dump at the end: "count  function".
 	Stacks []string
+	// Log is the end of a leaking agent's log about its peer sessions
+	// and paths: what it was doing when the soak stopped.
+	Log []string
 }
 
 func (l soakLeak) leaked() bool {
@@ -216,6 +219,14 @@ func (r *soakResult) print(w io.Writer) {
 	for _, l := range r.Leaks {
 		if l.Note != "" {
 			fmt.Fprintf(w, "  %s: %s\n", l.Agent, l.Note)
+		}
+	}
+	for _, l := range r.Leaks {
+		if len(l.Log) > 0 {
+			fmt.Fprintf(w, "\nlast session and path log lines of %s:\n", l.Agent)
+			for _, s := range l.Log {
+				fmt.Fprintf(w, "  %s\n", s)
+			}
 		}
 	}
 	for _, l := range r.Leaks {
@@ -598,6 +609,7 @@ func runSoak(ctx context.Context, bin binaries, tmp string, o soakOptions, log i
 	for i, lk := range res.Leaks {
 		if lk.Goroutines > lk.GoroutinesBase {
 			p, _ := l.agentProc(lk.Agent)
+			res.Leaks[i].Log = sessionLog(p.Stderr(), 25)
 			res.Leaks[i].Stacks = goroutineGroups(l.ctx, p)
 		}
 	}
@@ -693,6 +705,21 @@ func (l *soakLab) inject(kind string, round int) error {
 		return nil
 	}
 	return fmt.Errorf("unknown fault %q", kind)
+}
+
+// sessionLog is the last n lines of an agent's log from the components
+// that keep peer sessions on their paths.
+func sessionLog(log string, n int) []string {
+	var out []string
+	for _, line := range strings.Split(log, "\n") {
+		for _, c := range []string{"component=peer", "component=resume", "component=relay", "component=punch"} {
+			if strings.Contains(line, c) {
+				out = append(out, line)
+				break
+			}
+		}
+	}
+	return out[max(0, len(out)-n):]
 }
 
 // goroutineGroups ends an agent with SIGQUIT (the Go runtime then prints

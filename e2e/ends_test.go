@@ -200,11 +200,6 @@ func TestIperf3Parallel(t *testing.T) {
 	for _, path := range []string{agent.PathDirect, agent.PathRelay} {
 		t.Run(path, func(t *testing.T) {
 			port := freePort(t)
-			srv := exec.Command("iperf3", "-s", "-B", "127.0.0.1", "-p", strconv.Itoa(port))
-			if err := srv.Start(); err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { srv.Process.Kill(); srv.Wait() })
 			w := newWorld(t)
 			metrics := net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort(t)))
 			cfg := filepath.Join(t.TempDir(), "agent.yaml")
@@ -221,11 +216,17 @@ func TestIperf3Parallel(t *testing.T) {
 			idleHeap, idleRSS := heapInuse(t, metrics), rssKiB(t, sharer.cmd.Process.Pid)
 			for _, mode := range [][]string{nil, {"-R"}, {"--bidir"}} {
 				ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+				srv := iperf3Server(ctx, t, port)
 				args := append([]string{"-c", "127.0.0.1", "-p", lport, "-P", "8", "-t", "2"}, mode...)
 				out, err := exec.CommandContext(ctx, "iperf3", args...).CombinedOutput()
-				cancel()
 				if err != nil {
+					cancel()
 					t.Fatalf("iperf3 %v: %v\n%s", mode, err, out)
+				}
+				serr := srv.Wait()
+				cancel()
+				if serr != nil {
+					t.Fatalf("iperf3 server after %v: %v", mode, serr)
 				}
 			}
 			busyHeap, busyRSS := heapInuse(t, metrics), rssKiB(t, sharer.cmd.Process.Pid)
@@ -248,6 +249,33 @@ func TestIperf3Parallel(t *testing.T) {
 			}
 		})
 	}
+}
+
+// iperf3Server starts a one-test iperf3 server on port and waits until it
+// listens. One server per run: a long-lived one re-opens its listener
+// between tests, and a client that comes in that gap (sooner through a
+// tunnel, which ends the last test's connections a little later than
+// loopback would) is refused or told the server is busy.
+func iperf3Server(ctx context.Context, t *testing.T, port int) *exec.Cmd {
+	t.Helper()
+	srv := exec.CommandContext(ctx, "iperf3", "-s", "-1", "-B", "127.0.0.1", "-p", strconv.Itoa(port))
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Process.Kill(); srv.Wait() })
+	eventually(t, 10*time.Second, "iperf3 listening", func() bool { return listening(t, port) })
+	return srv
+}
+
+// listening reports whether a socket listens on 127.0.0.1:port, from
+// /proc/net/tcp: a test connection would be taken for an iperf3 client.
+func listening(t testing.TB, port int) bool {
+	b, err := os.ReadFile("/proc/net/tcp")
+	if err != nil {
+		t.Fatalf("listening sockets: %v", err)
+	}
+	want := fmt.Sprintf("0100007F:%04X 00000000:0000 0A", port)
+	return strings.Contains(string(b), want)
 }
 
 // heapInuse is an agent's Go heap in use, from its Prometheus metrics.

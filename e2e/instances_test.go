@@ -11,14 +11,14 @@ import (
 
 // TestTwoConnectProcessesOneIdentity: two connect processes of one state
 // dir (one identity) to one share, each with its own listener, both in use
-// for two minutes (twenty seconds with -short): neither knocks the other's
-// peer session down. They used to, each new session replacing the other's
-// at the sharer, 60-85 times a second.
+// for thirty seconds (ten with -short): neither knocks the other's peer
+// session down. They used to, each new session replacing the other's at
+// the sharer, 60-85 times a second, so a few seconds would show it.
 func TestTwoConnectProcessesOneIdentity(t *testing.T) {
 	t.Parallel()
-	d := 2 * time.Minute
+	d := 30 * time.Second
 	if testing.Short() {
-		d = 20 * time.Second
+		d = 10 * time.Second
 	}
 	w := newWorld(t)
 	_, ticket := w.share(echoServer(t))

@@ -53,7 +53,10 @@ func (f *faultConn) Write(p []byte) (int, error) {
 	}
 }
 
-var testCfg = Config{KeepAlive: 100 * time.Millisecond, DeadFloor: 200 * time.Millisecond, ResumeTimeout: 10 * time.Second}
+// testCfg finds dead paths in about a second: quick enough for the
+// tests, slow enough that a race-instrumented run on a loaded machine does
+// not take a stalled scheduler for a dead path (200 ms did, in CI).
+var testCfg = Config{KeepAlive: 200 * time.Millisecond, DeadFloor: time.Second, ResumeTimeout: 10 * time.Second}
 
 // carriers returns a fresh pair of loopback carriers, breakable.
 func carriers(t *testing.T) (*faultConn, *faultConn) {
@@ -398,7 +401,7 @@ func TestSlowReaderIsNotDead(t *testing.T) {
 	d, a, _, _ := session(t, cfg)
 	msg := random(t, 1<<20)
 	go d.Write(msg)
-	time.Sleep(5 * cfg.DeadFloor)
+	time.Sleep(3 * cfg.DeadFloor)
 	got := make([]byte, len(msg))
 	if _, err := io.ReadFull(a, got); err != nil || !bytes.Equal(got, msg) {
 		t.Fatalf("read %v", err)
