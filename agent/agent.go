@@ -325,6 +325,11 @@ func (a *Agent) Reload() error {
 		a.log.WithError(err).Error("reload refused; the running configuration stays")
 		return err
 	}
+	if r, o := a.opts.Resume, o.Resume; r.KeepAlive != o.KeepAlive || r.DeadFloor != o.DeadFloor || r.ResumeTimeout != o.ResumeTimeout || r.MaxUnacked != o.MaxUnacked {
+		// Running sessions and the sharer's session table were made with
+		// the old ones; mixing the two within one agent is not worth it.
+		a.log.Warn("resume settings changed: they apply when the agent restarts")
+	}
 	a.log.WithFields(logrus.Fields{"shares": len(o.Shares), "connects": len(o.Connects)}).Info("configuration reloaded")
 	return nil
 }

@@ -4,9 +4,12 @@ import (
 	"net/netip"
 	"slices"
 	"testing"
+	"time"
 
 	"go.uber.org/goleak"
 
+	"github.com/peerport/peerport/internal/config"
+	"github.com/peerport/peerport/internal/resume"
 	"github.com/peerport/peerport/internal/secure"
 )
 
@@ -90,5 +93,20 @@ func TestConnectKey(t *testing.T) {
 	}
 	if same.key() != base.key() {
 		t.Error("identical specs have different keys")
+	}
+}
+
+func TestOptionsFromConfigResume(t *testing.T) {
+	c, err := config.ParseAgent("agent.yaml", []byte("resume:\n  keepalive: 1s\n  dead_after: 1500ms\n  timeout: 10m\n  buffer_kib: 256\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	o, err := OptionsFromConfig(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := resume.Config{KeepAlive: time.Second, DeadFloor: 1500 * time.Millisecond, ResumeTimeout: 10 * time.Minute, MaxUnacked: 256 << 10}
+	if o.Resume != want {
+		t.Errorf("resume %+v, want %+v", o.Resume, want)
 	}
 }

@@ -6,13 +6,16 @@ import (
 	"os"
 
 	"github.com/peerport/peerport/internal/config"
+	"github.com/peerport/peerport/internal/resume"
 	"github.com/peerport/peerport/internal/secure"
 )
 
 // OptionsFromConfig turns a validated agent.yaml into Options; identity,
 // state dir and logger are the caller's to fill.
 func OptionsFromConfig(c *config.Agent) (Options, error) {
-	o := Options{MetricsListen: c.MetricsListen}
+	o := Options{MetricsListen: c.MetricsListen, Resume: resume.Config{
+		KeepAlive: c.Resume.KeepAlive, DeadFloor: c.Resume.DeadAfter, ResumeTimeout: c.Resume.Timeout, MaxUnacked: c.Resume.BufferKiB << 10,
+	}}
 	if r := c.Relay; r.URL != "" {
 		secret := []byte(r.Secret)
 		if r.SecretFile != "" {

@@ -59,11 +59,24 @@ type Agent struct {
 	// through, http://[user:pass@]host:port; empty: HTTPS_PROXY, ALL_PROXY
 	// and NO_PROXY from the environment decide.
 	Proxy string `yaml:"proxy"`
+	// Resume tunes how a peer session outlives its path (DESIGN §3): when
+	// a silent path counts as dead, and how long a session without one
+	// holds its connections for a new one.
+	Resume Resume `yaml:"resume"`
 
 	// Warnings are problems of the file that do not stop it from loading,
 	// such as a mode that lets other users read the secrets in it. LoadAgent
 	// sets them; the caller logs them. Never part of the YAML.
 	Warnings []string `yaml:"-"`
+}
+
+// Resume is the resumable layer under every peer session. Zero values take
+// the defaults.
+type Resume struct {
+	KeepAlive time.Duration `yaml:"keepalive"`  // silence after which a quiet session pings; default 3s
+	DeadAfter time.Duration `yaml:"dead_after"` // least silence, while an answer is due, that declares the path dead; default 2s
+	Timeout   time.Duration `yaml:"timeout"`    // how long a session without a path waits for a new one; default 2m
+	BufferKiB int           `yaml:"buffer_kib"` // data kept per session for resending (and received, unread); default 4096
 }
 
 // Share exposes one local TCP target to peers.

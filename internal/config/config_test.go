@@ -167,6 +167,15 @@ func TestParseAgentErrors(t *testing.T) {
 			[]string{`agent.yaml:5: connects[1].listen: address 127.0.0.1:9000 clashes with connects[0].listen`}},
 		{"listen clashes with wildcard", "connects:\n  - ticket: {TICKET}\n    listen: \":9000\"\n  - ticket: {TICKET}\n    listen: 9000\n",
 			[]string{`agent.yaml:5: connects[1].listen: address 127.0.0.1:9000 clashes with connects[0].listen`}},
+		{"resume out of range", "resume:\n  keepalive: 100ms\n  dead_after: -1s\n  timeout: 2h\n  buffer_kib: 1\n",
+			[]string{
+				`agent.yaml:2: resume.keepalive: 100ms out of range (500ms-1m0s)`,
+				`agent.yaml:3: resume.dead_after: -1s out of range (500ms-1m0s)`,
+				`agent.yaml:4: resume.timeout: 2h0m0s out of range (5s-1h0m0s)`,
+				`agent.yaml:5: resume.buffer_kib: 1 out of range (64-65536)`,
+			}},
+		{"resume duration without unit", "resume:\n  timeout: 120\n",
+			[]string{"agent.yaml:2: resume.timeout: cannot decode !!int `120` into time.Duration (write a duration with a unit, e.g. 10s, 1m30s)"}},
 		{"bad metrics listen", "metrics_listen: localhost\n",
 			[]string{`agent.yaml:1: metrics_listen: "localhost" is not PORT or HOST:PORT`}},
 		{"metrics listen clashes with a connect", "metrics_listen: 9101\nconnects:\n  - ticket: {TICKET}\n    listen: \":9101\"\n",
@@ -220,6 +229,8 @@ func TestParseAgentValid(t *testing.T) {
 		{"only comments", "# nothing here\n", Agent{Log: Log{Level: "info", Format: "text"}, Path: "auto"}},
 		{"null document", "~\n", Agent{Log: Log{Level: "info", Format: "text"}, Path: "auto"}},
 		{"null sections", "log:\nshares:\nconnects: []\n", Agent{Log: Log{Level: "info", Format: "text"}, Path: "auto"}},
+		{"resume", "resume:\n  keepalive: 1s\n  dead_after: 1500ms\n  timeout: 10m\n  buffer_kib: 1024\n",
+			Agent{Log: Log{Level: "info", Format: "text"}, Path: "auto", Resume: Resume{KeepAlive: time.Second, DeadAfter: 1500 * time.Millisecond, Timeout: 10 * time.Minute, BufferKiB: 1024}}},
 		{"full", `
 broker: {BROKER}
 state_dir: /var/lib/peerport
@@ -277,6 +288,7 @@ connects:
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			want := tt.want
+			want.Resume.SetDefaults() // cases that set them give them all
 			got, err := ParseAgent("agent.yaml", []byte(c.expand(tt.yaml)))
 			if err != nil {
 				t.Fatal(err)

@@ -1,6 +1,10 @@
 package config
 
-import "time"
+import (
+	"time"
+
+	"github.com/peerport/peerport/internal/resume"
+)
 
 // Defaults of the fields whose zero value is not usable.
 const (
@@ -45,6 +49,7 @@ func (c *Agent) SetDefaults() {
 		c.MetricsListen = l
 	}
 	setString(&c.Path, PathAuto)
+	c.Resume.SetDefaults()
 	// A bad default is reported once, at path, not again at every entry.
 	inherit := func(p *string) {
 		if validPathValue(c.Path) {
@@ -102,6 +107,15 @@ func (l *BrokerLimits) SetDefaults() {
 	setInt(&l.RegistersPerMinPerAg, DefaultRegistersPerMinPerAg)
 	setInt(&l.ConnectsPerMinPerIP, DefaultConnectsPerMinPerIP)
 	setInt(&l.ConnectsPerMinPerAg, DefaultConnectsPerMinPerAg)
+}
+
+// SetDefaults fills the unset fields of r with the resumable layer's own
+// defaults.
+func (r *Resume) SetDefaults() {
+	setDuration(&r.KeepAlive, resume.DefaultKeepAlive)
+	setDuration(&r.DeadAfter, resume.DefaultDeadFloor)
+	setDuration(&r.Timeout, resume.DefaultResumeTimeout)
+	setInt(&r.BufferKiB, resume.DefaultMaxUnacked>>10)
 }
 
 func setString(p *string, v string) {

@@ -69,6 +69,7 @@ func (c *Agent) validate(p *problems) error {
 		}
 	}
 	validPath(p, "path", c.Path)
+	c.Resume.validate(p, "resume")
 	c.Relay.validate(p, "relay")
 	if c.Proxy != "" {
 		if _, err := proxy.ParseURL(c.Proxy); err != nil {
@@ -268,6 +269,29 @@ func (r Relay) validate(p *problems, at string) {
 	}
 	if (r.Secret == "") == (r.SecretFile == "") {
 		p.add(at, nil, "exactly one of secret and secret_file is required with url")
+	}
+}
+
+// Bounds of the resume settings: below them a busy machine's pause looks
+// like a dead path, above them a dead path holds connections for too long
+// or a session's buffers hold too much.
+const (
+	minKeepAlive, maxKeepAlive = 500 * time.Millisecond, time.Minute
+	minDeadAfter, maxDeadAfter = 500 * time.Millisecond, time.Minute
+	minResume, maxResume       = 5 * time.Second, time.Hour
+	minBufferKiB, maxBufferKiB = 64, 64 << 10
+)
+
+func (r Resume) validate(p *problems, at string) {
+	durRange(p, at+".keepalive", r.KeepAlive, minKeepAlive, maxKeepAlive)
+	durRange(p, at+".dead_after", r.DeadAfter, minDeadAfter, maxDeadAfter)
+	durRange(p, at+".timeout", r.Timeout, minResume, maxResume)
+	intRange(p, at+".buffer_kib", r.BufferKiB, minBufferKiB, maxBufferKiB)
+}
+
+func durRange(p *problems, path string, d, lo, hi time.Duration) {
+	if d < lo || d > hi {
+		p.add(path, nil, "%s out of range (%s-%s)", d, lo, hi)
 	}
 }
 
