@@ -27,8 +27,11 @@ import (
 const (
 	controlDialTimeout = 10 * time.Second
 	controlPingEvery   = 20 * time.Second
-	controlWriteWait   = 10 * time.Second
-	requestTimeout     = 20 * time.Second
+	// controlCheckWait is how long, after a network change, the broker
+	// has to answer a ping before the control session is re-made.
+	controlCheckWait = 5 * time.Second
+	controlWriteWait = 10 * time.Second
+	requestTimeout   = 20 * time.Second
 )
 
 // ErrUnauthorized means the broker refused our token or ticket: retrying
@@ -63,19 +66,21 @@ func remoteErr(code, msg string) error {
 
 // controlConn is one established control session.
 type controlConn struct {
-	conn     *tls.Conn
-	via      string // the proxy it goes through, redacted; "" when direct
-	welcome  *proto.Welcome
-	log      logrus.FieldLogger
-	onIntro  func(*proto.Intro) *proto.IntroReply
-	writeMu  sync.Mutex
-	mu       sync.Mutex
-	waiters  map[uint64]chan proto.Message
-	nextID   atomic.Uint64
-	pingSent atomic.Int64 // unix nanos of the outstanding ping
-	rtt      atomic.Int64 // nanoseconds
-	done     chan struct{}
-	err      error // set before done is closed
+	conn    *tls.Conn
+	via     string // the proxy it goes through, redacted; "" when direct
+	welcome *proto.Welcome
+	log     logrus.FieldLogger
+	onIntro func(*proto.Intro) *proto.IntroReply
+	// netChange, when set, is closed at the agent's next network change.
+	netChange func() <-chan struct{}
+	writeMu   sync.Mutex
+	mu        sync.Mutex
+	waiters   map[uint64]chan proto.Message
+	nextID    atomic.Uint64
+	pingSent  atomic.Int64 // unix nanos of the outstanding ping
+	rtt       atomic.Int64 // nanoseconds
+	done      chan struct{}
+	err       error // set before done is closed
 }
 
 // brokerDialer is how this agent reaches brokers: TCP directly or through
@@ -219,15 +224,25 @@ func (c *controlConn) pinger() {
 	t := time.NewTicker(controlPingEvery)
 	defer t.Stop()
 	for {
+		var changed <-chan struct{}
+		if c.netChange != nil {
+			changed = c.netChange()
+		}
 		select {
 		case <-c.done:
 			return
 		case <-t.C:
-			now := time.Now().UnixNano()
-			c.pingSent.Store(now)
-			if err := c.send(&proto.Ping{Nonce: uint64(now)}); err != nil {
-				return
-			}
+		case <-changed:
+			// The network under us changed (a new address, a new Wi-Fi): the
+			// path to the broker may be gone with no packet to say so, and
+			// introductions would wait for a session that cannot hear them.
+			// Ask now, and end the session unless an answer comes soon.
+			c.conn.SetReadDeadline(time.Now().Add(controlCheckWait))
+		}
+		now := time.Now().UnixNano()
+		c.pingSent.Store(now)
+		if err := c.send(&proto.Ping{Nonce: uint64(now)}); err != nil {
+			return
 		}
 	}
 }
@@ -401,6 +416,7 @@ func (b *brokerClient) run(ctx context.Context) error {
 
 func (b *brokerClient) session(ctx context.Context, c *controlConn, bo *backoff.Backoff) error {
 	errc := make(chan error, 1)
+	c.netChange = b.agent.netChange
 	go func() { errc <- c.serve(ctx) }() // replies to Register arrive through it
 	for _, s := range b.agent.sharesFor(b) {
 		if err := c.register(ctx, s); err != nil {

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net"
+	"net/netip"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -88,13 +90,14 @@ func TestLabPathSurvives(t *testing.T) {
 		// fault breaks the direct path and returns the repair, nil when
 		// the fault repairs itself (a flushed table fills again).
 		fault func(w *labWorld) (repair func())
-		// relayed: the fault leaves only the relay until it is repaired.
-		relayed bool
+		// relayed: the fault leaves only the relay until it is repaired;
+		// lost: it kills the path, which the session must replace.
+		relayed, lost bool
 	}{
 		{"blackhole 20s", func(w *labWorld) func() {
 			cut := cutBetweenNATs(w)
 			return func() { time.Sleep(20 * time.Second); cut() }
-		}, true},
+		}, true, true},
 		{"conntrack flush", func(w *labWorld) func() {
 			for _, gw := range []string{"gw-a", "gw-b"} {
 				if err := w.lab.FlushConntrack(w.ctx, gw); err != nil {
@@ -102,7 +105,11 @@ func TestLabPathSurvives(t *testing.T) {
 				}
 			}
 			return nil
-		}, false},
+		}, false, false},
+		{"sharer moves", func(w *labWorld) func() {
+			moveHost(w, "a")
+			return nil
+		}, false, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -131,7 +138,7 @@ func TestLabPathSurvives(t *testing.T) {
 			}
 			// A flushed NAT may map the flow anew on its next packet, the
 			// path never lost; a cut one is lost and comes back.
-			p := w.pathAfter(w.connDir, "direct", 60*time.Second, func(p agent.PeerStatus) bool { return !tt.relayed || p.PathLosses > 0 })
+			p := w.pathAfter(w.connDir, "direct", 60*time.Second, func(p agent.PeerStatus) bool { return !tt.lost || p.PathLosses > 0 })
 			t.Logf("direct %v after the repair; %d paths lost, history %+v", time.Since(repaired).Round(time.Millisecond), p.PathLosses, p.PathHistory)
 			select {
 			case err := <-s.done:
@@ -145,6 +152,44 @@ func TestLabPathSurvives(t *testing.T) {
 				time.Duration(s.maxStall.Load()).Round(time.Millisecond), time.Unix(0, s.stallEnd.Load()).Sub(faulted).Round(time.Millisecond))
 		})
 	}
+}
+
+// moveHost gives a host a new address on its LAN in place of its own, as a
+// laptop that joins another network gets: its connections from the old
+// address die with no packet to say so, and its NAT maps it anew.
+func moveHost(w *labWorld, name string) {
+	w.t.Helper()
+	h := w.lab.Host(name)
+	run := func(args ...string) string {
+		w.t.Helper()
+		out, err := h.Run(w.ctx, args[0], args[1:]...)
+		if err != nil {
+			w.t.Fatalf("%v on %s: %v\n%s", args, name, err, out)
+		}
+		return string(out)
+	}
+	old := h.IP()
+	var prefix netip.Prefix
+	for _, f := range strings.Fields(run("ip", "-4", "-o", "addr", "show", "dev", "eth0")) {
+		if p, err := netip.ParsePrefix(f); err == nil && p.Addr() == old {
+			prefix = p
+		}
+	}
+	if !prefix.IsValid() {
+		w.t.Fatalf("%s: %v not on eth0", name, old)
+	}
+	moved := old
+	for range 100 {
+		moved = moved.Next()
+	}
+	gw := run("ip", "-4", "route", "show", "default")
+	run("sysctl", "-qw", "net.ipv4.conf.eth0.promote_secondaries=1")
+	run("ip", "addr", "add", netip.PrefixFrom(moved, prefix.Bits()).String(), "dev", "eth0")
+	run("ip", "addr", "del", prefix.String(), "dev", "eth0")
+	if f := strings.Fields(gw); len(f) >= 3 && f[1] == "via" {
+		run("ip", "route", "replace", "default", "via", f[2], "dev", "eth0")
+	}
+	w.t.Logf("%s moved from %v to %v", name, old, moved)
 }
 
 // cutBetweenNATs drops everything between the two NATs' public addresses
