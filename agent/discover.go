@@ -115,6 +115,34 @@ func (b *brokerClient) stunUnreachable() bool {
 	}
 }
 
+// rediscover runs NAT discovery again at once when the last verdict ruled
+// punching out. A relayed session that tries direct again must not trust a
+// verdict from before the network changed under it (a NAT replaced by one
+// that can be punched), or it would never try: the periodic discovery is
+// minutes away.
+func (b *brokerClient) rediscover(ctx context.Context) {
+	b.mu.Lock()
+	old, servers := b.report, b.stun
+	b.mu.Unlock()
+	primary, alt := stunPair(servers)
+	if !old.RelayNeeded() || primary == "" {
+		return
+	}
+	dctx, cancel := context.WithTimeout(ctx, discoverBudget)
+	defer cancel()
+	r, err := nat.Discover(dctx, nat.Options{Server: primary, Alternate: alt, Timeout: stunTimeout})
+	if err != nil {
+		b.log.WithError(err).Debug("NAT discovery again failed")
+		return
+	}
+	b.mu.Lock()
+	b.report = r
+	b.mu.Unlock()
+	if r.Verdict != old.Verdict {
+		b.log.WithFields(logrus.Fields{"nat": r.Type, "verdict": r.Verdict, "was": old.Verdict}).Info("NAT changed")
+	}
+}
+
 func (b *brokerClient) natReport() *nat.Report {
 	b.mu.Lock()
 	defer b.mu.Unlock()

@@ -114,6 +114,15 @@ func (a *Agent) repath(ctx context.Context, ps *peerSession) {
 // tryDirect punches a new direct path for a relayed session and moves the
 // session onto it.
 func (a *Agent) tryDirect(ctx context.Context, ps *peerSession) {
+	a.mu.Lock()
+	brokers := make([]*brokerClient, 0, len(a.brokers))
+	for _, b := range a.brokers {
+		brokers = append(brokers, b)
+	}
+	a.mu.Unlock()
+	for _, b := range brokers {
+		b.rediscover(ctx)
+	}
 	c, out, err := ps.dial(ctx, a.paths.direct, func() {})
 	if err == nil {
 		_, err = a.upgrade(ctx, ps.key.peer, attempt{c: c, out: out}, ps.policy, ps.dial)

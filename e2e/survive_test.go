@@ -154,6 +154,38 @@ func TestLabPathSurvives(t *testing.T) {
 	}
 }
 
+// TestLabNATSwapGoesDirect: a pair that only a relay can join (the
+// connector behind a symmetric NAT) gets a NAT that can be punched, mid-
+// session: the relayed session, trying direct again, moves there with its
+// open connection intact.
+func TestLabNATSwapGoesDirect(t *testing.T) {
+	t.Parallel()
+	w := newLabWorld(t, natlab.Pair(natlab.BehindCone, natlab.BehindSym))
+	_, _, addr := w.shareConnect()
+	c, err := w.lab.Host("b").Dial(w.ctx, "tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	s := startStream(c, 1400, 64<<10, 50*time.Millisecond) // 70 s: the first retry of direct comes 24-30 s after the relay
+	w.onlyPath(w.connDir, "relay")
+	if err := w.lab.Router("gw-b").SetNAT(w.ctx, natlab.Cone); err != nil {
+		t.Fatal(err)
+	}
+	swapped := time.Now()
+	p := w.pathAfter(w.connDir, "direct", 60*time.Second, func(agent.PeerStatus) bool { return true })
+	t.Logf("direct %v after the NAT became cone; history %+v", time.Since(swapped).Round(time.Millisecond), p.PathHistory)
+	select {
+	case err := <-s.done:
+		if err != nil {
+			t.Fatalf("the stream broke: %v", err)
+		}
+	case <-time.After(3 * time.Minute):
+		t.Fatalf("the stream stalled at %d bytes", s.read.Load())
+	}
+	t.Logf("stream intact, %d bytes echoed; longest stall %v", s.read.Load(), time.Duration(s.maxStall.Load()).Round(time.Millisecond))
+}
+
 // moveHost gives a host a new address on its LAN in place of its own, as a
 // laptop that joins another network gets: its connections from the old
 // address die with no packet to say so, and its NAT maps it anew.

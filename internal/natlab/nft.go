@@ -26,25 +26,44 @@ func rulesFor(k Kind) string {
 	}
 }
 `)
-	switch k {
-	case Cone:
-		b.WriteString(`table ip natlab_nat {
-	chain postrouting {
-		type nat hook postrouting priority srcnat; policy accept;
-		oifname "wan0" masquerade
-	}
-}
-`)
-	case Symmetric:
-		b.WriteString(`table ip natlab_nat {
-	chain postrouting {
-		type nat hook postrouting priority srcnat; policy accept;
-		oifname "wan0" masquerade random,fully-random
-	}
-}
-`)
-	}
+	b.WriteString(natRules(k))
 	return b.String()
+}
+
+// natRules is the address translation of a NAT router kind, "" for others:
+// a cone NAT keeps a flow's source port where it can (one mapping per
+// source, whatever the destination), a symmetric one picks a random port
+// per flow.
+func natRules(k Kind) string {
+	how := map[Kind]string{Cone: "masquerade", Symmetric: "masquerade random,fully-random"}[k]
+	if how == "" {
+		return ""
+	}
+	return `table ip ` + natTable + ` {
+	chain postrouting {
+		type nat hook postrouting priority srcnat; policy accept;
+		oifname "wan0" ` + how + `
+	}
+}
+`
+}
+
+const natTable = "natlab_nat"
+
+// SetNAT turns a NAT router into one of another kind, Cone or Symmetric,
+// mid-test: a home router replaced, a carrier that changes its pool. New
+// flows are mapped the new way; open ones keep their mappings, as conntrack
+// knows them (FlushConntrack ends those too). Kind still says what the
+// router was built as.
+func (n *Node) SetNAT(ctx context.Context, k Kind) error {
+	if n.p.kind != nodeRouter || !n.p.rkind.IsNAT() || !k.IsNAT() {
+		return fmt.Errorf("natlab: set NAT of %s to %v: only a NAT router becomes another NAT", n, k)
+	}
+	rules := "table ip " + natTable + "\ndelete table ip " + natTable + "\n" + natRules(k)
+	if _, err := nsExec(ctx, n.ns, rules, "nft", "-f", "-"); err != nil {
+		return fmt.Errorf("natlab: set NAT of %s to %v: %w", n, k, err)
+	}
+	return nil
 }
 
 // nsExec runs a helper program with its network namespace set to ns (the
