@@ -73,8 +73,8 @@ func main() {
 	flag.StringVar(&muxStreams, "mux-streams", "1000,10000", "idle streams on a bare mux session (comma list)")
 	flag.IntVar(&o.brokerAgents, "broker-agents", 10000, "control clients registered at the broker")
 	flag.IntVar(&o.introSecs, "intro-seconds", 3, "seconds of sustained introductions")
-	flag.StringVar(&only, "only", "", "comma list of parts: throughput,latency,connect,memory,mux,broker,ops,punch,relay,wan (default all; punch, relay and wan only where the NAT lab can run)")
-	flag.BoolVar(&lab, "lab", false, "the NAT-lab parts only: -only punch,relay,wan (root)")
+	flag.StringVar(&only, "only", "", "comma list of parts: throughput,latency,connect,memory,mux,broker,ops,punch,relay,wan,path (default all; punch, relay, wan and path only where the NAT lab can run)")
+	flag.BoolVar(&lab, "lab", false, "the NAT-lab parts only: -only punch,relay,wan,path (root)")
 	flag.IntVar(&o.punchRuns, "punch-runs", 20, "punch: cone-cone runs per WAN RTT")
 	flag.IntVar(&o.punchMatrixRuns, "punch-matrix-runs", 5, "punch: runs per topology of the success matrix")
 	flag.StringVar(&o.results, "results", "bench/RESULTS.md", "markdown file for the results (empty: none)")
@@ -82,7 +82,7 @@ func main() {
 	flag.Parse()
 	o.streams, o.muxStreams = ints(streams), ints(muxStreams)
 	if lab {
-		only = strings.Join([]string{punchPart, relayPart, wanPart}, ",")
+		only = strings.Join([]string{punchPart, relayPart, wanPart, pathPart}, ",")
 	}
 	if only != "" {
 		o.only = map[string]bool{}
@@ -187,6 +187,10 @@ func run(ctx context.Context, o options) error {
 	if err != nil {
 		return err
 	}
+	doPath, err := wantLab(o, pathPart)
+	if err != nil {
+		return err
+	}
 	root, err := moduleRoot()
 	if err != nil {
 		return err
@@ -251,6 +255,12 @@ func run(ctx context.Context, o options) error {
 		fmt.Fprintf(os.Stderr, "== %s\n", wanPart)
 		if err := wanBench(ctx, bin, tmp, o, rep); err != nil {
 			return fmt.Errorf("%s: %w", wanPart, err)
+		}
+	}
+	if doPath {
+		fmt.Fprintf(os.Stderr, "== %s\n", pathPart)
+		if err := pathBench(ctx, bin, tmp, o, rep); err != nil {
+			return fmt.Errorf("%s: %w", pathPart, err)
 		}
 	}
 	printTable(os.Stdout, rep)

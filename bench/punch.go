@@ -176,6 +176,8 @@ type peerJSON struct {
 	Attempts int       `json:"attempts"`
 	NAT      string    `json:"nat"`
 	PeerNAT  string    `json:"peer_nat"`
+	Paused   bool      `json:"paused"`
+	Losses   int       `json:"path_losses"`
 	Pair     struct {
 		Local, Remote, Kind string
 	} `json:"candidate_pair"`
@@ -475,7 +477,7 @@ func saveResults(path string, rep *Report) error {
 	loop, punch := *rep, *rep
 	loop.Figures, punch.Figures = nil, nil
 	for _, f := range rep.Figures {
-		if f.Part == punchPart || f.Part == relayPart || f.Part == wanPart {
+		if f.Part == punchPart || f.Part == relayPart || f.Part == wanPart || f.Part == pathPart {
 			punch.Figures = append(punch.Figures, f)
 		} else {
 			loop.Figures = append(loop.Figures, f)

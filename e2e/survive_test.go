@@ -5,8 +5,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net"
-	"net/netip"
-	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -107,7 +105,11 @@ func TestLabPathSurvives(t *testing.T) {
 			return nil
 		}, false, false},
 		{"sharer moves", func(w *labWorld) func() {
-			moveHost(w, "a")
+			moved, err := w.lab.Host("a").Renumber(w.ctx)
+			if err != nil {
+				w.t.Fatal(err)
+			}
+			w.t.Logf("the sharer's host moved to %v", moved)
 			return nil
 		}, false, true},
 	}
@@ -184,44 +186,6 @@ func TestLabNATSwapGoesDirect(t *testing.T) {
 		t.Fatalf("the stream stalled at %d bytes", s.read.Load())
 	}
 	t.Logf("stream intact, %d bytes echoed; longest stall %v", s.read.Load(), time.Duration(s.maxStall.Load()).Round(time.Millisecond))
-}
-
-// moveHost gives a host a new address on its LAN in place of its own, as a
-// laptop that joins another network gets: its connections from the old
-// address die with no packet to say so, and its NAT maps it anew.
-func moveHost(w *labWorld, name string) {
-	w.t.Helper()
-	h := w.lab.Host(name)
-	run := func(args ...string) string {
-		w.t.Helper()
-		out, err := h.Run(w.ctx, args[0], args[1:]...)
-		if err != nil {
-			w.t.Fatalf("%v on %s: %v\n%s", args, name, err, out)
-		}
-		return string(out)
-	}
-	old := h.IP()
-	var prefix netip.Prefix
-	for _, f := range strings.Fields(run("ip", "-4", "-o", "addr", "show", "dev", "eth0")) {
-		if p, err := netip.ParsePrefix(f); err == nil && p.Addr() == old {
-			prefix = p
-		}
-	}
-	if !prefix.IsValid() {
-		w.t.Fatalf("%s: %v not on eth0", name, old)
-	}
-	moved := old
-	for range 100 {
-		moved = moved.Next()
-	}
-	gw := run("ip", "-4", "route", "show", "default")
-	run("sysctl", "-qw", "net.ipv4.conf.eth0.promote_secondaries=1")
-	run("ip", "addr", "add", netip.PrefixFrom(moved, prefix.Bits()).String(), "dev", "eth0")
-	run("ip", "addr", "del", prefix.String(), "dev", "eth0")
-	if f := strings.Fields(gw); len(f) >= 3 && f[1] == "via" {
-		run("ip", "route", "replace", "default", "via", f[2], "dev", "eth0")
-	}
-	w.t.Logf("%s moved from %v to %v", name, old, moved)
 }
 
 // cutBetweenNATs drops everything between the two NATs' public addresses

@@ -203,3 +203,51 @@ func (n *Node) SetConntrackTCPEstablishedTimeout(ctx context.Context, d time.Dur
 	}
 	return nil
 }
+
+// Renumber gives a host a new IPv4 address on its LAN in place of its own,
+// as a laptop that joins another network gets one: connections from the
+// old address die with no packet to say so, and the NAT above maps the
+// host anew. The new address is the old one plus 100. IP still reports the
+// address the host was built with.
+func (n *Node) Renumber(ctx context.Context) (netip.Addr, error) {
+	if n.p.kind != nodeHost || n.p.parent == nil || n.p.parent.kind != nodeRouter {
+		return netip.Addr{}, fmt.Errorf("natlab: renumber %s: not a host behind a router", n)
+	}
+	run := func(args ...string) (string, error) {
+		out, err := n.Run(ctx, args[0], args[1:]...)
+		if err != nil {
+			return "", fmt.Errorf("natlab: renumber %s: %v: %w: %s", n, args, err, out)
+		}
+		return string(out), nil
+	}
+	old := n.p.addr4[0]
+	moved := old.Addr()
+	for range 100 {
+		moved = moved.Next()
+	}
+	if !old.Contains(moved) {
+		return netip.Addr{}, fmt.Errorf("natlab: renumber %s: %v+100 leaves %v", n, old.Addr(), old.Masked())
+	}
+	route, err := run("ip", "-4", "route", "show", "default")
+	if err != nil {
+		return netip.Addr{}, err
+	}
+	// Deleting the primary address would take the new, secondary one with
+	// it unless it is promoted.
+	for _, args := range [][]string{
+		{"sysctl", "-qw", "net.ipv4.conf." + n.p.uplink + ".promote_secondaries=1"},
+		{"ip", "addr", "add", netip.PrefixFrom(moved, old.Bits()).String(), "dev", n.p.uplink},
+		{"ip", "addr", "del", old.String(), "dev", n.p.uplink},
+	} {
+		if _, err := run(args...); err != nil {
+			return netip.Addr{}, err
+		}
+	}
+	if f := strings.Fields(route); len(f) >= 3 && f[1] == "via" {
+		if _, err := run("ip", "route", "replace", "default", "via", f[2], "dev", n.p.uplink); err != nil {
+			return netip.Addr{}, err
+		}
+	}
+	return moved, nil
+}
+

@@ -3,6 +3,7 @@ package natlab_test
 import (
 	"net/netip"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -57,5 +58,36 @@ func TestSetNAT(t *testing.T) {
 	}
 	if err := lab.Router("gw-b").SetNAT(ctx, natlab.Firewall); err == nil {
 		t.Error("a NAT turned into a firewall: want an error")
+	}
+}
+
+// Renumber moves a host to a new address that still reaches out through
+// its NAT.
+func TestRenumber(t *testing.T) {
+	lab := natlab.New(t, natlab.Pair(natlab.BehindCone, natlab.Public))
+	ctx := testCtx(t, 30*time.Second)
+	a := lab.Host("a")
+	old := a.IP()
+	moved, err := a.Renumber(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := a.Run(ctx, "ip", "-4", "-o", "addr", "show", "dev", "eth0")
+	if err != nil || !strings.Contains(string(out), moved.String()+"/") || strings.Contains(string(out), old.String()+"/") {
+		t.Fatalf("after moving %v to %v: %s %v", old, moved, out, err)
+	}
+	srv, err := lab.Host("b").StartCommand(ctx, probe(t, "serve", "-listen", ":7001"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := srv.Expect(ctx, "listening"); err != nil {
+		t.Fatal(err)
+	}
+	to := netip.AddrPortFrom(lab.Host("b").IP(), 7001).String()
+	if out, err := a.RunCommand(ctx, probe(t, "dial", "-to", to)); err != nil || field(string(out), "mapped") == "" {
+		t.Fatalf("dial out after the move: %v (%s)", err, out)
+	}
+	if _, err := lab.Host("b").Renumber(ctx); err == nil {
+		t.Error("renumbered a public host: want an error")
 	}
 }
