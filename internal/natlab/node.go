@@ -250,4 +250,3 @@ func (n *Node) Renumber(ctx context.Context) (netip.Addr, error) {
 	}
 	return moved, nil
 }
-
