@@ -20,7 +20,7 @@ const (
 	// netPollEvery is how often the agent looks for a network change: a
 	// local address, or our address as a broker sees it. One look is a
 	// netlink dump and a map read, nothing on the wire.
-	netPollEvery = 5 * time.Second
+	netPollEvery = 2 * time.Second
 )
 
 // resumeConfig is the resumable layer's configuration for this agent.

@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"net"
 	"sync"
@@ -359,7 +360,11 @@ func (a *Agent) serveSession(ctx context.Context, ps *peerSession) {
 	for {
 		st, err := ps.sess.AcceptStream()
 		if err != nil {
-			if ctx.Err() == nil {
+			switch {
+			case ctx.Err() != nil:
+			case errors.Is(err, resume.ErrResumeTimeout):
+				ps.log.WithError(err).Warn("session not resumed: its connections close")
+			default:
 				ps.log.WithError(err).Info("peer session ended")
 			}
 			return

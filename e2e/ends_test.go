@@ -280,6 +280,11 @@ func listening(t testing.TB, port int) bool {
 
 // heapInuse is an agent's Go heap in use, from its Prometheus metrics.
 func heapInuse(t testing.TB, metrics string) int64 {
+	return int64(metric(t, metrics, "go_memstats_heap_inuse_bytes"))
+}
+
+// metric is one unlabelled sample of an agent's Prometheus metrics.
+func metric(t testing.TB, metrics, name string) float64 {
 	t.Helper()
 	resp, err := http.Get("http://" + metrics + "/metrics")
 	if err != nil {
@@ -288,15 +293,15 @@ func heapInuse(t testing.TB, metrics string) int64 {
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
 	for _, l := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(l, "go_memstats_heap_inuse_bytes "); ok {
+		if v, ok := strings.CutPrefix(l, name+" "); ok {
 			f, err := strconv.ParseFloat(v, 64)
 			if err != nil {
 				t.Fatalf("metrics line %q: %v", l, err)
 			}
-			return int64(f)
+			return f
 		}
 	}
-	t.Fatal("no go_memstats_heap_inuse_bytes in the agent's metrics")
+	t.Fatalf("no %s in the agent's metrics", name)
 	return 0
 }
 

@@ -174,6 +174,7 @@ func run(t testing.TB, bin string, args ...string) (string, string, error) {
 // world is a broker with a logged-in sharer state dir and a connector state dir.
 type world struct {
 	t         testing.TB
+	broker    *proc
 	brokerURL string
 	sharerDir string
 	connDir   string
@@ -185,8 +186,8 @@ func newWorld(t testing.TB) *world { return newWorldWith(t) }
 func newWorldWith(t testing.TB, brokerArgs ...string) *world {
 	w := &world{t: t, sharerDir: t.TempDir(), connDir: t.TempDir()}
 	args := append([]string{"--listen", "127.0.0.1:0", "--state-dir", t.TempDir(), "--public-addr", "127.0.0.1"}, brokerArgs...)
-	b := start(t, "broker", bins.broker, args...)
-	w.brokerURL = b.firstLine()
+	w.broker = start(t, "broker", bins.broker, args...)
+	w.brokerURL = w.broker.firstLine()
 	if _, stderr, err := run(t, bins.agent, "--state-dir", w.sharerDir, "login", w.brokerURL); err != nil {
 		t.Fatalf("login: %v\n%s", err, stderr)
 	}

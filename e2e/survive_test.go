@@ -3,9 +3,14 @@ package e2e
 import (
 	"bytes"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net"
+	"path/filepath"
+	"strconv"
+	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -217,3 +222,99 @@ func (w *labWorld) pathAfter(dir, path string, d time.Duration, cond func(agent.
 	})
 	return ps[0]
 }
+
+// TestNoPathEndsWithReason: a relayed session whose relay (the broker, the
+// only one) dies and never comes back. The application writing into the
+// forwarded connection pauses once the resume buffer (64 KiB here) is
+// unacknowledged; at the resume deadline (5 s here) the connection is reset
+// on both ends, the agents log why, and neither keeps anything of the
+// session: no stream, no peer session, no goroutine or fd above its idle
+// count before the connection.
+func TestNoPathEndsWithReason(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t)
+	const resumeCfg = "resume: {timeout: 5s, buffer_kib: 64}\n"
+	target, ends := endlessServer(t, false)
+	sharerMetrics := net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort(t)))
+	sharerCfg := filepath.Join(t.TempDir(), "agent.yaml")
+	writeFile(t, sharerCfg, fmt.Sprintf("%smetrics_listen: %s\nshares:\n  - name: sink\n    target: %s\n    path: relay\n", resumeCfg, sharerMetrics, target))
+	sharer, tickets := upTickets(t, w.sharerDir, sharerCfg, 1)
+	connMetrics := net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort(t)))
+	connCfg := filepath.Join(t.TempDir(), "agent.yaml")
+	writeFile(t, connCfg, fmt.Sprintf("%smetrics_listen: %s\nconnects:\n  - ticket: %s\n    listen: 127.0.0.1:0\n    path: relay\n", resumeCfg, connMetrics, tickets["sink"]))
+	conn := start(t, "connector", bins.agent, "--state-dir", w.connDir, "up", "-c", connCfg)
+	addr := listens(t, w.connDir, 1)["sink"].Listen
+
+	// The idle baseline: the session up, no connection on it.
+	echoless, err := net.DialTimeout("tcp", addr, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	echoless.Close() // makes the session; the target sees one connection end
+	<-ends
+	eventually(t, 30*time.Second, "both sides idle with a session", func() bool {
+		s, c := status(t, w.sharerDir), status(t, w.connDir)
+		return len(s.Agents) == 1 && len(s.Agents[0].Peers) == 1 && openStreams(s) == 0 &&
+			len(c.Agents) == 1 && len(c.Agents[0].Peers) == 1 && openStreams(c) == 0
+	})
+	time.Sleep(time.Second)
+	type gauges struct{ goroutines, fds float64 }
+	read := func(m string) gauges {
+		return gauges{metric(t, m, "go_goroutines"), metric(t, m, "process_open_fds")}
+	}
+	idle := map[string]gauges{"sharer": read(sharerMetrics), "connector": read(connMetrics)}
+
+	c, err := net.DialTimeout("tcp", addr, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	wrote := make(chan error, 1)
+	go func() {
+		_, err := io.Copy(c, zeros{})
+		wrote <- err
+	}()
+	time.Sleep(time.Second)
+	w.broker.cmd.Process.Signal(syscall.SIGKILL)
+	killed := time.Now()
+
+	// While paused, the writer is held at the buffer bound.
+	var unacked int
+	eventually(t, 20*time.Second, "the connector's session paused at the buffer bound", func() bool {
+		st := status(t, w.connDir)
+		if len(st.Agents) != 1 || len(st.Agents[0].Peers) != 1 {
+			return false
+		}
+		p := st.Agents[0].Peers[0]
+		unacked = p.Unacked
+		return p.Paused && p.Unacked == 64<<10
+	})
+	select {
+	case err := <-wrote:
+		wantReset(t, "the application's write", err)
+	case <-time.After(30 * time.Second):
+		t.Fatal("the application's write still blocked 30 s after the relay died")
+	}
+	select {
+	case err := <-ends:
+		wantReset(t, "the target's read", err)
+	case <-time.After(30 * time.Second):
+		t.Fatal("the target's connection did not end")
+	}
+	t.Logf("reset %v after the relay died; %d bytes unacknowledged while paused", time.Since(killed).Round(100*time.Millisecond), unacked)
+	for name, dir := range map[string]string{"sharer": w.sharerDir, "connector": w.connDir} {
+		m := map[string]string{"sharer": sharerMetrics, "connector": connMetrics}[name]
+		eventually(t, 30*time.Second, name+" back to idle, with nothing of the session", func() bool {
+			st := status(t, dir)
+			g := read(m)
+			return len(st.Agents) == 1 && len(st.Agents[0].Peers) == 0 && openStreams(st) == 0 &&
+				g.goroutines <= idle[name].goroutines && g.fds <= idle[name].fds
+		})
+	}
+	for _, p := range []*proc{sharer, conn} {
+		if out := p.stderr.String(); !strings.Contains(out, "session not resumed") || !strings.Contains(out, "no path for 5s") {
+			t.Errorf("%s does not log why the session ended:\n%s", p.name, out)
+		}
+	}
+}
+
