@@ -25,6 +25,9 @@ const (
 	// sessionCloseWait bounds how long a stopping agent waits for its
 	// sessions to deliver what is queued.
 	sessionCloseWait = 2 * time.Second
+	// sessionEndWait bounds the wait for a closed session's resumable
+	// layer, past its own bound on delivering the close.
+	sessionEndWait = 5 * time.Second
 )
 
 // Roles in a peer session, from this agent's point of view.
@@ -235,6 +238,20 @@ func (a *Agent) connectorSession(sharer secure.AgentID) *peerSession {
 	return nil
 }
 
+// awaitEnd waits, once the mux is closed, for the resumable layer under it
+// to end: the mux's close hands it a close frame to deliver, which a peer
+// that stops too may never answer, and the agent must not stop with a
+// session still waiting.
+func (ps *peerSession) awaitEnd() {
+	t := time.NewTimer(sessionEndWait)
+	defer t.Stop()
+	select {
+	case <-ps.rc.Done():
+	case <-t.C:
+		ps.rc.Abandon(net.ErrClosed)
+	}
+}
+
 func (a *Agent) removeSession(ps *peerSession) {
 	a.mu.Lock()
 	if a.sessions[ps.key] == ps {
@@ -355,6 +372,7 @@ func (c *carrierConn) Close() error {
 // serveSession takes the connector's streams on a sharer's session until
 // it ends, whatever carriers it crosses.
 func (a *Agent) serveSession(ctx context.Context, ps *peerSession) {
+	defer ps.awaitEnd()
 	defer a.removeSession(ps)
 	defer ps.sess.Close()
 	for {
@@ -461,6 +479,7 @@ func (a *Agent) startConnectorSession(ctx context.Context, sharer secure.AgentID
 	a.spawn(func() {
 		<-ps.sess.CloseChan()
 		a.removeSession(ps)
+		ps.awaitEnd()
 	})
 	return ps, nil
 }
