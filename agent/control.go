@@ -236,8 +236,15 @@ func (c *controlConn) pinger() {
 			// The network under us changed (a new address, a new Wi-Fi): the
 			// path to the broker may be gone with no packet to say so, and
 			// introductions would wait for a session that cannot hear them.
-			// Ask now, and end the session unless an answer comes soon.
-			c.conn.SetReadDeadline(time.Now().Add(controlCheckWait))
+			// Ask now, and end the session unless an answer comes soon; at
+			// once if its own address left the host (nothing sent from
+			// it can arrive).
+			wait := controlCheckWait
+			if addrGone(c.conn.LocalAddr()) {
+				c.log.Info("the control session's address is gone; connecting again")
+				wait = 0
+			}
+			c.conn.SetReadDeadline(time.Now().Add(wait))
 		}
 		now := time.Now().UnixNano()
 		c.pingSent.Store(now)

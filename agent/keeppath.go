@@ -21,6 +21,11 @@ const (
 	// local address, or our address as a broker sees it. One look is a
 	// netlink dump and a map read, nothing on the wire.
 	netPollEvery = 2 * time.Second
+	// repathMaxWait caps the wait between tries of a new path for a
+	// session that lost its own: the sharer may be back on its broker any
+	// moment (a host that moved reconnects in seconds), and one try is an
+	// introduction request.
+	repathMaxWait = 2 * time.Second
 )
 
 // resumeConfig is the resumable layer's configuration for this agent.
@@ -92,7 +97,7 @@ func repunchDelay(n int) time.Duration {
 // it there, trying until it works or the session gives up (its resume
 // deadline).
 func (a *Agent) repath(ctx context.Context, ps *peerSession) {
-	bo := backoff.Backoff{Base: 250 * time.Millisecond, Cap: 5 * time.Second}
+	bo := backoff.Backoff{Base: 250 * time.Millisecond, Cap: repathMaxWait}
 	for {
 		select {
 		case <-ps.rc.Done():
@@ -180,4 +185,23 @@ func (a *Agent) netView() []string {
 	a.mu.Unlock()
 	slices.Sort(v)
 	return v
+}
+
+// addrGone reports whether a's IP is no longer one of the host's
+// addresses: a socket bound to it is dead whatever its peer does.
+func addrGone(a net.Addr) bool {
+	tcp, ok := a.(*net.TCPAddr)
+	if !ok {
+		return false
+	}
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return false
+	}
+	for _, ad := range addrs {
+		if n, ok := ad.(*net.IPNet); ok && n.IP.Equal(tcp.IP) {
+			return false
+		}
+	}
+	return true
 }

@@ -98,3 +98,20 @@ func TestCountConn(t *testing.T) {
 		t.Errorf("counted %d bytes, want 8", n)
 	}
 }
+
+func TestAddrGone(t *testing.T) {
+	tests := []struct {
+		name string
+		addr net.Addr
+		want bool
+	}{
+		{"loopback is here", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 1}, false},
+		{"documentation address is not", &net.TCPAddr{IP: net.IPv4(192, 0, 2, 77), Port: 1}, true},
+		{"not TCP: not judged", &net.UnixAddr{Name: "x", Net: "unix"}, false},
+	}
+	for _, tc := range tests {
+		if got := addrGone(tc.addr); got != tc.want {
+			t.Errorf("%s: addrGone(%v) = %v", tc.name, tc.addr, got)
+		}
+	}
+}

@@ -105,6 +105,7 @@ func lastLine(s string) string {
 // without a pin; agents that trust the CA log in, share and connect; one
 // that does not, or that uses a name the certificate is not for, is refused.
 func TestCertFile(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	ca, rootFile := newE2ECA(t, dir)
 	now := time.Now()
@@ -166,6 +167,7 @@ func pebbleBin(t *testing.T) string {
 // through it; a wrong name, and an agent without that root, are refused at
 // once with an error that names the broker.
 func TestLabACME(t *testing.T) {
+	t.Parallel()
 	pebble := pebbleBin(t)
 	lab := natlab.New(t, natlab.Topology{
 		Name:    "acme",

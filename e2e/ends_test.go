@@ -98,6 +98,7 @@ func wantReset(t *testing.T, what string, err error) {
 // not the EOF of a complete transfer (what `socat -u ... > file` took as a
 // clean end, exiting 0 with a short file).
 func TestKilledSharerResetsApp(t *testing.T) {
+	t.Parallel()
 	w := newWorld(t)
 	target, _ := endlessServer(t, true)
 	sharer, ticket := w.share(target)
@@ -119,6 +120,7 @@ func TestKilledSharerResetsApp(t *testing.T) {
 // TestKilledConnectorResetsTarget is the mirror: the connecting agent is
 // killed in the middle of an upload; the shared service must see a reset.
 func TestKilledConnectorResetsTarget(t *testing.T) {
+	t.Parallel()
 	w := newWorld(t)
 	target, ends := endlessServer(t, false)
 	_, ticket := w.share(target)
@@ -148,6 +150,7 @@ func TestKilledConnectorResetsTarget(t *testing.T) {
 // it ends cleanly. The sharer's target reads an upload, the connector's
 // application a download.
 func TestKilledAgentResetsItsOwnSide(t *testing.T) {
+	t.Parallel()
 	for _, kill := range []string{"sharer", "connector"} {
 		t.Run(kill, func(t *testing.T) {
 			t.Parallel()
@@ -194,6 +197,7 @@ func TestKilledAgentResetsItsOwnSide(t *testing.T) {
 // its metrics, not RSS: the test binaries are race-built, and the race
 // detector's shadow memory is never given back.)
 func TestIperf3Parallel(t *testing.T) {
+	t.Parallel()
 	if _, err := exec.LookPath("iperf3"); err != nil {
 		t.Skip("iperf3 not installed")
 	}

@@ -7,6 +7,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/json"
+	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -28,7 +29,18 @@ var bins struct {
 	agent, broker string
 }
 
+// e2eParallel is how many tests run at once unless -parallel says: they
+// mostly wait on agent processes and the network, and the default (one per
+// core) would run a 10-minute suite one or two tests at a time.
+const e2eParallel = "4"
+
 func TestMain(m *testing.M) {
+	flag.Parse()
+	set := false
+	flag.Visit(func(f *flag.Flag) { set = set || f.Name == "test.parallel" })
+	if !set {
+		flag.Set("test.parallel", e2eParallel)
+	}
 	dir, err := os.MkdirTemp("", "peerport-e2e-bin-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)

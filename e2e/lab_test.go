@@ -127,6 +127,7 @@ func (w *labWorld) peer(dir string) agent.PeerStatus {
 // TestLabDirect: in each topology the agents punch a direct path, 16 MiB
 // echo intact, and both report path "direct".
 func TestLabDirect(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		name string
 		topo natlab.Topology
@@ -160,6 +161,7 @@ func TestLabDirect(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
 			w := newLabWorld(t, tc.topo)
 			_, _, addr := w.shareConnect()
 			c, err := w.lab.Host("b").Dial(w.ctx, "tcp", addr)
@@ -186,6 +188,7 @@ func TestLabDirect(t *testing.T) {
 // TestLabSymmetricRelayNeeded: behind a symmetric NAT no direct path can be
 // punched; the connector says so within seconds instead of timing out.
 func TestLabSymmetricRelayNeeded(t *testing.T) {
+	t.Parallel()
 	w := newLabWorld(t, natlab.Pair(natlab.BehindSym, natlab.BehindCone))
 	start := time.Now()
 	_, conn, _ := w.shareConnect()
@@ -199,6 +202,7 @@ func TestLabSymmetricRelayNeeded(t *testing.T) {
 
 // TestLabNetcheck: `agent netcheck --json` tells cone from symmetric.
 func TestLabNetcheck(t *testing.T) {
+	t.Parallel()
 	w := newLabWorld(t, natlab.Pair(natlab.BehindCone, natlab.BehindSym))
 	for host, want := range map[string]struct{ typ, verdict string }{"a": {"cone", "direct likely"}, "b": {"symmetric", "relay needed"}} {
 		out, err := w.lab.Host(host).RunCommand(w.ctx, agentCmd("--state-dir", t.TempDir(), "netcheck", "--json", "--broker", w.url))
@@ -216,6 +220,7 @@ func TestLabNetcheck(t *testing.T) {
 // reboot, or a rebinding); within the keepalive bound the session is either
 // found alive or found dead and re-made, and new connections work.
 func TestLabConntrackFlush(t *testing.T) {
+	t.Parallel()
 	w := newLabWorld(t, natlab.Pair(natlab.BehindCone, natlab.BehindCone))
 	_, _, addr := w.shareConnect()
 	b := w.lab.Host("b")

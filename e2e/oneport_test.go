@@ -134,6 +134,7 @@ func (w *labWorld) requireBrokerRelayBytes(n float64) {
 // 443 (no UDP, no STUN, no TURN, no punch); share and connect still work,
 // over the broker relay on the broker's one port.
 func TestLabOnePort443Sharer(t *testing.T) {
+	t.Parallel()
 	testOnePort443(t, natlab.Pair(natlab.BehindCone443, natlab.BehindCone), "a")
 }
 
@@ -141,6 +142,7 @@ func TestLabOnePort443Sharer(t *testing.T) {
 // on the 443-only network (the sharer could allocate a TURN relay, but the
 // connector could not reach it).
 func TestLabOnePort443Connector(t *testing.T) {
+	t.Parallel()
 	testOnePort443(t, natlab.Pair(natlab.BehindCone, natlab.BehindCone443), "b")
 }
 

@@ -51,6 +51,7 @@ func (w *labWorld) onlyPath(dir, path string) agent.PeerStatus {
 // connect with policy auto ends direct, and one with policy relay stays
 // relayed.
 func TestLabRelay(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		name     string
 		topo     natlab.Topology // sharer on a, connector on b
@@ -67,6 +68,7 @@ func TestLabRelay(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
 			w := newLabWorld(t, tc.topo)
 			a, b := w.lab.Host("a"), w.lab.Host("b")
 			sharer := w.startCmd(a, agentCmd("--state-dir", w.sharerDir, "share", w.echoIn(a)))
@@ -107,6 +109,7 @@ func TestLabRelay(t *testing.T) {
 // TestLabRelayHundredStreams: 100 concurrent connections through one
 // relayed session, each echoed intact.
 func TestLabRelayHundredStreams(t *testing.T) {
+	t.Parallel()
 	w := newLabWorld(t, natlab.Pair(natlab.BehindCone, natlab.BehindSym))
 	_, _, addr := w.shareConnect()
 	b := w.lab.Host("b")
@@ -143,6 +146,7 @@ func TestLabRelayHundredStreams(t *testing.T) {
 // public side, relays instead of the broker: the sharer's agent.yaml names
 // it, and makes its credentials from the shared secret.
 func TestLabRelayCoturn(t *testing.T) {
+	t.Parallel()
 	requireTool(t, "turnserver")
 	w := newLabWorld(t, natlab.Pair(natlab.BehindCone, natlab.BehindSym))
 	br, a, b := w.lab.Host("broker"), w.lab.Host("a"), w.lab.Host("b")
@@ -255,6 +259,7 @@ func requireTool(t *testing.T, name string) {
 // connection; then the path opens, the punch gets through, and the
 // session, the open connection with it, moves to the direct path.
 func TestLabRelayThenDirect(t *testing.T) {
+	t.Parallel()
 	w := newLabWorld(t, natlab.Pair(natlab.BehindCone, natlab.BehindCone))
 	b := w.lab.Host("b")
 	uncut := cutBetweenNATs(w)

@@ -134,6 +134,7 @@ func (r *rogue) serve(c *tls.Conn) {
 // TestBrokerSwapsSharerKey: a broker that points the connector at a peer of
 // its own fails the connector's pin check; nothing is forwarded to it.
 func TestBrokerSwapsSharerKey(t *testing.T) {
+	t.Parallel()
 	r := newRogue(t)
 	var handshakes, streams atomic.Int32
 	peerCfg, _ := secure.PeerServerConfig(r.id)
@@ -187,6 +188,7 @@ var ticketRE = regexp.MustCompile(`ticket: (pp1[a-z0-9]+)`)
 // of path gets through, so the refusals are not an accident of the setup.
 // Also: a valid proof for share x opens x, never y.
 func TestBrokerCannotOpenShare(t *testing.T) {
+	t.Parallel()
 	r := newRogue(t)
 	var accepts atomic.Int32
 	target, err := net.Listen("tcp", "127.0.0.1:0")

@@ -15,6 +15,7 @@ import (
 )
 
 func TestWrongTokenRefused(t *testing.T) {
+	t.Parallel()
 	w := newWorld(t)
 	u, err := secure.ParseBrokerURL(w.brokerURL)
 	if err != nil {
@@ -35,6 +36,7 @@ func TestWrongTokenRefused(t *testing.T) {
 }
 
 func TestWrongPinRefused(t *testing.T) {
+	t.Parallel()
 	w := newWorld(t)
 	u, _ := secure.ParseBrokerURL(w.brokerURL)
 	u.Pin[0] ^= 1
@@ -49,6 +51,7 @@ func TestWrongPinRefused(t *testing.T) {
 }
 
 func TestBadTicketsRefused(t *testing.T) {
+	t.Parallel()
 	w := newWorld(t)
 	_, ticket := w.share(echoServer(t))
 	tampered := []byte(ticket)
@@ -73,6 +76,7 @@ func TestBadTicketsRefused(t *testing.T) {
 // TestTicketForOtherShare: a ticket re-pointed at another share of the same
 // sharer (valid checksum, same secret) is refused.
 func TestTicketForOtherShare(t *testing.T) {
+	t.Parallel()
 	w := newWorld(t)
 	_, ticket := w.share(echoServer(t), "--name", "x")
 	tk, err := secure.ParseTicket(ticket)
@@ -93,6 +97,7 @@ func TestTicketForOtherShare(t *testing.T) {
 // TestGarbageOnControlPort: bytes that are not TLS, and TLS without our
 // protocol, do not disturb the broker or the sessions it holds.
 func TestGarbageOnControlPort(t *testing.T) {
+	t.Parallel()
 	w := newWorld(t)
 	_, ticket := w.share(echoServer(t))
 	u, _ := secure.ParseBrokerURL(w.brokerURL)
@@ -123,6 +128,7 @@ func TestGarbageOnControlPort(t *testing.T) {
 }
 
 func TestStateFilesPrivate(t *testing.T) {
+	t.Parallel()
 	w := newWorld(t)
 	for _, f := range []string{secure.IdentityFile, "broker.url"} {
 		fi, err := os.Stat(filepath.Join(w.sharerDir, f))
@@ -138,6 +144,7 @@ func TestStateFilesPrivate(t *testing.T) {
 // TestConfigErrors: a bad agent.yaml is refused with one line per problem,
 // each naming file, line and field; nothing starts.
 func TestConfigErrors(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	tests := []struct{ name, yaml, want string }{
 		{"unknown key", "shares:\n  - name: web\n    targett: 8080\n", `agent.yaml:3: shares[0]: unknown field "targett"`},

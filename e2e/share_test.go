@@ -18,6 +18,7 @@ import (
 )
 
 func TestEcho64MiB(t *testing.T) {
+	t.Parallel()
 	w := newWorld(t)
 	_, ticket := w.share(echoServer(t))
 	if !strings.HasPrefix(ticket, secure.TicketPrefix) {
@@ -42,6 +43,7 @@ func TestEcho64MiB(t *testing.T) {
 }
 
 func TestHundredConcurrentConnections(t *testing.T) {
+	t.Parallel()
 	w := newWorld(t)
 	_, ticket := w.share(echoServer(t))
 	_, addr := w.connect(ticket)
@@ -59,6 +61,7 @@ func TestHundredConcurrentConnections(t *testing.T) {
 // TestHalfClose: the client shuts its write side; the service answers only
 // after it has read everything, and the answer arrives in full.
 func TestHalfClose(t *testing.T) {
+	t.Parallel()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -110,6 +113,7 @@ func (zeros) Read(p []byte) (int, error) { clear(p); return len(p), nil }
 // TestTargetDown: a refused target closes only that local connection, with
 // a logged reason; the session stays and serves the next connection.
 func TestTargetDown(t *testing.T) {
+	t.Parallel()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -153,6 +157,7 @@ func echoServerAt(t testing.TB, addr string) {
 
 // TestEmbeddedBroker: no login, no broker: `agent share` embeds one.
 func TestEmbeddedBroker(t *testing.T) {
+	t.Parallel()
 	sharer := start(t, "sharer", bins.agent, "--state-dir", t.TempDir(), "share", echoServer(t),
 		"--embedded-listen", "127.0.0.1:0", "--public-addr", "127.0.0.1")
 	ticket := sharer.firstLine()
@@ -163,6 +168,7 @@ func TestEmbeddedBroker(t *testing.T) {
 // TestDefaultListenPort: without --listen the connector listens on the
 // shared port, or a free one when that is taken.
 func TestDefaultListenPort(t *testing.T) {
+	t.Parallel()
 	target := echoServer(t) // the target's port is taken here, so expect a free port
 	w := newWorld(t)
 	_, ticket := w.share(target)
@@ -184,6 +190,7 @@ func TestDefaultListenPort(t *testing.T) {
 // TestTwoAgentsOneMachine: separate state dirs are separate identities, and
 // status of each dir shows only its own agent.
 func TestTwoAgentsOneMachine(t *testing.T) {
+	t.Parallel()
 	w := newWorld(t)
 	idA, _, errA := run(t, bins.agent, "--state-dir", w.sharerDir, "id")
 	idB, _, errB := run(t, bins.agent, "id", "--state-dir", w.connDir) // global flags go after the subcommand too
@@ -205,6 +212,7 @@ func TestTwoAgentsOneMachine(t *testing.T) {
 // `agent share` and an `agent connect` to each, all from one state dir, as
 // one user in three terminals does — all keep working side by side.
 func TestOneStateDirManyProcesses(t *testing.T) {
+	t.Parallel()
 	w := newWorld(t)
 	_, t1 := w.share(echoServer(t), "--name", "one")
 	_, t2 := w.share(echoServer(t), "--name", "two")
@@ -221,6 +229,7 @@ func TestOneStateDirManyProcesses(t *testing.T) {
 // neither with a listen address, share one peer session and each learns
 // its own share's port.
 func TestUpTwoConnectsOneSharer(t *testing.T) {
+	t.Parallel()
 	w := newWorld(t)
 	a, b := echoServer(t), echoServer(t)
 	cfg := filepath.Join(t.TempDir(), "agent.yaml")

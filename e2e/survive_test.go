@@ -88,6 +88,7 @@ func startStream(c net.Conn, chunks, chunk int, every time.Duration) *steadyStre
 // the relay, comes back to direct once the fault is gone, and the stream
 // arrives intact. One namespace lab per fault, in parallel.
 func TestLabPathSurvives(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		name string
 		// fault breaks the direct path and returns the repair, nil when
@@ -317,4 +318,3 @@ func TestNoPathEndsWithReason(t *testing.T) {
 		}
 	}
 }
-

@@ -114,6 +114,7 @@ func listens(t *testing.T, dir string, want int) map[string]agent.ConnectStatus 
 // TestUpShareAndConnect: two shares and two connects between two agents,
 // one by ticket and one by identity (team mode), data intact through each.
 func TestUpShareAndConnect(t *testing.T) {
+	t.Parallel()
 	w := newWorld(t)
 	if _, stderr, err := run(t, bins.agent, "--state-dir", w.connDir, "login", w.brokerURL); err != nil {
 		t.Fatalf("login: %v %s", err, stderr)
@@ -135,6 +136,7 @@ func TestUpShareAndConnect(t *testing.T) {
 
 // TestUpKeepsTickets: agent up issues the same ticket after a restart.
 func TestUpKeepsTickets(t *testing.T) {
+	t.Parallel()
 	w := newWorld(t)
 	cfg := filepath.Join(t.TempDir(), "agent.yaml")
 	writeFile(t, cfg, "shares:\n  - name: web\n    target: "+echoServer(t)+"\n")
@@ -150,6 +152,7 @@ func TestUpKeepsTickets(t *testing.T) {
 // a transfer on the direct path finishes meanwhile, both agents reconnect by
 // themselves, and new connections work.
 func TestBrokerRestart(t *testing.T) {
+	t.Parallel()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -195,6 +198,7 @@ func TestBrokerRestart(t *testing.T) {
 // transfer is untouched, the new forward works, an invalid edit is refused
 // and nothing stops.
 func TestReload(t *testing.T) {
+	t.Parallel()
 	w := newWorld(t)
 	sharerCfg := filepath.Join(t.TempDir(), "agent.yaml")
 	writeFile(t, sharerCfg, fmt.Sprintf("shares:\n  - name: a\n    target: %s\n  - name: b\n    target: %s\n", echoServer(t), echoServer(t)))
@@ -228,6 +232,7 @@ func TestReload(t *testing.T) {
 // TestSigtermDrains: SIGTERM during a transfer lets it finish, then the
 // agent exits 0.
 func TestSigtermDrains(t *testing.T) {
+	t.Parallel()
 	w := newWorld(t)
 	_, ticket := w.share(echoServer(t))
 	conn, local := w.connect(ticket)
@@ -246,6 +251,7 @@ func TestSigtermDrains(t *testing.T) {
 
 // TestUpMetrics: agent up serves Prometheus metrics when asked to.
 func TestUpMetrics(t *testing.T) {
+	t.Parallel()
 	w := newWorld(t)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -276,6 +282,7 @@ func TestUpMetrics(t *testing.T) {
 // The share is unknown, refused once the broker's registration grace (short
 // here) is over.
 func TestUpBadEntryStopsAlone(t *testing.T) {
+	t.Parallel()
 	brokerCfg := filepath.Join(t.TempDir(), "broker.yaml")
 	writeFile(t, brokerCfg, "limits:\n  registration_grace: 2s\n")
 	w := newWorldWith(t, "-c", brokerCfg)
@@ -315,6 +322,7 @@ func TestUpBadEntryStopsAlone(t *testing.T) {
 // one by one), is told so, retries, and connects once the share is back. It
 // used to be told "unauthorized" and exit for good.
 func TestConnectWaitsForRegistration(t *testing.T) {
+	t.Parallel()
 	w := newWorld(t)
 	cfg := filepath.Join(t.TempDir(), "agent.yaml")
 	writeFile(t, cfg, "shares:\n  - name: web\n    target: "+echoServer(t)+"\n")
