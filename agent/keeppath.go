@@ -101,7 +101,6 @@ func (a *Agent) repath(ctx context.Context, ps *peerSession) {
 	for {
 		select {
 		case <-ps.rc.Done():
-			ps.log.WithError(ps.rc.Err()).Warn("session not resumed: its connections close")
 			return
 		default:
 		}

@@ -241,7 +241,7 @@ func (a *Agent) connectorSession(sharer secure.AgentID) *peerSession {
 // awaitEnd waits, once the mux is closed, for the resumable layer under it
 // to end: the mux's close hands it a close frame to deliver, which a peer
 // that stops too may never answer, and the agent must not stop with a
-// session still waiting.
+// session still waiting. A session that found no path in time says so.
 func (ps *peerSession) awaitEnd() {
 	t := time.NewTimer(sessionEndWait)
 	defer t.Stop()
@@ -249,6 +249,9 @@ func (ps *peerSession) awaitEnd() {
 	case <-ps.rc.Done():
 	case <-t.C:
 		ps.rc.Abandon(net.ErrClosed)
+	}
+	if err := ps.rc.Err(); errors.Is(err, resume.ErrResumeTimeout) {
+		ps.log.WithError(err).Warn("session not resumed: its connections close")
 	}
 }
 
@@ -378,11 +381,7 @@ func (a *Agent) serveSession(ctx context.Context, ps *peerSession) {
 	for {
 		st, err := ps.sess.AcceptStream()
 		if err != nil {
-			switch {
-			case ctx.Err() != nil:
-			case errors.Is(err, resume.ErrResumeTimeout):
-				ps.log.WithError(err).Warn("session not resumed: its connections close")
-			default:
+			if ctx.Err() == nil && !errors.Is(err, resume.ErrResumeTimeout) { // awaitEnd says that one
 				ps.log.WithError(err).Info("peer session ended")
 			}
 			return

@@ -150,7 +150,6 @@ func TestLabOnePort443Connector(t *testing.T) {
 // host restricted) behind a network that lets out only TCP 443, and checks
 // 16 MiB come back intact over the broker relay.
 func testOnePort443(t *testing.T, topo natlab.Topology, restricted string) {
-	t.Parallel()
 	w := newOnePortWorld(t, topo)
 	open := map[string]string{"a": "b", "b": "a"}[restricted]
 	w.requireBrokerPorts(w.lab.Host(open), w.lab.Host(restricted))
