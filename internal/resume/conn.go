@@ -22,8 +22,13 @@ const (
 
 const (
 	// maxBatch bounds what the writer puts on the carrier in one Write, so
-	// that acks and pongs queued meanwhile wait for at most this much.
-	maxBatch = 4 * (frameHeaderLen + MaxData)
+	// that acks and pongs queued meanwhile wait for at most this much. It
+	// is a whole number of TLS records, so that a full batch fills its
+	// records: 4 maximal frames, 4 headers over 128 KiB, ended in a runt
+	// record of 16 bytes, with a syscall of its own.
+	maxBatch = 8 * maxRecord
+	// maxRecord is the most plaintext a TLS record carries.
+	maxRecord = 16 << 10
 	// ackDelay lets a receiver fold several data frames into one ack, or
 	// ride the ack on data it sends anyway.
 	ackDelay = 10 * time.Millisecond
@@ -126,8 +131,10 @@ type Conn struct {
 	mu           sync.Mutex
 	writing      bool          // a goroutine is writing batch to the carrier
 	batch        []byte        // frames on their way, owned by whoever is writing
-	wake         chan struct{} // closed and replaced when state waiters care about changes
-	waiters      int
+	readable     event         // for Read: data, an error, a deadline
+	space        event         // for Write: room in the send queue, an error, a deadline
+	room         event         // for the carrier reader: room in the receive queue, a new carrier
+	kick         chan struct{} // for the writer goroutine: something may be due
 	done         chan struct{}
 	finished     bool
 	closed       bool // Close was called
@@ -172,8 +179,9 @@ type Conn struct {
 }
 
 func newConn(cfg Config, id SessionID, dialer bool) *Conn {
-	c := &Conn{cfg: cfg.withDefaults(), id: id, dialer: dialer, wake: make(chan struct{}),
+	c := &Conn{cfg: cfg.withDefaults(), id: id, dialer: dialer, kick: make(chan struct{}, 1),
 		done: make(chan struct{}), lost: make(chan struct{}), batch: make([]byte, 0, maxBatch+64)}
+	c.send.limit, c.recv.limit = c.cfg.MaxUnacked, c.cfg.MaxUnacked+MaxData
 	c.cfg.Log = c.cfg.Log.WithField("session", fmt.Sprintf("%x", id[:4]))
 	c.timer = time.AfterFunc(time.Hour, c.tick)
 	c.timer.Stop()
@@ -231,19 +239,27 @@ func (c *Conn) Stats() Stats {
 // before it ends: a mux over it must not give up on it sooner.
 func (c *Conn) MaxPause() time.Duration { return c.cfg.ResumeTimeout }
 
-// signal wakes everyone waiting on the Conn's state.
-func (c *Conn) signal() {
-	if c.waiters > 0 {
-		close(c.wake)
-		c.wake = make(chan struct{})
+// event is one kind of change of a Conn's state that goroutines wait for
+// under its lock. Each kind wakes only its own waiters, not every
+// goroutine of the Conn, and its channel is made only when someone waits.
+type event struct {
+	ch chan struct{} // nil: no one waits
+}
+
+func (e *event) signal() {
+	if e.ch != nil {
+		close(e.ch)
+		e.ch = nil
 	}
 }
 
-// waitLocked releases the lock until the state changes or deadline passes.
-func (c *Conn) waitLocked(deadline time.Time) {
-	ch := c.wake
-	c.waiters++
-	c.mu.Unlock()
+// wait releases mu until the event or deadline.
+func (e *event) wait(mu *sync.Mutex, deadline time.Time) {
+	if e.ch == nil {
+		e.ch = make(chan struct{})
+	}
+	ch := e.ch
+	mu.Unlock()
 	if deadline.IsZero() {
 		<-ch
 	} else {
@@ -254,8 +270,25 @@ func (c *Conn) waitLocked(deadline time.Time) {
 		}
 		t.Stop()
 	}
-	c.mu.Lock()
-	c.waiters--
+	mu.Lock()
+}
+
+// wakeWriter tells the writer goroutine that something may be due. One
+// pending wake-up is enough: it looks at the whole state when it runs.
+func (c *Conn) wakeWriter() {
+	select {
+	case c.kick <- struct{}{}:
+	default:
+	}
+}
+
+// signal wakes everyone waiting on the Conn's state, for the changes that
+// concern them all: a carrier attached or lost, the end, a deadline.
+func (c *Conn) signal() {
+	c.readable.signal()
+	c.space.signal()
+	c.room.signal()
+	c.wakeWriter()
 }
 
 func passed(deadline time.Time) bool { return !deadline.IsZero() && !time.Now().Before(deadline) }
@@ -276,7 +309,7 @@ func (c *Conn) Read(p []byte) (int, error) {
 			full := c.recv.len() >= c.cfg.MaxUnacked
 			n := c.recv.pop(p)
 			if full {
-				c.signal() // the reader may go on
+				c.room.signal() // the carrier reader may go on
 			}
 			return n, nil
 		}
@@ -286,7 +319,7 @@ func (c *Conn) Read(p []byte) (int, error) {
 		if passed(c.rdl) {
 			return 0, os.ErrDeadlineExceeded
 		}
-		c.waitLocked(c.rdl)
+		c.readable.wait(&c.mu, c.rdl)
 	}
 }
 
@@ -310,7 +343,7 @@ func (c *Conn) Write(p []byte) (int, error) {
 			if passed(c.wdl) {
 				return n, os.ErrDeadlineExceeded
 			}
-			c.waitLocked(c.wdl)
+			c.space.wait(&c.mu, c.wdl)
 			continue
 		}
 		k := min(space, len(p)-n)
@@ -322,9 +355,9 @@ func (c *Conn) Write(p []byte) (int, error) {
 		c.send.push(p[n : n+k])
 		n += k
 		if idle {
-			c.flushLocked()
+			c.flushLocked(true)
 		} else {
-			c.signal()
+			c.wakeWriter()
 		}
 	}
 	return n, nil
@@ -397,7 +430,7 @@ func (c *Conn) finishLocked(rerr, werr error) {
 	}
 	c.gen++
 	c.timer.Stop()
-	c.send = queue{}
+	c.send = queue{limit: c.send.limit}
 	close(c.done)
 	c.signal()
 	if werr != net.ErrClosed {
@@ -533,7 +566,7 @@ func (c *Conn) tick() {
 		// pongs and acks wait unread. Our silence must not look like a
 		// dead path to the peer, nor its to us: repeat our ack instead.
 		c.lastRecv, c.expect, c.ackNow = now, time.Time{}, true
-		c.signal()
+		c.wakeWriter()
 		soonest(now.Add(c.cfg.DeadFloor / 2))
 	}
 	if !c.expect.IsZero() {
@@ -549,7 +582,7 @@ func (c *Conn) tick() {
 			soonest(dl)
 		} else {
 			c.pingDue = true
-			c.signal()
+			c.wakeWriter()
 		}
 	}
 	if !c.ackDue.IsZero() {
@@ -557,7 +590,7 @@ func (c *Conn) tick() {
 			soonest(c.ackDue)
 		} else {
 			c.ackNow, c.ackDue = true, time.Time{}
-			c.signal()
+			c.wakeWriter()
 		}
 	}
 	c.schedule(next)

@@ -83,22 +83,39 @@ func checkLen(t FrameType, n int) error {
 // bytes. The length is checked before the body is read, so a hostile
 // length costs nothing.
 func ReadFrame(r io.Reader, buf []byte) (Frame, error) {
-	var h [frameHeaderLen]byte
-	if _, err := io.ReadFull(r, h[:]); err != nil {
-		return Frame{}, err // io.EOF between frames: the carrier ended cleanly
-	}
-	t, n := FrameType(h[0]), int(h[1])<<16|int(h[2])<<8|int(h[3])
-	if err := checkLen(t, n); err != nil {
+	t, n, err := readHeader(r)
+	if err != nil {
 		return Frame{}, err
 	}
 	if len(buf) < n {
 		return Frame{}, fmt.Errorf("resume: frame buffer of %d bytes for a %d-byte body", len(buf), n)
 	}
-	if _, err := io.ReadFull(r, buf[:n]); err != nil {
+	if err := readBody(r, buf[:n]); err != nil {
+		return Frame{}, err
+	}
+	return Frame{Type: t, Body: buf[:n]}, nil
+}
+
+// readHeader reads a frame's header, checked: its type and body length.
+func readHeader(r io.Reader) (FrameType, int, error) {
+	var h [frameHeaderLen]byte
+	if _, err := io.ReadFull(r, h[:]); err != nil {
+		return 0, 0, err // io.EOF between frames: the carrier ended cleanly
+	}
+	t, n := FrameType(h[0]), int(h[1])<<16|int(h[2])<<8|int(h[3])
+	if err := checkLen(t, n); err != nil {
+		return 0, 0, err
+	}
+	return t, n, nil
+}
+
+// readBody reads the body the header announced into body.
+func readBody(r io.Reader, body []byte) error {
+	if _, err := io.ReadFull(r, body); err != nil {
 		if err == io.EOF {
 			err = io.ErrUnexpectedEOF // the header promised a body
 		}
-		return Frame{}, fmt.Errorf("resume: frame body: %w", err)
+		return fmt.Errorf("resume: frame body: %w", err)
 	}
-	return Frame{Type: t, Body: buf[:n]}, nil
+	return nil
 }
