@@ -75,8 +75,8 @@ type Options struct {
 	Connects []ConnectSpec
 	Log      logrus.FieldLogger
 	// KeepTickets keeps each share's ticket secret in the state dir, so a
-	// share's ticket survives restarts (agent up); otherwise every run
-	// makes new tickets (agent share).
+	// share's ticket survives restarts; otherwise every run makes new
+	// tickets.
 	KeepTickets bool
 	// DrainTimeout bounds how long shutdown waits for open connections to
 	// finish; default 30s.
@@ -431,6 +431,20 @@ func (a *Agent) apply(o Options) error {
 	return nil
 }
 
+// ticketPath is where a kept ticket's secret lives.
+func ticketPath(stateDir, name string) string {
+	return filepath.Join(stateDir, "tickets", name+".secret")
+}
+
+// ForgetTicket drops the kept secret of share name's ticket, so the next
+// run makes a new ticket and the old one stops working.
+func ForgetTicket(stateDir, name string) error {
+	if err := os.Remove(ticketPath(stateDir, name)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("forget the ticket of %s: %w", name, err)
+	}
+	return nil
+}
+
 // ticketFor makes the ticket of a new share: with KeepTickets its secret
 // is kept in the state dir, so the share keeps its ticket across restarts.
 func (a *Agent) ticketFor(name string) (secure.Ticket, error) {
@@ -439,7 +453,7 @@ func (a *Agent) ticketFor(name string) (secure.Ticket, error) {
 	if err != nil || !a.opts.KeepTickets {
 		return t, err
 	}
-	path := filepath.Join(a.opts.StateDir, "tickets", name+".secret")
+	path := ticketPath(a.opts.StateDir, name)
 	b, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) {
 		if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {

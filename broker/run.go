@@ -31,6 +31,10 @@ type Options struct {
 	Log        logrus.FieldLogger
 	Version    string
 	Limits     func(*Config) // optional: adjusts limits and timeouts before New
+	// KeepPort makes a Listen on port 0 take the port it chose the last
+	// time, kept in StateDir (keepport.go): an embedded broker's tickets
+	// then survive a restart.
+	KeepPort bool
 
 	// STUNListen are the STUN server's addresses, each served on UDP and
 	// TCP. Nil: nat.DefaultAddrs of Listen's host (ports 3478 and 3479, on
@@ -128,8 +132,7 @@ func Start(ctx context.Context, o Options) (*Running, error) {
 	if stun != nil {
 		undo = append(undo, func() { stun.Close() })
 	}
-	var lc net.ListenConfig
-	ln, err := lc.Listen(ctx, "tcp", o.Listen)
+	ln, err := listen(ctx, o)
 	if err != nil {
 		return fail(fmt.Errorf("broker listen: %w", err))
 	}

@@ -169,12 +169,15 @@ func loginCmd(g *globals) *cobra.Command {
 func shareCmd(g *globals) *cobra.Command {
 	var name, brokerURL, embedListen, publicAddr, path string
 	var allow []string
+	var newTicket bool
 	c := &cobra.Command{
 		Use:   "share TARGET",
 		Short: "Share PORT or HOST:PORT; prints a ticket as the first line of stdout",
 		Long: "Share a TCP target. The first line on stdout is the ticket, nothing else;\n" +
 			"progress goes to stderr. With no broker configured (no --broker, no `agent login`),\n" +
-			"an embedded broker runs inside this process and the ticket points at it.",
+			"an embedded broker runs inside this process and the ticket points at it.\n" +
+			"The ticket stays the same when the share is started again with the same state dir\n" +
+			"and name (the embedded broker keeps its port); --new-ticket replaces it.",
 		Args: exactlyOne,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			dir, log, id, err := g.setup()
@@ -196,6 +199,11 @@ func shareCmd(g *globals) *cobra.Command {
 				}
 				spec.Allow = append(spec.Allow, a)
 			}
+			if newTicket {
+				if err := agent.ForgetTicket(dir, name); err != nil {
+					return err
+				}
+			}
 			ctx := cmd.Context()
 			u, err := chooseBroker(ctx, dir, brokerURL, embedListen, publicAddr, log)
 			if err != nil {
@@ -203,7 +211,7 @@ func shareCmd(g *globals) *cobra.Command {
 			}
 			out := cmd.OutOrStdout()
 			a, err := agent.New(agent.Options{
-				Identity: id, StateDir: dir, Broker: u, Shares: []agent.ShareSpec{spec},
+				Identity: id, StateDir: dir, Broker: u, Shares: []agent.ShareSpec{spec}, KeepTickets: true,
 				Log: log, DrainTimeout: g.drain, Candidates: g.offer, Proxy: g.proxyURL,
 				OnTicket: func(_ string, t secure.Ticket) {
 					fmt.Fprintln(out, t.String())
@@ -223,6 +231,7 @@ func shareCmd(g *globals) *cobra.Command {
 	f.StringVar(&embedListen, "embedded-listen", ":0", "listen address of the embedded broker")
 	f.StringVar(&publicAddr, "public-addr", "", "host the embedded broker advertises in tickets (default: this host's first address)")
 	f.StringVar(&path, "path", agent.PathAuto, pathUsage)
+	f.BoolVar(&newTicket, "new-ticket", false, "make a new ticket for this share; the old one stops working")
 	return c
 }
 
@@ -250,6 +259,8 @@ func chooseBroker(ctx context.Context, dir, flag, embedListen, publicAddr string
 		Listen: embedListen, PublicAddr: publicAddr, StateDir: statedir.Broker(dir),
 		Log: log.WithField("component", "embedded-broker"), Version: version,
 		TURNListen: net.JoinHostPort(host, "0"),
+		// A restarted share keeps its ticket, which names this port.
+		KeepPort: true,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("embedded broker: %w", err)
