@@ -52,6 +52,10 @@ type ConnectSpec struct {
 	Share  string
 	Listen string // host:port; "" picks 127.0.0.1:<target port>, or a free port
 	Path   string // a path policy, as ShareSpec's
+	// Timeout bounds how long the forward tries to reach its share for the
+	// first time before it fails with ErrGaveUp and the reason; 0 tries
+	// for ever. Once it has worked, it retries for ever.
+	Timeout time.Duration
 }
 
 // key identifies a forward across reloads: the same ticket (or peer and

@@ -7,7 +7,6 @@ import (
 	"net"
 	"strconv"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -24,6 +23,9 @@ const (
 	// peerWait bounds how long an accepted local connection waits for the
 	// peer session to come (back) up before it is closed.
 	peerWait = 30 * time.Second
+	// introTryTimeout bounds one try of asking the sharer for its port,
+	// so that a broker that is down is said, and tried again.
+	introTryTimeout = 10 * time.Second
 )
 
 // serveStream is the sharer's side of one forwarded connection.
@@ -105,49 +107,77 @@ func newForward(a *Agent, c ConnectSpec) *forward {
 	return f
 }
 
-// run opens the local listener and serves it. With an explicit listen
-// address it listens at once; without one it first reaches the sharer, to
-// learn the target's port. Either way a final refusal (a ticket the broker
-// does not accept) ends the forward instead of leaving a listener that can
-// never work.
+// run opens the local listener and serves it: at once with an explicit
+// listen address, else as soon as the sharer, through the broker, has told
+// the target's port. Then it makes the first peer session. A final refusal
+// (a ticket the broker does not accept), or no success within the spec's
+// Timeout, ends the forward with the reason instead of leaving a listener
+// that can never work.
 func (f *forward) run() error {
 	ctx := f.ctx
-	var ln net.Listener
-	if f.spec.Listen != "" {
-		var err error
-		if ln, err = net.Listen("tcp", f.spec.Listen); err != nil {
-			return fmt.Errorf("listen for share %s: %w", f.share, err)
-		}
-		f.announce(ln)
-		f.a.spawn(func() { f.accept(ctx, ln) })
+	first, cancel := ctx, context.CancelFunc(func() {})
+	if f.spec.Timeout > 0 {
+		first, cancel = context.WithTimeout(ctx, f.spec.Timeout)
 	}
-	port, err := f.firstSession(ctx)
+	defer cancel()
+	listen := f.spec.Listen
+	if listen == "" {
+		var port uint16
+		err := f.untilUp(first, func(ctx context.Context) error {
+			ctx, cancel := context.WithTimeout(ctx, introTryTimeout)
+			defer cancel()
+			rep, err := f.intro(ctx, &proto.Connect{})
+			if err == nil {
+				port = rep.Port
+			}
+			return err
+		})
+		if err != nil {
+			return f.stopped(err)
+		}
+		if port == 0 {
+			return fmt.Errorf("share %s: the sharer did not say its port; pass --listen", f.share)
+		}
+		listen = net.JoinHostPort("127.0.0.1", strconv.Itoa(int(port)))
+	}
+	ln, err := f.openListener(listen)
 	if err != nil {
-		if ln != nil {
-			ln.Close()
-		}
-		if ctx.Err() != nil {
-			return nil
-		}
 		return err
 	}
-	f.a.spawn(func() { f.keep(ctx) })
-	if ln != nil {
-		return nil // accept runs until ctx ends
-	}
-	if port == 0 {
-		return fmt.Errorf("share %s: the sharer did not say its port; pass --listen", f.share)
-	}
-	listen := net.JoinHostPort("127.0.0.1", strconv.Itoa(int(port)))
-	if ln, err = net.Listen("tcp", listen); err != nil {
-		f.log.WithError(err).Infof("%s taken; listening on a free port", listen)
-		if ln, err = net.Listen("tcp", "127.0.0.1:0"); err != nil {
-			return fmt.Errorf("listen for share %s: %w", f.share, err)
-		}
-	}
 	f.announce(ln)
-	f.accept(ctx, ln)
+	f.a.spawn(func() { f.accept(ctx, ln) })
+	err = f.untilUp(first, func(ctx context.Context) error {
+		_, err := f.a.session(ctx, f.peer, f.policy(), f.dialer())
+		return err
+	})
+	if err != nil {
+		ln.Close()
+		return f.stopped(err)
+	}
+	f.a.spawn(func() { f.keep(ctx) })
 	return nil
+}
+
+// stopped is run's error for err: none when the forward was stopped.
+func (f *forward) stopped(err error) error {
+	if f.ctx.Err() != nil {
+		return nil
+	}
+	return err
+}
+
+// openListener opens the forward's listener on addr. The default address (the
+// shared port) gives way to a free port when taken.
+func (f *forward) openListener(addr string) (net.Listener, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil && f.spec.Listen == "" {
+		f.log.WithError(err).Infof("%s taken; listening on a free port", addr)
+		ln, err = net.Listen("tcp", "127.0.0.1:0")
+	}
+	if err != nil {
+		return nil, fmt.Errorf("listen for share %s: %w", f.share, err)
+	}
+	return ln, nil
 }
 
 func (f *forward) announce(ln net.Listener) {
@@ -176,33 +206,40 @@ func (f *forward) accept(ctx context.Context, ln net.Listener) {
 	}
 }
 
-// firstSession introduces and punches until the session is up, retrying
-// what may pass (sharer offline, broker down, a failed punch) and giving up
-// on what cannot (a ticket the broker refuses). When a session to the
-// sharer is already up (another forward made it), an introduction without
-// candidates still checks this forward's own ticket and learns its port.
-func (f *forward) firstSession(ctx context.Context) (uint16, error) {
+// untilUp calls try until it succeeds, retrying with backoff what may
+// pass (sharer offline, broker down, a failed punch) and saying what it
+// waits for; it gives up on what cannot pass (a ticket the broker refuses)
+// and when ctx ends (ErrGaveUp at the forward's Timeout).
+func (f *forward) untilUp(ctx context.Context, try func(context.Context) error) error {
 	bo := backoff.Backoff{Base: 500 * time.Millisecond, Cap: 15 * time.Second}
+	start := time.Now()
+	var last error
 	for {
-		var port atomic.Uint32
-		_, err := f.a.session(ctx, f.peer, f.policy(), f.dialer(&port))
-		if err == nil && port.Load() == 0 {
-			var rep *proto.ConnectReply
-			if rep, err = f.intro(ctx, &proto.Connect{}); err == nil {
-				port.Store(uint32(rep.Port))
-			}
-		}
+		err := try(ctx)
 		if err == nil {
-			return uint16(port.Load()), nil
+			return nil
 		}
-		if ctx.Err() != nil || (errors.Is(err, ErrUnauthorized) && f.refused(ctx)) {
-			return 0, fmt.Errorf("share %s: %w", f.share, err)
+		if f.ctx.Err() != nil {
+			return err
 		}
+		if errors.Is(err, ErrUnauthorized) && f.refused(ctx) {
+			return fmt.Errorf("share %s: %w", f.share, err)
+		}
+		if ctx.Err() != nil {
+			if last == nil || !errors.Is(err, context.DeadlineExceeded) {
+				last = err
+			}
+			return gaveUp(f.share, time.Since(start).Round(time.Second), last)
+		}
+		last = err
 		f.setErr(err)
 		d := bo.Next()
-		f.log.WithError(err).Warnf("cannot reach the sharer yet; retrying in %v", d.Round(time.Millisecond))
-		if err := backoff.Sleep(ctx, d); err != nil {
-			return 0, err
+		f.log.WithError(err).Warnf("waiting for the sharer: %s; next try in %v", waitingFor(err), d.Round(100*time.Millisecond))
+		if backoff.Sleep(ctx, d) != nil {
+			if f.ctx.Err() != nil {
+				return err
+			}
+			return gaveUp(f.share, time.Since(start).Round(time.Second), last)
 		}
 	}
 }
@@ -223,7 +260,7 @@ func (f *forward) refused(ctx context.Context) bool {
 func (f *forward) keep(ctx context.Context) {
 	bo := backoff.Backoff{Base: 500 * time.Millisecond, Cap: 30 * time.Second, Stable: time.Minute}
 	for {
-		ps, err := f.a.session(ctx, f.peer, f.policy(), f.dialer(nil))
+		ps, err := f.a.session(ctx, f.peer, f.policy(), f.dialer())
 		if err == nil {
 			bo.Connected(time.Now())
 			select {
@@ -255,21 +292,17 @@ func (f *forward) keep(ctx context.Context) {
 		}
 		f.setErr(err)
 		d := bo.Next()
-		f.log.WithError(err).Warnf("reconnect failed; retrying in %v", d.Round(time.Millisecond))
+		f.log.WithError(err).Warnf("waiting for the sharer: %s; next try in %v", waitingFor(err), d.Round(100*time.Millisecond))
 		if backoff.Sleep(ctx, d) != nil {
 			return
 		}
 	}
 }
 
-// dialer makes this forward's peer channel; port, when set, receives the
-// share's port from the introduction.
-func (f *forward) dialer(port *atomic.Uint32) dialFunc {
+// dialer makes this forward's peer channel.
+func (f *forward) dialer() dialFunc {
 	return func(ctx context.Context, p path, hurry func()) (net.Conn, outcome, error) {
-		c, out, rep, err := p.dial(ctx, f.broker(), f.peer, f.intro, hurry)
-		if rep != nil && port != nil {
-			port.Store(uint32(rep.Port))
-		}
+		c, out, _, err := p.dial(ctx, f.broker(), f.peer, f.intro, hurry)
 		return c, out, err
 	}
 }
@@ -346,7 +379,7 @@ func (f *forward) waitSession(ctx context.Context) (*peerSession, error) {
 	ctx, cancel := context.WithTimeout(ctx, peerWait)
 	defer cancel()
 	for {
-		ps, err := f.a.session(ctx, f.peer, f.policy(), f.dialer(nil))
+		ps, err := f.a.session(ctx, f.peer, f.policy(), f.dialer())
 		if err == nil || ctx.Err() != nil || (errors.Is(err, ErrUnauthorized) && f.refused(ctx)) {
 			return ps, err
 		}

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"net"
+	"strings"
 	"testing"
 	"time"
 )
@@ -34,4 +35,70 @@ func TestShareRestartKeepsTicket(t *testing.T) {
 	if got := fresh.firstLine(); got == ticket {
 		t.Fatal("--new-ticket printed the old ticket")
 	}
+}
+
+// TestConnectGivesUp: a connect that cannot reach its share for the first
+// time exits non-zero within its --timeout, saying why.
+func TestConnectGivesUp(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name  string
+		setup func(w *world, ticket string) // makes the share unreachable
+		want  string
+	}{
+		{"share gone", func(w *world, _ string) {}, "share not found"},
+		{"broker down", func(w *world, _ string) { w.broker.stop() }, "broker unreachable"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			w := newWorld(t)
+			sharer, ticket := w.share(echoServer(t))
+			sharer.stop()
+			tc.setup(w, ticket)
+			began := time.Now()
+			conn := start(t, "connector", bins.agent, "--state-dir", w.connDir, "connect", ticket, "--timeout", "3s")
+			err := conn.wait(30 * time.Second)
+			took := time.Since(began)
+			if err == nil {
+				t.Fatalf("connect exited 0 after %v with its share unreachable", took)
+			}
+			out := conn.stderr.String()
+			if !strings.Contains(out, "gave up after 3s") || !strings.Contains(out, tc.want) {
+				t.Errorf("connect's last words do not say it gave up and why (%q):\n%s", tc.want, out)
+			}
+			if strings.Count(out, tc.want) < 2 { // "waiting for the sharer: …", or the broker client's "broker unreachable; retrying"
+				t.Errorf("while trying, connect did not say what it waits for (%q):\n%s", tc.want, out)
+			}
+			t.Logf("exited after %v: %s", took.Round(100*time.Millisecond), lastLine(out))
+		})
+	}
+}
+
+// TestConnectorWaitsForReturningShare: a connect that has worked keeps
+// trying past its --timeout while its share is away, says what it waits
+// for, and works again when the share is back.
+func TestConnectorWaitsForReturningShare(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t)
+	target := echoServer(t)
+	sharer, ticket := w.share(target)
+	conn := start(t, "connector", bins.agent, "--state-dir", w.connDir, "connect", ticket, "--listen", "127.0.0.1:0", "--timeout", "2s")
+	addr := conn.firstLine()
+	echoCheck(t, addr, 1<<20)
+	sharer.stop()
+	eventually(t, 30*time.Second, "the connector to say it waits for the sharer", func() bool {
+		return strings.Contains(conn.stderr.String(), "waiting for the sharer: share not found")
+	})
+	time.Sleep(3 * time.Second) // past --timeout
+	select {
+	case <-conn.done:
+		t.Fatalf("the connector exited while its share was away: %v", conn.err)
+	default:
+	}
+	w.share(target)
+	eventually(t, 60*time.Second, "the connector through the returned share", func() bool {
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		return err == nil && tryEcho(c, 64<<10, 10*time.Second) == nil
+	})
 }

@@ -273,6 +273,7 @@ const pathUsage = "how peer channels are made: auto (punch, else a relay, moving
 
 func connectCmd(g *globals) *cobra.Command {
 	var listen, path string
+	var timeout time.Duration
 	c := &cobra.Command{
 		Use:   "connect TICKET",
 		Short: "Forward a local port to a share; prints the local address as the first line of stdout",
@@ -297,7 +298,7 @@ func connectCmd(g *globals) *cobra.Command {
 			out := cmd.OutOrStdout()
 			a, err := agent.New(agent.Options{
 				Identity: id, StateDir: dir, Broker: u, Log: log, DrainTimeout: g.drain, Candidates: g.offer, Proxy: g.proxyURL,
-				Connects: []agent.ConnectSpec{{Ticket: &t, Listen: listen, Path: path}},
+				Connects: []agent.ConnectSpec{{Ticket: &t, Listen: listen, Path: path, Timeout: timeout}},
 				OnListen: func(_ agent.ConnectSpec, addr net.Addr) { fmt.Fprintln(out, addr.String()) },
 			})
 			if err != nil {
@@ -308,6 +309,7 @@ func connectCmd(g *globals) *cobra.Command {
 	}
 	c.Flags().StringVar(&listen, "listen", "", "local address (default 127.0.0.1:<shared port>, or a free port if taken)")
 	c.Flags().StringVar(&path, "path", agent.PathAuto, pathUsage)
+	c.Flags().DurationVar(&timeout, "timeout", time.Minute, "give up, with the reason, if the share cannot be reached for the first time within this long; 0: keep trying (once it has worked, it always keeps trying)")
 	return c
 }
 
