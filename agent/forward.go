@@ -120,38 +120,45 @@ func (f *forward) run() error {
 		first, cancel = context.WithTimeout(ctx, f.spec.Timeout)
 	}
 	defer cancel()
-	listen := f.spec.Listen
-	if listen == "" {
-		var port uint16
-		err := f.untilUp(first, func(ctx context.Context) error {
-			ctx, cancel := context.WithTimeout(ctx, introTryTimeout)
-			defer cancel()
-			rep, err := f.intro(ctx, &proto.Connect{})
-			if err == nil {
-				port = rep.Port
-			}
+	var ln net.Listener
+	if f.spec.Listen != "" {
+		var err error
+		if ln, err = f.openListener(f.spec.Listen); err != nil {
 			return err
-		})
-		if err != nil {
-			return f.stopped(err)
 		}
+		f.serveListener(ln)
+	}
+	// The sharer checks this forward's own claim (a session to it may be
+	// up already, made with another forward's ticket) and says its port.
+	var port uint16
+	err := f.untilUp(first, func(ctx context.Context) error {
+		ctx, cancel := context.WithTimeout(ctx, introTryTimeout)
+		defer cancel()
+		rep, err := f.intro(ctx, &proto.Connect{})
+		if err == nil {
+			port = rep.Port
+		}
+		return err
+	})
+	if err == nil && ln == nil {
 		if port == 0 {
 			return fmt.Errorf("share %s: the sharer did not say its port; pass --listen", f.share)
 		}
-		listen = net.JoinHostPort("127.0.0.1", strconv.Itoa(int(port)))
+		if ln, err = f.openListener(net.JoinHostPort("127.0.0.1", strconv.Itoa(int(port)))); err != nil {
+			return err
+		}
+		f.serveListener(ln)
 	}
-	ln, err := f.openListener(listen)
-	if err != nil {
-		return err
+	if err == nil {
+		err = f.untilUp(first, func(ctx context.Context) error {
+			_, err := f.a.session(ctx, f.peer, f.policy(), f.dialer())
+			return err
+		})
 	}
-	f.announce(ln)
-	f.a.spawn(func() { f.accept(ctx, ln) })
-	err = f.untilUp(first, func(ctx context.Context) error {
-		_, err := f.a.session(ctx, f.peer, f.policy(), f.dialer())
-		return err
-	})
 	if err != nil {
-		ln.Close()
+		if ln != nil {
+			ln.Close()
+		}
 		return f.stopped(err)
 	}
 	f.a.spawn(func() { f.keep(ctx) })
@@ -178,6 +185,13 @@ func (f *forward) openListener(addr string) (net.Listener, error) {
 		return nil, fmt.Errorf("listen for share %s: %w", f.share, err)
 	}
 	return ln, nil
+}
+
+// serveListener says where the forward listens and serves ln until the
+// forward ends.
+func (f *forward) serveListener(ln net.Listener) {
+	f.announce(ln)
+	f.a.spawn(func() { f.accept(f.ctx, ln) })
 }
 
 func (f *forward) announce(ln net.Listener) {

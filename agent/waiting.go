@@ -3,6 +3,7 @@ package agent
 import (
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/peerport/peerport/internal/proto"
@@ -19,6 +20,8 @@ func waitingFor(err error) string {
 	switch {
 	case errors.As(err, &re) && re.Code == proto.CodeNotFound:
 		return "share not found: the sharer is not online, or no longer shares it"
+	case errors.As(err, &re) && re.Code == proto.CodeNotRegistered:
+		return "share not registered (yet): the sharer is online without it"
 	case errors.As(err, &re) && re.Code == proto.CodeNoRelay:
 		return "relay refused: the broker offers none"
 	case errors.As(err, &re) && re.Code == proto.CodeLimit:
@@ -30,7 +33,9 @@ func waitingFor(err error) string {
 	case errors.Is(err, ErrPeerGone):
 		return "the sharer went offline"
 	}
-	return err.Error()
+	// Errors of every path tried come one per line: the first says enough.
+	first, _, _ := strings.Cut(err.Error(), "\n")
+	return first
 }
 
 // gaveUp is the error of a connect that did not reach its share in d.
