@@ -3,7 +3,6 @@ package agent
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -13,7 +12,6 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 )
 
@@ -184,14 +182,8 @@ func (a *Agent) listenAdmin() (*http.Server, error) {
 	}
 	path := filepath.Join(dir, "agent-"+strconv.Itoa(os.Getpid())+".sock")
 	os.Remove(path) // a previous process with our PID is long gone
-	old := syscall.Umask(0o177)
-	ln, err := net.Listen("unix", path)
-	syscall.Umask(old)
+	ln, err := listenPrivate(path)
 	if err != nil {
-		return nil, fmt.Errorf("admin socket: %w", err)
-	}
-	if err := os.Chmod(path, 0o600); err != nil {
-		ln.Close()
 		return nil, fmt.Errorf("admin socket: %w", err)
 	}
 	mux := http.NewServeMux()
@@ -225,7 +217,7 @@ func QueryStatus(ctx context.Context, stateDir string) (Status, error) {
 	}
 	for _, sock := range socks {
 		as, err := queryOne(ctx, sock)
-		if errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, os.ErrNotExist) {
+		if adminGone(err) {
 			os.Remove(sock)
 			continue
 		}
@@ -276,7 +268,7 @@ func RequestReload(ctx context.Context, stateDir string) (int, error) {
 	n := 0
 	for _, sock := range socks {
 		resp, err := adminDo(ctx, sock, http.MethodPost, "/reload")
-		if errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, os.ErrNotExist) {
+		if adminGone(err) {
 			continue
 		}
 		if err != nil {

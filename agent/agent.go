@@ -485,10 +485,32 @@ func (a *Agent) ticketFor(name string) (secure.Ticket, error) {
 	}
 }
 
-// announce reports a share's ticket the first time the broker accepts it.
+// announce reports a share's ticket the first time the broker accepts it,
+// and warns if nothing listens on its target.
 func (a *Agent) announce(s *share) {
-	if s.announced.CompareAndSwap(false, true) && a.opts.OnTicket != nil {
+	if !s.announced.CompareAndSwap(false, true) {
+		return
+	}
+	if a.opts.OnTicket != nil {
 		a.opts.OnTicket(s.Name, *s.ticket)
+	}
+	a.spawn(func() { a.checkTarget(s) })
+}
+
+// checkTarget warns when a share's target does not take connections: a
+// typo'd port, or a server not started yet, shows now rather than as a
+// reset the connector's user cannot explain.
+func (a *Agent) checkTarget(s *share) {
+	ctx, cancel := context.WithTimeout(a.ctx, targetTimeout)
+	defer cancel()
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "tcp", s.Target)
+	if err == nil {
+		c.Close()
+		return
+	}
+	if a.ctx.Err() == nil {
+		a.log.WithField("share", s.Name).WithError(err).Warnf("nothing answers on %s (yet): its connections fail until something listens there", s.Target)
 	}
 }
 

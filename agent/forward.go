@@ -140,11 +140,24 @@ func (f *forward) run() error {
 		}
 		return err
 	})
+	// A share of this agent's own identity (the same state dir) has its
+	// target on this machine: a listener on its port would get the
+	// share's own connections, forwarded back to it, in a loop.
+	own := f.peer == f.a.id.ID() && port != 0
+	if err == nil && own && ln != nil && ln.Addr().(*net.TCPAddr).Port == int(port) {
+		ln.Close()
+		return fmt.Errorf("share %s: %w: listening on %s, the port of its own target; pick another --listen", f.share, ErrLoop, ln.Addr())
+	}
 	if err == nil && ln == nil {
-		if port == 0 {
+		listen := net.JoinHostPort("127.0.0.1", strconv.Itoa(int(port)))
+		switch {
+		case port == 0:
 			return fmt.Errorf("share %s: the sharer did not say its port; pass --listen", f.share)
+		case own:
+			f.log.Infof("the share is this agent's own, on this machine: not taking %s, which it dials; listening on a free port", listen)
+			listen = "127.0.0.1:0"
 		}
-		if ln, err = f.openListener(net.JoinHostPort("127.0.0.1", strconv.Itoa(int(port)))); err != nil {
+		if ln, err = f.openListener(listen); err != nil {
 			return err
 		}
 		f.serveListener(ln)

@@ -13,6 +13,9 @@ import (
 // timeout (ConnectSpec.Timeout).
 var ErrGaveUp = errors.New("gave up")
 
+// ErrLoop refuses a connect whose listener its own share would dial.
+var ErrLoop = errors.New("the share is this agent's own (the same state dir), so its target is on this machine, and its connections would loop back")
+
 // waitingFor says, in a user's words, what a forward that cannot reach
 // its sharer waits for.
 func waitingFor(err error) string {

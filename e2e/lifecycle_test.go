@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"net"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -101,4 +102,35 @@ func TestConnectorWaitsForReturningShare(t *testing.T) {
 		c, err := net.DialTimeout("tcp", addr, time.Second)
 		return err == nil && tryEcho(c, 64<<10, 10*time.Second) == nil
 	})
+}
+
+// TestSameMachineTraps: a share of a port where nothing listens says so at
+// start; a connect from the same state dir (the same machine) does not
+// take the shared port, where the share's own connections would come back
+// to it: by default it moves to a free port, and an explicit --listen on
+// that port is refused.
+func TestSameMachineTraps(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t)
+	port := freePort(t)
+	target := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	sharer, ticket := w.share(target)
+	eventually(t, 20*time.Second, "the sharer to warn that nothing listens on its target", func() bool {
+		return strings.Contains(sharer.stderr.String(), "nothing answers on "+target)
+	})
+
+	conn := start(t, "connector", bins.agent, "--state-dir", w.sharerDir, "connect", ticket)
+	addr := conn.firstLine()
+	if addr == target {
+		t.Fatalf("the connector took the share's own target %s", target)
+	}
+	if !strings.Contains(conn.stderr.String(), "the share is this agent's own") {
+		t.Errorf("the connector did not say why it moved to %s:\n%s", addr, conn.stderr.String())
+	}
+	conn.stop()
+
+	looped := start(t, "connector on the target port", bins.agent, "--state-dir", w.sharerDir, "connect", ticket, "--listen", target)
+	if err := looped.wait(30 * time.Second); err == nil || !strings.Contains(looped.stderr.String(), "would loop back") {
+		t.Errorf("connect --listen %s on the share's own machine: %v\n%s", target, err, looped.stderr.String())
+	}
 }
