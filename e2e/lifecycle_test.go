@@ -124,9 +124,9 @@ func TestSameMachineTraps(t *testing.T) {
 	if addr == target {
 		t.Fatalf("the connector took the share's own target %s", target)
 	}
-	if !strings.Contains(conn.stderr.String(), "the share is this agent's own") {
-		t.Errorf("the connector did not say why it moved to %s:\n%s", addr, conn.stderr.String())
-	}
+	eventually(t, 10*time.Second, "the connector to say why it moved to "+addr, func() bool {
+		return strings.Contains(conn.stderr.String(), "the share is this agent's own")
+	})
 	conn.stop()
 
 	looped := start(t, "connector on the target port", bins.agent, "--state-dir", w.sharerDir, "connect", ticket, "--listen", target)
