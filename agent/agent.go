@@ -296,7 +296,8 @@ func (a *Agent) drain() {
 	if open == 0 {
 		return
 	}
-	a.log.WithFields(logrus.Fields{"open": open, "timeout": a.opts.DrainTimeout}).Info("shutting down: waiting for open connections")
+	a.log.WithFields(logrus.Fields{"open": open, "timeout": a.opts.DrainTimeout}).Infof(
+		"stopping: %d open connection(s) may finish within %v; a second Ctrl-C (or SIGTERM) stops at once", open, a.opts.DrainTimeout)
 	deadline := time.Now().Add(a.opts.DrainTimeout)
 	for a.stats.streams.Load() > 0 && time.Now().Before(deadline) {
 		select {
@@ -438,6 +439,16 @@ func (a *Agent) apply(o Options) error {
 // ticketPath is where a kept ticket's secret lives.
 func ticketPath(stateDir, name string) string {
 	return filepath.Join(stateDir, "tickets", name+".secret")
+}
+
+// KeptTickets names the shares whose tickets stateDir keeps.
+func KeptTickets(stateDir string) []string {
+	files, _ := filepath.Glob(ticketPath(stateDir, "*"))
+	names := make([]string, 0, len(files))
+	for _, f := range files {
+		names = append(names, strings.TrimSuffix(filepath.Base(f), ".secret"))
+	}
+	return names
 }
 
 // ForgetTicket drops the kept secret of share name's ticket, so the next
@@ -609,7 +620,7 @@ func (a *Agent) onIntro(ctx context.Context, b *brokerClient, in *proto.Intro) *
 	case len(in.Candidates) > 0:
 		p.answer(ctx, b, in, connector, rep)
 	}
-	log.WithFields(logrus.Fields{"candidates": len(rep.Candidates), "peer_nat": natType(in.NAT), "path": in.Path}).Info("introduced")
+	log.WithFields(logrus.Fields{"candidates": len(rep.Candidates), "peer_nat": natType(in.NAT), "path": in.Path}).Debug("introduced") // "peer session up" follows
 	return rep
 }
 

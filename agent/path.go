@@ -38,6 +38,9 @@ const (
 	PathBroker = RelayBroker
 )
 
+// PathPolicies lists the path policies, for help and completion.
+func PathPolicies() []string { return []string{PathAuto, PathDirect, PathRelay, PathTURN, PathBroker} }
+
 // Relay kinds, as status reports them.
 const (
 	RelayTURN   = "turn"

@@ -38,8 +38,9 @@ type Options struct {
 
 	// STUNListen are the STUN server's addresses, each served on UDP and
 	// TCP. Nil: nat.DefaultAddrs of Listen's host (ports 3478 and 3479, on
-	// both addresses where the machine has two), and a failure to bind them
-	// is logged, not fatal. NoSTUN turns the STUN server off.
+	// both addresses where the machine has two), or free ports on the same
+	// hosts when those are taken, and a failure to bind is logged, not
+	// fatal. NoSTUN turns the STUN server off.
 	STUNListen []string
 	NoSTUN     bool
 
@@ -389,11 +390,24 @@ func listenSTUN(ctx context.Context, o Options) (*nat.Listeners, error) {
 		addrs = nat.DefaultAddrs(host)
 	}
 	ls, err := nat.Listen(ctx, addrs)
-	if err != nil {
-		if o.STUNListen == nil {
-			o.Log.WithError(err).Warn("STUN server not started; agents cannot tell their NAT type from this broker")
-			return nil, nil
+	if err != nil && o.STUNListen == nil {
+		// The default ports are taken (another broker, say a second
+		// `agent share` on this machine): free ports on the same hosts
+		// serve agents as well, since the broker tells them where.
+		free := make([]string, len(addrs))
+		for i, a := range addrs {
+			host, _, _ := net.SplitHostPort(a)
+			free[i] = net.JoinHostPort(host, "0")
 		}
+		var ferr error
+		if ls, ferr = nat.Listen(ctx, free); ferr == nil {
+			o.Log.WithError(err).WithField("stun", ls.Addrs()).Info("STUN's default ports are taken: serving it on free ports")
+			return ls, nil
+		}
+		o.Log.WithError(err).Warn("STUN server not started; agents cannot tell their NAT type from this broker")
+		return nil, nil
+	}
+	if err != nil {
 		return nil, fmt.Errorf("broker: %w", err)
 	}
 	return ls, nil

@@ -225,6 +225,8 @@ func (s *session) readFailed(err error) {
 		s.log.Infof("no message for %v; dropping the session", s.srv.cfg.IdleTimeout)
 	case errors.Is(err, io.EOF):
 		s.log.Debug("agent closed the session")
+	case errors.Is(err, net.ErrClosed):
+		s.log.Debug("session closed: the broker is stopping")
 	default:
 		s.log.WithError(err).Info("session read failed")
 	}

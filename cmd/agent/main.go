@@ -35,7 +35,7 @@ var version = "dev"
 func main() {
 	agent.Version = version
 	stopProfile := cpuProfile()
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	ctx, stop := stopOnSignal()
 	err := newRoot().ExecuteContext(ctx)
 	stop()
 	stopProfile()
@@ -43,6 +43,27 @@ func main() {
 		fmt.Fprintln(os.Stderr, "agent: "+err.Error())
 		os.Exit(1)
 	}
+}
+
+// stopOnSignal returns a context that ends at the first SIGINT or SIGTERM,
+// so that the agent drains; a second one exits at once.
+func stopOnSignal() (context.Context, func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	go func() {
+		select {
+		case <-sigs:
+		case <-ctx.Done():
+			return
+		}
+		cancel()
+		if _, ok := <-sigs; ok {
+			fmt.Fprintln(os.Stderr, "agent: stopped at once; open connections were cut")
+			os.Exit(130)
+		}
+	}()
+	return ctx, func() { signal.Stop(sigs); close(sigs); cancel() }
 }
 
 // cpuProfile writes a CPU profile to $PEERPORT_CPUPROFILE until the agent
@@ -112,22 +133,42 @@ func newRoot() *cobra.Command {
 	root := &cobra.Command{
 		Use:           "agent",
 		Short:         "Share a TCP port with a teammate, peer to peer, or connect to one",
+		Example:       "  agent share 8080            # on your machine: prints a ticket\n  agent connect <ticket>      # on your teammate's: curl localhost:8080 works",
+		Version:       version,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
+	root.SetVersionTemplate("agent {{.Version}}\n")
 	pf := root.PersistentFlags()
 	pf.StringVar(&g.stateDir, "state-dir", "", "state directory (default $PEERPORT_HOME or ~/.config/peerport)")
 	pf.StringVar(&g.logLevel, "log-level", "info", "trace, debug, info, warn or error")
 	pf.StringVar(&g.logFormat, "log-format", "text", "text or json")
-	pf.DurationVar(&g.drain, "drain-timeout", agent.DefaultDrainTimeout, "on SIGTERM/SIGINT, how long open connections may finish")
+	complete(root, "log-level", logging.Levels)
+	complete(root, "log-format", logging.Formats)
+	root.AddCommand(loginCmd(g), shareCmd(g), connectCmd(g), upCmd(g), reloadCmd(g), statusCmd(g), netcheckCmd(g), idCmd(g), versionCmd())
+	return root
+}
+
+// runFlags are the flags of the commands that run an agent.
+func (g *globals) runFlags(c *cobra.Command) {
+	f := c.Flags()
+	f.DurationVar(&g.drain, "drain-timeout", agent.DefaultDrainTimeout, "on SIGTERM/SIGINT, how long open connections may finish")
 	var cands []string
 	if env := os.Getenv("PEERPORT_CANDIDATES"); env != "" {
 		cands = strings.Split(env, ",")
 	}
-	pf.StringVar(&g.proxy, "proxy", "", "HTTP CONNECT proxy to reach the broker through, http://[user:pass@]host:port (default: HTTPS_PROXY, ALL_PROXY, NO_PROXY)")
-	pf.StringSliceVar(&g.candidates, "candidates", cands, "offer peers only local addresses in these CIDR prefixes (default: all; env PEERPORT_CANDIDATES)")
-	root.AddCommand(loginCmd(g), shareCmd(g), connectCmd(g), upCmd(g), reloadCmd(g), statusCmd(g), netcheckCmd(g), idCmd(g), versionCmd())
-	return root
+	f.StringSliceVar(&g.candidates, "candidates", cands, "offer peers only local addresses in these CIDR prefixes (default: all; env PEERPORT_CANDIDATES)")
+	g.proxyFlag(c)
+}
+
+// proxyFlag is for the commands that reach a broker.
+func (g *globals) proxyFlag(c *cobra.Command) {
+	c.Flags().StringVar(&g.proxy, "proxy", "", "HTTP CONNECT proxy to reach the broker through, http://[user:pass@]host:port (default: HTTPS_PROXY, ALL_PROXY, NO_PROXY)")
+}
+
+// complete offers values for flag name of c and its subcommands.
+func complete(c *cobra.Command, name string, values []string) {
+	c.RegisterFlagCompletionFunc(name, cobra.FixedCompletions(values, cobra.ShellCompDirectiveNoFileComp))
 }
 
 // exactlyOne accepts one argument and shows the usage line otherwise.
@@ -139,10 +180,11 @@ func exactlyOne(cmd *cobra.Command, args []string) error {
 }
 
 func loginCmd(g *globals) *cobra.Command {
-	return &cobra.Command{
-		Use:   "login BROKER_URL",
-		Short: "Check a broker URL and save it in the state dir",
-		Args:  exactlyOne,
+	c := &cobra.Command{
+		Use:     "login BROKER_URL",
+		Short:   "Check a broker URL and save it in the state dir",
+		Example: "  agent login 'pp://TOKEN@broker.example.com:7000#PIN'   # the URL the broker printed",
+		Args:    exactlyOne,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			dir, log, id, err := g.setup()
 			if err != nil {
@@ -164,6 +206,8 @@ func loginCmd(g *globals) *cobra.Command {
 			return nil
 		},
 	}
+	g.proxyFlag(c)
+	return c
 }
 
 func shareCmd(g *globals) *cobra.Command {
@@ -178,6 +222,10 @@ func shareCmd(g *globals) *cobra.Command {
 			"an embedded broker runs inside this process and the ticket points at it.\n" +
 			"The ticket stays the same when the share is started again with the same state dir\n" +
 			"and name (the embedded broker keeps its port); --new-ticket replaces it.",
+		Example: "  agent share 8080                       # prints a ticket; give it to your teammate\n" +
+			"  agent share db.internal:5432 --name db\n" +
+			"  agent share 22 --allow 7c53kky36dth...   # an agent by ID, no ticket needed\n" +
+			"  agent share 8080 --new-ticket           # the old ticket stops working",
 		Args: exactlyOne,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			dir, log, id, err := g.setup()
@@ -221,9 +269,14 @@ func shareCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return a.Run(ctx)
+			if err := a.Run(ctx); err != nil {
+				return err
+			}
+			log.Infof("stopped; share %q no longer served (the same ticket works when it runs again)", name)
+			return nil
 		},
 	}
+	g.runFlags(c)
 	f := c.Flags()
 	f.StringVar(&name, "name", "", "share name (default: the target's port)")
 	f.StringVar(&brokerURL, "broker", "", "broker URL (default: the one saved by agent login, else an embedded broker)")
@@ -232,6 +285,10 @@ func shareCmd(g *globals) *cobra.Command {
 	f.StringVar(&publicAddr, "public-addr", "", "host the embedded broker advertises in tickets (default: this host's first address)")
 	f.StringVar(&path, "path", agent.PathAuto, pathUsage)
 	f.BoolVar(&newTicket, "new-ticket", false, "make a new ticket for this share; the old one stops working")
+	complete(c, "path", agent.PathPolicies())
+	c.RegisterFlagCompletionFunc("name", func(*cobra.Command, []string, string) ([]string, cobra.ShellCompDirective) {
+		return agent.KeptTickets(statedir.Resolve(g.stateDir)), cobra.ShellCompDirectiveNoFileComp
+	})
 	return c
 }
 
@@ -257,7 +314,7 @@ func chooseBroker(ctx context.Context, dir, flag, embedListen, publicAddr string
 	}
 	r, err := broker.Start(ctx, broker.Options{
 		Listen: embedListen, PublicAddr: publicAddr, StateDir: statedir.Broker(dir),
-		Log: log.WithField("component", "embedded-broker"), Version: version,
+		Log: quieter(log).WithField("component", "embedded-broker"), Version: version,
 		TURNListen: net.JoinHostPort(host, "0"),
 		// A restarted share keeps its ticket, which names this port.
 		KeepPort: true,
@@ -269,6 +326,19 @@ func chooseBroker(ctx context.Context, dir, flag, embedListen, publicAddr string
 	return &r.URL, nil
 }
 
+// quieter is log for what runs inside the agent on its behalf (the
+// embedded broker): its warnings, and its chatter only when debugging.
+func quieter(log *logrus.Logger) *logrus.Logger {
+	l := logrus.New()
+	l.SetOutput(log.Out)
+	l.SetFormatter(log.Formatter)
+	l.SetLevel(min(log.GetLevel(), logrus.WarnLevel))
+	if log.GetLevel() >= logrus.DebugLevel {
+		l.SetLevel(log.GetLevel())
+	}
+	return l
+}
+
 const pathUsage = "how peer channels are made: auto (punch, else a relay, moving to direct when it comes up), direct, relay (either relay), turn or broker (that relay only)"
 
 func connectCmd(g *globals) *cobra.Command {
@@ -277,7 +347,10 @@ func connectCmd(g *globals) *cobra.Command {
 	c := &cobra.Command{
 		Use:   "connect TICKET",
 		Short: "Forward a local port to a share; prints the local address as the first line of stdout",
-		Args:  exactlyOne,
+		Example: "  agent connect pp1...                    # listens on 127.0.0.1:<shared port>\n" +
+			"  agent connect pp1... --listen 127.0.0.1:15432\n" +
+			"  agent connect pp1... --timeout 0         # keep trying until the share is there",
+		Args: exactlyOne,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			dir, log, id, err := g.setup()
 			if err != nil {
@@ -304,9 +377,15 @@ func connectCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return a.Run(cmd.Context())
+			if err := a.Run(cmd.Context()); err != nil {
+				return err
+			}
+			log.Info("stopped")
+			return nil
 		},
 	}
+	g.runFlags(c)
+	complete(c, "path", agent.PathPolicies())
 	c.Flags().StringVar(&listen, "listen", "", "local address (default 127.0.0.1:<shared port>, or a free port if taken)")
 	c.Flags().StringVar(&path, "path", agent.PathAuto, pathUsage)
 	c.Flags().DurationVar(&timeout, "timeout", time.Minute, "give up, with the reason, if the share cannot be reached for the first time within this long; 0: keep trying (once it has worked, it always keeps trying)")
@@ -319,7 +398,9 @@ func upCmd(g *globals) *cobra.Command {
 	c := &cobra.Command{
 		Use:   "up",
 		Short: "Run the shares and connects of a YAML file, for good (SIGHUP or agent reload re-reads it)",
-		Args:  cobra.NoArgs,
+		Example: "  agent up                                # agent.yaml in this directory\n" +
+			"  agent up -c /etc/peerport/agent.yaml --tickets",
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg, err := config.LoadAgent(file)
 			if err != nil {
@@ -396,6 +477,7 @@ func upCmd(g *globals) *cobra.Command {
 			return a.Run(ctx)
 		},
 	}
+	g.runFlags(c)
 	c.Flags().StringVarP(&file, "config", "c", "agent.yaml", "config file")
 	c.Flags().BoolVar(&printTickets, "tickets", false, "print \"NAME TICKET\" on stdout for each share as it comes online")
 	return c
@@ -403,9 +485,10 @@ func upCmd(g *globals) *cobra.Command {
 
 func reloadCmd(g *globals) *cobra.Command {
 	return &cobra.Command{
-		Use:   "reload",
-		Short: "Make the running agent up of this state dir re-read its config file",
-		Args:  cobra.NoArgs,
+		Use:     "reload",
+		Short:   "Make the running agent up of this state dir re-read its config file",
+		Example: "  agent reload",
+		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, cancel := context.WithTimeout(cmd.Context(), 30*time.Second)
 			defer cancel()
@@ -425,9 +508,10 @@ func reloadCmd(g *globals) *cobra.Command {
 func statusCmd(g *globals) *cobra.Command {
 	var asJSON bool
 	c := &cobra.Command{
-		Use:   "status",
-		Short: "Show every running agent of this state dir: peers, path, RTT, streams, bytes",
-		Args:  cobra.NoArgs,
+		Use:     "status",
+		Short:   "Show every running agent of this state dir: peers, path, RTT, streams, bytes",
+		Example: "  agent status\n  agent status --json | jq '.agents[].peers[] | {peer, path, rtt_ms}'",
+		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, cancel := context.WithTimeout(cmd.Context(), 10*time.Second)
 			defer cancel()
@@ -487,9 +571,10 @@ func netcheckCmd(g *globals) *cobra.Command {
 	var asJSON bool
 	var brokerURL string
 	c := &cobra.Command{
-		Use:   "netcheck",
-		Short: "Show the NAT behaviour seen from here, and whether a direct path is likely",
-		Args:  cobra.NoArgs,
+		Use:     "netcheck",
+		Short:   "Show the NAT behaviour seen from here, and whether a direct path is likely",
+		Example: "  agent netcheck\n  agent netcheck --json --broker 'pp://TOKEN@broker.example.com:7000#PIN'",
+		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			dir, log, id, err := g.setup()
 			if err != nil {
@@ -525,14 +610,16 @@ func netcheckCmd(g *globals) *cobra.Command {
 	}
 	c.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	c.Flags().StringVar(&brokerURL, "broker", "", "broker URL (default: the one saved by agent login)")
+	g.proxyFlag(c)
 	return c
 }
 
 func idCmd(g *globals) *cobra.Command {
 	return &cobra.Command{
-		Use:   "id",
-		Short: "Print this agent's identity",
-		Args:  cobra.NoArgs,
+		Use:     "id",
+		Short:   "Print this agent's identity",
+		Example: "  agent id        # give it to a sharer for --allow, or for allow: in agent.yaml",
+		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			_, _, id, err := g.setup()
 			if err != nil {
@@ -546,9 +633,10 @@ func idCmd(g *globals) *cobra.Command {
 
 func versionCmd() *cobra.Command {
 	return &cobra.Command{
-		Use:   "version",
-		Short: "Print the version",
-		Args:  cobra.NoArgs,
-		Run:   func(cmd *cobra.Command, _ []string) { fmt.Fprintln(cmd.OutOrStdout(), "agent", version) },
+		Use:     "version",
+		Short:   "Print the version",
+		Example: "  agent version\n  agent --version",
+		Args:    cobra.NoArgs,
+		Run:     func(cmd *cobra.Command, _ []string) { fmt.Fprintln(cmd.OutOrStdout(), "agent", version) },
 	}
 }

@@ -33,7 +33,8 @@ func main() {
 
 func newRoot() *cobra.Command {
 	var file, listen, publicAddr, stateDir, metricsListen, logLevel, logFormat, turnListen string
-	var showVersion, noTURN bool
+	var noTURN, noSTUN bool
+	var stunListen []string
 	var certFile, keyFile, acmeDomain, acmeEmail, acmeDirectory, acmeHTTP string
 	c := &cobra.Command{
 		Use:   "broker",
@@ -43,14 +44,15 @@ func newRoot() *cobra.Command {
 			"Key, pin and token are created in the state dir on first start and kept after.\n" +
 			"With a certificate from a CA (--acme-domain, or --cert-file/--key-file) the URL\n" +
 			"has no #PIN: agents verify the certificate for its host with their system roots.",
+		Example: "  broker                                  # on :7000, state in ~/.config/peerport/broker\n" +
+			"  broker --public-addr broker.example.com --listen :443\n" +
+			"  broker --acme-domain broker.example.com --listen :443   # a certificate from Let's Encrypt\n" +
+			"  broker -c broker.yaml --metrics-listen 9102",
+		Version:       version,
 		Args:          cobra.NoArgs,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if showVersion {
-				fmt.Fprintln(cmd.OutOrStdout(), "broker", version)
-				return nil
-			}
 			cfg := &config.Broker{}
 			if file != "" {
 				var err error
@@ -113,6 +115,7 @@ func newRoot() *cobra.Command {
 			}
 			lim := cfg.Limits
 			o := broker.Options{
+				STUNListen: stunListen, NoSTUN: noSTUN,
 				Listen: cfg.Listen, PublicAddr: cfg.PublicAddr,
 				StateDir: brokerDir(cfg.StateDir), MetricsListen: cfg.MetricsListen,
 				Log: log.WithField("component", "broker"), Version: version,
@@ -164,7 +167,18 @@ func newRoot() *cobra.Command {
 	f.StringVar(&stateDir, "state-dir", "", "state directory for key and token (default $PEERPORT_HOME/broker or ~/.config/peerport/broker)")
 	f.StringVar(&logLevel, "log-level", "info", "trace, debug, info, warn or error")
 	f.StringVar(&logFormat, "log-format", "text", "text or json")
-	f.BoolVar(&showVersion, "version", false, "print the version")
+	f.StringSliceVar(&stunListen, "stun-listen", nil, "STUN server addresses, each on UDP and TCP (default: ports 3478 and 3479 of --listen's host, or free ports if taken)")
+	f.BoolVar(&noSTUN, "no-stun", false, "run no STUN server (agents then cannot tell their NAT type from this broker)")
+	c.SetVersionTemplate("broker {{.Version}}\n")
+	c.AddCommand(&cobra.Command{
+		Use:   "version",
+		Short: "Print the version",
+		Args:  cobra.NoArgs,
+		Run:   func(cmd *cobra.Command, _ []string) { fmt.Fprintln(cmd.OutOrStdout(), "broker", version) },
+	})
+	for name, values := range map[string][]string{"log-level": logging.Levels, "log-format": logging.Formats} {
+		c.RegisterFlagCompletionFunc(name, cobra.FixedCompletions(values, cobra.ShellCompDirectiveNoFileComp))
+	}
 	return c
 }
 

@@ -8,6 +8,12 @@ import (
 	"github.com/sirupsen/logrus"
 )
 
+// Levels and Formats are the values New takes, for help and completion.
+var (
+	Levels  = []string{"trace", "debug", "info", "warn", "error"}
+	Formats = []string{"text", "json"}
+)
+
 // New returns a logger writing to w at level ("trace".."error") in format
 // ("text" or "json").
 func New(w io.Writer, level, format string) (*logrus.Logger, error) {

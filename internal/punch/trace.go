@@ -57,7 +57,7 @@ func LogTracer(log logrus.FieldLogger) Tracer {
 		l := log.WithFields(f)
 		switch e.Type {
 		case EventChosen:
-			l.Info("punch: connected")
+			l.Debug("punch: connected") // "hole punched" says it, with the pair
 		case EventFailed:
 			l.Info("punch: failed")
 		default:
