@@ -505,23 +505,15 @@ func (a *Agent) announce(s *share) {
 	if a.opts.OnTicket != nil {
 		a.opts.OnTicket(s.Name, *s.ticket)
 	}
-	a.spawn(func() { a.checkTarget(s) })
+	a.checkTarget(s)
 }
 
-// checkTarget warns when a share's target does not take connections: a
-// typo'd port, or a server not started yet, shows now rather than as a
-// reset the connector's user cannot explain.
+// checkTarget warns when nothing listens on a share's target: a typo'd
+// port, or a server not started yet, shows now rather than as a reset the
+// connector's user cannot explain.
 func (a *Agent) checkTarget(s *share) {
-	ctx, cancel := context.WithTimeout(a.ctx, targetTimeout)
-	defer cancel()
-	var d net.Dialer
-	c, err := d.DialContext(ctx, "tcp", s.Target)
-	if err == nil {
-		c.Close()
-		return
-	}
-	if a.ctx.Err() == nil {
-		a.log.WithField("share", s.Name).WithError(err).Warnf("nothing answers on %s (yet): its connections fail until something listens there", s.Target)
+	if listening, known := tcpListening(s.Target); known && !listening {
+		a.log.WithField("share", s.Name).Warnf("nothing listens on %s (yet): its connections fail until something does", s.Target)
 	}
 }
 

@@ -97,7 +97,7 @@ func TestConnectKey(t *testing.T) {
 }
 
 func TestOptionsFromConfigResume(t *testing.T) {
-	c, err := config.ParseAgent("agent.yaml", []byte("resume:\n  keepalive: 1s\n  dead_after: 1500ms\n  timeout: 10m\n  buffer_kib: 256\n"))
+	c, err := config.ParseAgent("agent.yaml", []byte("shares: [{name: web, target: 80}]\nresume:\n  keepalive: 1s\n  dead_after: 1500ms\n  timeout: 10m\n  buffer_kib: 256\n"))
 	if err != nil {
 		t.Fatal(err)
 	}

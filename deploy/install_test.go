@@ -87,12 +87,12 @@ func TestInstallService(t *testing.T) {
 		checkDoc func(t *testing.T, name string, data []byte)
 	}{
 		{"agent", "ExecStart=/opt/peerport/bin/agent up -c /etc/peerport/agent.yaml", func(t *testing.T, name string, data []byte) {
-			a, err := config.ParseAgent(name, data)
-			if err != nil {
-				t.Fatalf("starter agent.yaml: %v", err)
-			}
-			if a.Broker == "" || len(a.Shares) == 0 {
-				t.Errorf("starter agent.yaml lacks the example's broker and shares: %+v", a)
+			// The starter is the example: it must not run until its
+			// placeholders are replaced, so a service made from it fails
+			// at once, saying which line to edit, instead of looking healthy.
+			_, err := config.ParseAgent(name, data)
+			if err == nil || !strings.Contains(err.Error(), "broker: still the example's placeholder") {
+				t.Errorf("starter agent.yaml: %v; want a refusal of the placeholder broker", err)
 			}
 		}},
 		{"broker", "ExecStart=/opt/peerport/bin/broker -c /etc/peerport/broker.yaml --state-dir /var/lib/peerport-broker", func(t *testing.T, name string, data []byte) {

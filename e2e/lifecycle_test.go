@@ -116,7 +116,7 @@ func TestSameMachineTraps(t *testing.T) {
 	target := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 	sharer, ticket := w.share(target)
 	eventually(t, 20*time.Second, "the sharer to warn that nothing listens on its target", func() bool {
-		return strings.Contains(sharer.stderr.String(), "nothing answers on "+target)
+		return strings.Contains(sharer.stderr.String(), "nothing listens on "+target)
 	})
 
 	conn := start(t, "connector", bins.agent, "--state-dir", w.sharerDir, "connect", ticket)

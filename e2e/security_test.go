@@ -146,8 +146,12 @@ func TestConfigErrors(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
 	tests := []struct{ name, yaml, want string }{
-		{"unknown key", "shares:\n  - name: web\n    targett: 8080\n", `agent.yaml:3: shares[0]: unknown field "targett"`},
-		{"wrong type", "shares:\n  - name: [web]\n    target: 8080\n", "agent.yaml:2: shares[0].name: cannot decode !!seq into string"},
+		{"unknown key", "shares:\n  - name: web\n    targett: 8080\n", `agent.yaml:3:5: shares[0]: unknown field "targett"; did you mean "target"?`},
+		{"wrong type", "shares:\n  - name: [web]\n    target: 8080\n", "agent.yaml:2:11: shares[0].name: cannot decode !!seq into string"},
+		{"tab", "shares:\n\t- name: web\n", "agent.yaml:2:1: tab character in indentation; hint: YAML indents with spaces; line 2 has a tab at column 1"},
+		{"empty", "# nothing yet\n", "agent.yaml: nothing to run: add a share or a connect (see config.example.yaml)"},
+		{"placeholder broker", "broker: pp://REPLACE-WITH-TOKEN@broker.example.com:7000#oIwob8Nt-IZh7fcNNYHpyN76ZY_eOs2qmZjBL9ySFaY\nshares:\n  - name: web\n    target: 8080\n",
+			"agent.yaml:1: broker: still the example's placeholder; replace it with the URL your broker printed"},
 		{"bad port", "connects:\n  - peer: " + strings.Repeat("a", 52) + "\n    share: web\n    listen: 127.0.0.1:70000\n", "agent.yaml:4: connects[0].listen:"},
 		{"missing target", "shares:\n  - name: web\n", "agent.yaml:2: shares[0].target:"},
 		{"duplicate names", "shares:\n  - name: web\n    target: 1\n  - name: web\n    target: 2\n", "agent.yaml:4: shares[1].name:"},

@@ -219,7 +219,7 @@ func TestReload(t *testing.T) {
 
 	writeFile(t, connCfg, "connects:\n  - tickett: nope\n")
 	_, stderr, err := run(t, bins.agent, "--state-dir", w.connDir, "reload")
-	if err == nil || !strings.Contains(stderr, `agent.yaml:2: connects[0]: unknown field "tickett"`) {
+	if err == nil || !strings.Contains(stderr, `agent.yaml:2:5: connects[0]: unknown field "tickett"; did you mean "ticket"?`) {
 		t.Fatalf("invalid reload: err %v, stderr %q; want a refusal naming file, line and field", err, stderr)
 	}
 	waitErr(t, transfer, 2*time.Minute, "64 MiB transfer across two reloads")

@@ -73,7 +73,7 @@ func TestParseBrokerCertErrors(t *testing.T) {
 		yaml string
 		want []string
 	}{
-		{"unknown key", "acme:\n  domains: [a.example.com]\n", []string{`broker.yaml:2: acme: unknown field "domains"`}},
+		{"unknown key", "acme:\n  domains: [a.example.com]\n", []string{`broker.yaml:2:3: acme: unknown field "domains"; did you mean "domain"?`}},
 		{"both sources", "acme: {domain: broker.example.com}\ntls: {cert_file: " + cert + ", key_file: " + cert + "}\n",
 			[]string{`broker.yaml:2: tls: set either acme (a certificate the broker gets) or tls (your own), not both`}},
 		{"every acme problem at once", `

@@ -82,7 +82,7 @@ func TestParseBrokerTURNErrors(t *testing.T) {
 		yaml string
 		want []string
 	}{
-		{"unknown key", "turn:\n  of: true\n", []string{`broker.yaml:2: turn: unknown field "of"`}},
+		{"unknown key", "turn:\n  of: true\n", []string{`broker.yaml:2:3: turn: unknown field "of"; did you mean "off"?`}},
 		{"every problem at once", `
 listen: 7000
 metrics_listen: 9102

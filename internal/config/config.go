@@ -3,8 +3,10 @@
 //
 // Loading runs in three steps, as in frp:
 //
-//  1. decode: strict, against the Go types; unknown keys and wrong types are
-//     errors that name file, line and dotted field path;
+//  1. decode: strict, against the Go types; syntax errors, unknown keys and
+//     wrong types are errors that name file, line, column and dotted field
+//     path, with a hint for the usual causes (a tab, a misaligned line, an
+//     unclosed quote or bracket, the nearest known key);
 //  2. defaults: SetDefaults fills every unset field in one place;
 //  3. validate: Validate reports every problem at once (errors.Join), one line
 //     each, e.g. "agent.yaml:7: connects[1].listen: port 70000 out of range (0-65535)".
@@ -156,13 +158,16 @@ type BrokerLimits struct {
 }
 
 // Error is one problem in a configuration. Its text is
-// "FILE:LINE: PATH: MSG", leaving out the parts that are unknown.
+// "FILE:LINE:COLUMN: PATH: MSG; hint: HINT", leaving out the parts that are
+// unknown. It stays on one line, so that joined errors read one per line.
 type Error struct {
-	File string // as given to Load*/Parse*; empty for Validate on a config built in code
-	Line int    // 1-based; 0 when unknown
-	Path string // dotted field path, e.g. "connects[1].listen"; empty for the whole file
-	Msg  string
-	Err  error // the underlying cause, if any (e.g. secure.ErrBadTicket, fs.ErrNotExist)
+	File   string // as given to Load*/Parse*; empty for Validate on a config built in code
+	Line   int    // 1-based; 0 when unknown
+	Column int    // 1-based, in characters; 0 when unknown (validation points at lines only)
+	Path   string // dotted field path, e.g. "connects[1].listen"; empty for the whole file
+	Msg    string
+	Hint   string // what to do about it, when the cause is a common one; may be empty
+	Err    error  // the underlying cause, if any (e.g. secure.ErrBadTicket, fs.ErrNotExist)
 }
 
 func (e *Error) Error() string {
@@ -171,6 +176,9 @@ func (e *Error) Error() string {
 		b.WriteString(e.File)
 		if e.Line > 0 {
 			b.WriteString(":" + strconv.Itoa(e.Line))
+			if e.Column > 0 {
+				b.WriteString(":" + strconv.Itoa(e.Column))
+			}
 		}
 		b.WriteString(": ")
 	}
@@ -178,6 +186,9 @@ func (e *Error) Error() string {
 		b.WriteString(e.Path + ": ")
 	}
 	b.WriteString(e.Msg)
+	if e.Hint != "" {
+		b.WriteString("; hint: " + e.Hint)
+	}
 	return b.String()
 }
 

@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"io"
 	"reflect"
-	"regexp"
-	"strconv"
 	"strings"
 	"time"
 
@@ -36,14 +34,14 @@ func decode(name string, data []byte, out any) (map[string]int, error) {
 		if errors.Is(err, io.EOF) {
 			return map[string]int{}, nil // an empty file is an empty config
 		}
-		return nil, syntaxError(name, err)
+		return nil, syntaxError(name, data, err)
 	}
 	var extra yaml.Node
 	switch err := dec.Decode(&extra); {
 	case err == nil:
 		return nil, &Error{File: name, Line: extra.Line, Msg: "more than one YAML document (---); put one configuration in a file"}
 	case !errors.Is(err, io.EOF):
-		return nil, syntaxError(name, err)
+		return nil, syntaxError(name, data, err)
 	}
 	d := &decoder{file: name, lines: map[string]int{}}
 	root := &doc
@@ -60,18 +58,6 @@ func decode(name string, data []byte, out any) (map[string]int, error) {
 	return d.lines, nil
 }
 
-var yamlLineRE = regexp.MustCompile(`^yaml: line (\d+): (.*)$`)
-
-// syntaxError turns yaml's "yaml: line 3: did not find ..." into our form.
-func syntaxError(name string, err error) error {
-	msg := err.Error()
-	if m := yamlLineRE.FindStringSubmatch(msg); m != nil {
-		line, _ := strconv.Atoi(m[1])
-		return &Error{File: name, Line: line, Msg: m[2], Err: err}
-	}
-	return &Error{File: name, Msg: strings.TrimPrefix(msg, "yaml: "), Err: err}
-}
-
 type decoder struct {
 	file  string
 	lines map[string]int
@@ -80,7 +66,11 @@ type decoder struct {
 }
 
 func (d *decoder) fail(n *yaml.Node, path, format string, args ...any) {
-	d.errs = append(d.errs, &Error{File: d.file, Line: n.Line, Path: path, Msg: fmt.Sprintf(format, args...)})
+	d.failHint(n, path, "", format, args...)
+}
+
+func (d *decoder) failHint(n *yaml.Node, path, hint, format string, args ...any) {
+	d.errs = append(d.errs, &Error{File: d.file, Line: n.Line, Column: n.Column, Path: path, Msg: fmt.Sprintf(format, args...), Hint: hint})
 }
 
 // value decodes node n into v, which is addressable.
@@ -127,7 +117,7 @@ func (d *decoder) value(n *yaml.Node, v reflect.Value, path string) {
 
 func (d *decoder) mapping(n *yaml.Node, v reflect.Value, path string) {
 	if n.Kind != yaml.MappingNode {
-		d.fail(n, path, "cannot decode %s into a mapping", describe(n))
+		d.failHint(n, path, missingSpace(n, v.Type()), "cannot decode %s into a mapping", describe(n))
 		return
 	}
 	fields := fieldsOf(v.Type())
@@ -153,7 +143,11 @@ func (d *decoder) mapping(n *yaml.Node, v reflect.Value, path string) {
 		seen[key] = k.Line
 		idx, ok := fields[key]
 		if !ok {
-			d.fail(k, path, "unknown field %q", key)
+			if near := nearestKey(v.Type(), key); near != "" {
+				d.fail(k, path, "unknown field %q; did you mean %q?", key, near)
+			} else {
+				d.fail(k, path, "unknown field %q", key)
+			}
 			continue
 		}
 		child := key
@@ -185,6 +179,19 @@ func (d *decoder) scalar(n *yaml.Node, v reflect.Value, path string) {
 		}
 		d.fail(n, path, "%s", msg)
 	}
+}
+
+// missingSpace is the hint for a mapping written as "key:value": YAML reads
+// that as one string, and only a space after the colon makes it a key.
+func missingSpace(n *yaml.Node, t reflect.Type) string {
+	if n.Kind != yaml.ScalarNode || n.Style != 0 {
+		return ""
+	}
+	key, val, ok := strings.Cut(n.Value, ":")
+	if _, known := fieldsOf(t)[key]; !ok || !known || val == "" || strings.HasPrefix(val, " ") {
+		return ""
+	}
+	return "put a space after the colon: " + keyValue(key, val)
 }
 
 // describe names a node's kind the way yaml's own errors do: !!seq, !!map, !!str `x`.

@@ -5,6 +5,7 @@ import (
 	"os"
 	"reflect"
 	"slices"
+	"strings"
 	"testing"
 
 	"go.yaml.in/yaml/v3"
@@ -26,14 +27,36 @@ func exampleDocs(t testing.TB) (agent, broker []byte) {
 	return docs[0], docs[1]
 }
 
-// TestExampleConfig keeps config.example.yaml in step with the types: both
-// documents load, every field of the types appears with a comment, and the
-// broker document shows exactly the defaults.
+// TestExampleConfig keeps config.example.yaml in step with the types: the
+// agent document is refused for its placeholders and loads once they are
+// replaced, the broker document loads, every field of the types appears with
+// a comment, and the broker document shows exactly the defaults.
 func TestExampleConfig(t *testing.T) {
 	agentDoc, brokerDoc := exampleDocs(t)
-	a, err := ParseAgent("config.example.yaml#agent", agentDoc)
+	const name = "config.example.yaml#agent"
+	// What a user who copies the example (or gets it from install.sh) sees.
+	_, err := ParseAgent(name, agentDoc)
+	want := []string{
+		name + ":12: broker: still the example's placeholder; replace it with the URL your broker printed (pp://TOKEN@HOST:PORT#PIN)",
+		name + ":69: shares[0].allow[0]: still the example's agent ID; replace it with the ID of an agent to admit (`agent id` prints it), or remove it",
+		name + ":80: connects[0].peer: still the example's agent ID; replace it with the sharer's (`agent id` on that machine prints it)",
+	}
+	if g := errLines(err); !reflect.DeepEqual(g, want) {
+		t.Errorf("agent document as is:\n  %s\nwant:\n  %s", strings.Join(g, "\n  "), strings.Join(want, "\n  "))
+	}
+	for _, ph := range []string{exampleBrokerHost, exampleBrokerToken, exampleTicketPrefix, exampleAllowID, examplePeerID} {
+		if !bytes.Contains(agentDoc, []byte(ph)) {
+			t.Errorf("placeholder %q is not in %s any more: update placeholder.go", ph, examplePath)
+		}
+	}
+	c := newCreds(t)
+	edited := strings.NewReplacer(
+		exampleBrokerToken+"@"+exampleBrokerHost, "tok@broker.peerport.test",
+		exampleAllowID, c.id, examplePeerID, c.id2,
+	).Replace(string(agentDoc))
+	a, err := ParseAgent(name, []byte(edited))
 	if err != nil {
-		t.Fatalf("agent document: %v", err)
+		t.Fatalf("agent document with the placeholders replaced: %v", err)
 	}
 	b, err := ParseBroker("config.example.yaml#broker", brokerDoc)
 	if err != nil {

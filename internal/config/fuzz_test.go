@@ -3,7 +3,9 @@ package config
 import (
 	"errors"
 	"reflect"
+	"strings"
 	"testing"
+	"unicode/utf8"
 
 	"go.yaml.in/yaml/v3"
 )
@@ -36,6 +38,22 @@ func checkParsed[T any](t *testing.T, c *T, err error, parse func(string, []byte
 	}
 }
 
+// checkSyntaxError holds for any input YAML cannot parse: the error is one
+// *Error that points inside the file, at a line and a column.
+func checkSyntaxError(t *testing.T, data []byte, err error) {
+	if parseDocs(data) == nil {
+		return
+	}
+	var e *Error
+	if !errors.As(err, &e) || strings.Contains(err.Error(), "\n") {
+		t.Fatalf("syntax error %q is not one *Error", err)
+	}
+	src := newSource(data)
+	if e.Line < 1 || e.Line > len(src.lines) || e.Column < 1 || e.Column > utf8.RuneCountInString(src.line(e.Line))+1 {
+		t.Fatalf("syntax error %q points at %d:%d, outside the file (%d lines)", err, e.Line, e.Column, len(src.lines))
+	}
+}
+
 func FuzzParseAgent(f *testing.F) {
 	agentDoc, _ := exampleDocs(f)
 	f.Add(agentDoc)
@@ -44,6 +62,7 @@ func FuzzParseAgent(f *testing.F) {
 	f.Fuzz(func(t *testing.T, data []byte) {
 		c, err := ParseAgent("fuzz.yaml", data)
 		checkParsed(t, c, err, ParseAgent, (*Agent).Validate)
+		checkSyntaxError(t, data, err)
 	})
 }
 
@@ -56,5 +75,6 @@ func FuzzParseBroker(f *testing.F) {
 	f.Fuzz(func(t *testing.T, data []byte) {
 		c, err := ParseBroker("fuzz.yaml", data)
 		checkParsed(t, c, err, ParseBroker, (*Broker).Validate)
+		checkSyntaxError(t, data, err)
 	})
 }

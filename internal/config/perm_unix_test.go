@@ -15,7 +15,7 @@ import (
 func TestLoadAgentSecretsMode(t *testing.T) {
 	c := newCreds(t)
 	dir := t.TempDir()
-	withBroker := c.expand("broker: {BROKER}\n")
+	withBroker := c.expand("broker: {BROKER}\nshares: [{name: web, target: 80}]\n")
 	withTicket := c.expand("connects:\n  - ticket: {TICKET}\n")
 	noSecrets := "shares:\n  - name: web\n    target: 8080\n"
 	tests := []struct {

@@ -52,14 +52,17 @@ func (p *problems) lineOf(path string) int {
 
 func (p *problems) err() error { return errors.Join(p.errs...) }
 
-// Validate reports every problem of c at once, one line each. It expects
-// SetDefaults to have run.
+// Validate reports every problem of c at once, one line each; an agent with
+// no share and no connect, or one holding config.example.yaml's placeholders,
+// is a problem too. It expects SetDefaults to have run.
 func (c *Agent) Validate() error { return c.validate(&problems{}) }
 
 func (c *Agent) validate(p *problems) error {
 	if c.Broker != "" {
-		if _, err := secure.ParseBrokerURL(c.Broker); err != nil {
+		if u, err := secure.ParseBrokerURL(c.Broker); err != nil {
 			p.addErr("broker", err)
+		} else if exampleBroker(u) {
+			p.add("broker", nil, "still the example's placeholder; replace it with the URL your broker printed (pp://TOKEN@HOST:PORT#PIN)")
 		}
 	}
 	c.Log.validate(p, "log")
@@ -100,6 +103,8 @@ func (c *Agent) validate(p *problems) error {
 		for j, id := range s.Allow {
 			if _, err := secure.ParseAgentID(id); err != nil {
 				p.addErr(fmt.Sprintf("%s.allow[%d]", at, j), err)
+			} else if exampleAgentID(id) {
+				p.add(fmt.Sprintf("%s.allow[%d]", at, j), nil, "still the example's agent ID; replace it with the ID of an agent to admit (`agent id` prints it), or remove it")
 			}
 		}
 		entryPath(p, at+".path", s.Path)
@@ -122,6 +127,8 @@ func (c *Agent) validate(p *problems) error {
 		switch {
 		case cn.Ticket != "" && team:
 			p.add(at, nil, "set either ticket, or peer and share; not both")
+		case cn.Ticket != "" && exampleTicket(cn.Ticket):
+			p.add(at+".ticket", nil, "still the example's ticket; replace it with the whole ticket `agent share` printed")
 		case cn.Ticket != "":
 			if _, err := secure.ParseTicket(cn.Ticket); err != nil {
 				p.addErr(at+".ticket", err)
@@ -133,6 +140,8 @@ func (c *Agent) validate(p *problems) error {
 				p.add(at+".peer", nil, "required with share (the agent ID of the sharer)")
 			} else if _, err := secure.ParseAgentID(cn.Peer); err != nil {
 				p.addErr(at+".peer", err)
+			} else if exampleAgentID(cn.Peer) {
+				p.add(at+".peer", nil, "still the example's agent ID; replace it with the sharer's (`agent id` on that machine prints it)")
 			}
 			if cn.Share == "" {
 				p.add(at+".share", nil, "required with peer (the share name on that peer)")
@@ -161,6 +170,11 @@ func (c *Agent) validate(p *problems) error {
 			}
 		}
 		listens = append(listens, bound{host, port, at + ".listen"})
+	}
+	// `agent up` with nothing to run would sit there looking healthy; an
+	// empty file is more likely the wrong one, or one not written yet.
+	if len(c.Shares) == 0 && len(c.Connects) == 0 {
+		p.add("", nil, "nothing to run: add a share or a connect (see config.example.yaml)")
 	}
 	return p.err()
 }
