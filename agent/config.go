@@ -48,7 +48,7 @@ func OptionsFromConfig(c *config.Agent) (Options, error) {
 		o.Shares = append(o.Shares, spec)
 	}
 	for i, c := range c.Connects {
-		spec := ConnectSpec{Share: c.Share, Listen: c.Listen, Path: c.Path}
+		spec := ConnectSpec{Share: c.Share, Listen: c.Listen, Path: c.Path, Timeout: c.Timeout}
 		if c.Ticket != "" {
 			t, err := secure.ParseTicket(c.Ticket)
 			if err != nil {

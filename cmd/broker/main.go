@@ -81,6 +81,12 @@ func newRoot() *cobra.Command {
 			if f.Changed("no-turn") {
 				cfg.TURN.Off = noTURN
 			}
+			if f.Changed("stun-listen") {
+				cfg.STUN.Listen = stunListen
+			}
+			if f.Changed("no-stun") {
+				cfg.STUN.Off = noSTUN
+			}
 			for _, fl := range []struct {
 				name string
 				dst  *string
@@ -115,7 +121,7 @@ func newRoot() *cobra.Command {
 			}
 			lim := cfg.Limits
 			o := broker.Options{
-				STUNListen: stunListen, NoSTUN: noSTUN,
+				STUNListen: cfg.STUN.Listen, NoSTUN: cfg.STUN.Off,
 				Listen: cfg.Listen, PublicAddr: cfg.PublicAddr,
 				StateDir: brokerDir(cfg.StateDir), MetricsListen: cfg.MetricsListen,
 				Log: log.WithField("component", "broker"), Version: version,

@@ -104,6 +104,18 @@ type Connect struct {
 	Share  string `yaml:"share"`  // share name on that peer (team mode)
 	Listen string `yaml:"listen"` // empty: the agent picks 127.0.0.1:<port>; else host:port or port (normalized to 127.0.0.1:port)
 	Path   string `yaml:"path"`   // auto|direct|relay; default: the file's path
+	// Timeout: give this connect up, with the reason, if its share cannot
+	// be reached for the first time within it; 0 (the default) keeps
+	// trying, as a forward that runs for good should.
+	Timeout time.Duration `yaml:"timeout"`
+}
+
+// BrokerSTUN is broker.yaml's stun: section.
+type BrokerSTUN struct {
+	// Listen are its addresses, each served on UDP and TCP; empty: ports
+	// 3478 and 3479 of listen's host, or free ports when those are taken.
+	Listen []string `yaml:"listen"`
+	Off    bool     `yaml:"off"`
 }
 
 // Broker is broker.yaml.
@@ -113,10 +125,12 @@ type Broker struct {
 	StateDir   string `yaml:"state_dir"`   // empty: cmd resolves
 	// MetricsListen serves Prometheus /metrics and /healthz; empty = off.
 	// PORT means 127.0.0.1:PORT, as metrics are for the operator, not the public.
-	MetricsListen string       `yaml:"metrics_listen"`
-	Log           Log          `yaml:"log"`
-	Limits        BrokerLimits `yaml:"limits"`
-	TURN          BrokerTURN   `yaml:"turn"` // the relay; see broker_turn.go
+	MetricsListen string `yaml:"metrics_listen"`
+	// STUN is the STUN server agents learn their NAT type from.
+	STUN   BrokerSTUN   `yaml:"stun"`
+	Log    Log          `yaml:"log"`
+	Limits BrokerLimits `yaml:"limits"`
+	TURN   BrokerTURN   `yaml:"turn"` // the relay; see broker_turn.go
 	// ACME and TLS replace the self-signed, pinned certificate with one
 	// from a CA (broker_cert.go); at most one of them is set.
 	ACME BrokerACME `yaml:"acme"`

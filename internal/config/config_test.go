@@ -651,3 +651,21 @@ func TestNormalizeListen(t *testing.T) {
 		}
 	}
 }
+
+func TestConnectTimeoutAndSTUN(t *testing.T) {
+	a, err := ParseAgent("agent.yaml", []byte("connects:\n  - peer: "+strings.Repeat("a", 52)+"\n    share: web\n    timeout: 90s\n"))
+	if err != nil || a.Connects[0].Timeout != 90*time.Second {
+		t.Fatalf("connects[0].timeout: %v, want 90s", err)
+	}
+	_, err = ParseAgent("agent.yaml", []byte("connects:\n  - peer: "+strings.Repeat("a", 52)+"\n    share: web\n    timeout: 10ms\n"))
+	if err == nil || !strings.Contains(err.Error(), "connects[0].timeout: 10ms out of range (1s-24h0m0s)") {
+		t.Errorf("a 10ms timeout: %v", err)
+	}
+	b, err := ParseBroker("broker.yaml", []byte("stun:\n  listen: [\"127.0.0.1:3578\", \"127.0.0.1:3579\"]\n"))
+	if err != nil || len(b.STUN.Listen) != 2 {
+		t.Errorf("stun.listen: %+v, %v", b.STUN, err)
+	}
+	if _, err := ParseBroker("broker.yaml", []byte("stun:\n  off: true\n  listen: [\":3578\"]\n")); err == nil || !strings.Contains(err.Error(), "stun: off with listen addresses") {
+		t.Errorf("stun off with listen: %v", err)
+	}
+}

@@ -123,6 +123,9 @@ func (c *Agent) validate(p *problems) error {
 	}
 	for i, cn := range c.Connects {
 		at := fmt.Sprintf("connects[%d]", i)
+		if cn.Timeout != 0 {
+			durRange(p, at+".timeout", cn.Timeout, time.Second, 24*time.Hour)
+		}
 		team := cn.Peer != "" || cn.Share != ""
 		switch {
 		case cn.Ticket != "" && team:
@@ -214,6 +217,14 @@ func (c *Broker) validate(p *problems) error {
 		} else if clash(c.Listen, c.MetricsListen) {
 			p.add("metrics_listen", nil, "address %s clashes with listen", quote(c.MetricsListen))
 		}
+	}
+	for i, a := range c.STUN.Listen {
+		if _, _, err := splitAddr(a, "", 0, true); err != nil {
+			p.addErr(fmt.Sprintf("stun.listen[%d]", i), err)
+		}
+	}
+	if c.STUN.Off && len(c.STUN.Listen) > 0 {
+		p.add("stun", nil, "off with listen addresses: set one of them")
 	}
 	c.Log.validate(p, "log")
 	l := c.Limits
