@@ -460,6 +460,8 @@ func upCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			// SIGHUP reloads on Unix only; Windows never sends it, there
+			// `agent reload` (the admin socket) is the way.
 			hup := make(chan os.Signal, 1)
 			signal.Notify(hup, syscall.SIGHUP)
 			defer signal.Stop(hup)
@@ -528,7 +530,7 @@ func statusCmd(g *globals) *cobra.Command {
 			return nil
 		},
 	}
-	c.Flags().BoolVar(&asJSON, "json", false, "print JSON (a stable schema, see README)")
+	c.Flags().BoolVar(&asJSON, "json", false, "print JSON (a stable schema: docs/reference.md)")
 	return c
 }
 

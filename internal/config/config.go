@@ -156,7 +156,7 @@ type BrokerLimits struct {
 	RegistrationGrace time.Duration `yaml:"registration_grace"`
 
 	// Admission limits of every listener (control, TURN, STUN over TCP)
-	// and rate limits of control requests; see README "Broker limits".
+	// and rate limits of control requests; see docs/reference.md, "Broker limits".
 	PreAuthTimeout        time.Duration `yaml:"preauth_timeout"`           // a connection must authenticate within it
 	MaxPreAuthPerIP       int           `yaml:"max_preauth_per_ip"`        // unauthenticated connections per source IP and listener
 	AcceptsPerSecondPerIP int           `yaml:"accepts_per_second_per_ip"` // accepted connections per source IP and listener

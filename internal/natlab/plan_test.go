@@ -67,7 +67,7 @@ func TestParseLinkConfig(t *testing.T) {
 	}
 }
 
-// TestAddressPlan pins the documented plan (the README and the package doc
+// TestAddressPlan pins the documented plan (docs/development.md and the package doc
 // promise these addresses).
 func TestAddressPlan(t *testing.T) {
 	want := map[string][3]string{ // node: IPv4, IPv6, public IPv4
