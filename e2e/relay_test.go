@@ -189,7 +189,7 @@ func TestLabRelayCoturn(t *testing.T) {
 	// coturn drops relayed TCP data when its per-connection buffer fills
 	// (it was built for media: coturn issues #51, #1289), which no TLS
 	// stream survives; so this echo goes in request-sized rounds rather
-	// than one 16 MiB burst. See docs/paths.md, "External TURN server".
+	// than one 16 MiB burst. See docs/paths.md, "An external TURN server".
 	pingPong(t, c, 1<<20, 32<<10)
 	p := w.onlyPath(w.connDir, "relay")
 	relayed, err := netip.ParseAddrPort(p.Relay)
