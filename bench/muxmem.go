@@ -11,10 +11,10 @@ import (
 	"runtime"
 	"strconv"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/peerport/peerport/internal/secure"
+	"github.com/peerport/peerport/internal/testutil"
 	"github.com/peerport/peerport/mux"
 )
 
@@ -140,18 +140,12 @@ func muxChild(n int) error {
 	case <-time.After(60 * time.Second):
 		res.DeathMillis = -1
 	}
-	c0 := cpuTime()
+	c0 := testutil.CPUTime()
 	time.Sleep(time.Second)
-	res.CPUAfter = (cpuTime() - c0).Seconds()
+	res.CPUAfter = (testutil.CPUTime() - c0).Seconds()
 	cs.Close()
 	ss.Close()
 	return json.NewEncoder(os.Stdout).Encode(res)
-}
-
-func cpuTime() time.Duration {
-	var ru syscall.Rusage
-	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // tlsPair is the peer channel over loopback TCP, as the agents set it up.

@@ -241,7 +241,10 @@ func Start(ctx context.Context, o Options) (*Running, error) {
 // below it: a limits.max_conns above what the descriptors allow is lowered.
 func connBudget(cfg *Config, log logrus.FieldLogger) {
 	nofile, err := limit.RaiseNoFile()
-	if err != nil {
+	switch {
+	case errors.Is(err, errors.ErrUnsupported):
+		// Windows: sockets are handles, with no RLIMIT_NOFILE to raise or budget under.
+	case err != nil:
 		log.WithError(err).Warn("cannot raise the file descriptor limit")
 	}
 	if nofile == 0 {

@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"regexp"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -399,8 +400,14 @@ func (l *Lab) track(p *Proc) error {
 	return nil
 }
 
+// errNotLinux is why the lab cannot run off Linux (sys_other.go).
+var errNotLinux = fmt.Errorf("natlab: needs Linux network namespaces, this is %s: %w", runtime.GOOS, errors.ErrUnsupported)
+
 // Available reports why the lab cannot run here (not root, tools missing), or nil.
 func Available() error {
+	if runtime.GOOS != "linux" {
+		return errNotLinux
+	}
 	if os.Geteuid() != 0 {
 		return fmt.Errorf("natlab: needs root (euid %d); run the lab tests as root", os.Geteuid())
 	}

@@ -10,8 +10,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"golang.org/x/sys/unix"
 )
 
 // Link is a userspace WAN link: two TAP devices, one in the node's namespace
@@ -83,31 +81,6 @@ func openLink(label string, cfg LinkConfig, innerNS, innerIf, outerNS, outerIf s
 	l.up = &linkDir{name: "up", src: inner, dst: outer, q: make(chan frame, cfg.Queue)}
 	l.down = &linkDir{name: "down", src: outer, dst: inner, q: make(chan frame, cfg.Queue)}
 	return l, nil
-}
-
-// openTAP creates TAP device name inside namespace ns. The device lives as
-// long as the returned file is open.
-func openTAP(ns, name string) (*os.File, error) {
-	var f *os.File
-	err := inNetns(ns, func() error {
-		fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
-		if err != nil {
-			return fmt.Errorf("open /dev/net/tun: %w", err)
-		}
-		ifr, err := unix.NewIfreq(name)
-		if err != nil {
-			unix.Close(fd)
-			return fmt.Errorf("tap %s: %w", name, err)
-		}
-		ifr.SetUint16(unix.IFF_TAP | unix.IFF_NO_PI)
-		if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
-			unix.Close(fd)
-			return fmt.Errorf("TUNSETIFF %s in %s: %w", name, ns, err)
-		}
-		f = os.NewFile(uintptr(fd), name) // non-blocking: reads go through the poller
-		return nil
-	})
-	return f, err
 }
 
 func (l *Link) start() {

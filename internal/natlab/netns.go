@@ -8,52 +8,11 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
-	"syscall"
-
-	"golang.org/x/sys/unix"
 )
 
 const netnsDir = "/run/netns"
-
-// inNetns runs fn on an OS thread locked to it that has joined the named
-// network namespace. Sockets and TUN devices created by fn stay in that
-// namespace after it returns; processes forked by fn start in it.
-func inNetns(ns string, fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		// The thread goes back to the scheduler only when it is back in its
-		// own namespace; otherwise the goroutine exits still locked, and the
-		// runtime discards the thread.
-		orig, err := os.Open("/proc/thread-self/ns/net")
-		if err != nil {
-			errc <- fmt.Errorf("open own netns: %w", err)
-			return
-		}
-		defer orig.Close()
-		f, err := os.Open(filepath.Join(netnsDir, ns))
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("open netns %s: %w", ns, err)
-			return
-		}
-		err = unix.Setns(int(f.Fd()), unix.CLONE_NEWNET)
-		f.Close()
-		if err != nil {
-			errc <- fmt.Errorf("setns %s: %w", ns, err)
-			return
-		}
-		ferr := fn()
-		if unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET) == nil {
-			runtime.UnlockOSThread()
-		}
-		errc <- ferr
-	}()
-	return <-errc
-}
 
 // writeSysctls writes /proc/sys/<key> values inside ns.
 func writeSysctls(ns string, kv [][2]string) error {
@@ -93,12 +52,6 @@ func ipBatch(ctx context.Context, ns string, lines []string) error {
 	return err
 }
 
-// pidAlive reports whether a process with this pid exists.
-func pidAlive(pid int) bool {
-	err := unix.Kill(pid, 0)
-	return err == nil || errors.Is(err, unix.EPERM)
-}
-
 // nsPids lists the processes inside a named namespace.
 func nsPids(ctx context.Context, ns string) []int {
 	out, err := run(ctx, "", "ip", "netns", "pids", ns)
@@ -118,7 +71,7 @@ func nsPids(ctx context.Context, ns string) []int {
 // deleteNetns kills whatever still runs in ns and deletes it.
 func deleteNetns(ctx context.Context, ns string) error {
 	for _, pid := range nsPids(ctx, ns) {
-		_ = syscall.Kill(pid, syscall.SIGKILL)
+		killPid(pid)
 	}
 	if err := removeEtcNetns(ns); err != nil {
 		return err

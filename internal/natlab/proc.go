@@ -65,7 +65,7 @@ func (n *Node) StartCommand(ctx context.Context, c Command) (*Proc, error) {
 	if len(c.Env) > 0 {
 		cmd.Env = append(os.Environ(), c.Env...)
 	}
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	cmd.SysProcAttr = groupAttr()
 	p := &Proc{node: n, label: n.Name() + ":" + filepath.Base(name), cmd: cmd, notify: make(chan struct{}), done: make(chan struct{})}
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
@@ -268,7 +268,7 @@ func (p *Proc) finishReaders() {
 
 // Signal sends sig to the process group.
 func (p *Proc) Signal(sig syscall.Signal) error {
-	return syscall.Kill(-p.cmd.Process.Pid, sig)
+	return signalGroup(p.cmd.Process, sig)
 }
 
 // Stop ends the process group: SIGTERM, then SIGKILL after 3s. It returns

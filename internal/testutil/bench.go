@@ -2,9 +2,7 @@ package testutil
 
 import (
 	"io"
-	"syscall"
 	"testing"
-	"time"
 )
 
 // CPUPerByte reports the process's CPU time (user and system, both ends of
@@ -14,13 +12,6 @@ import (
 func CPUPerByte(b *testing.B, bytes int64) func() {
 	c0 := CPUTime()
 	return func() { b.ReportMetric(float64(CPUTime()-c0)/float64(bytes)*1e3, "cpu-ps/B") }
-}
-
-// CPUTime is the CPU time the process has used so far.
-func CPUTime() time.Duration {
-	var ru syscall.Rusage
-	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // PingPong bounces one byte b.N times: c writes, s echoes, c reads.

@@ -1,3 +1,5 @@
+//go:build linux
+
 // Package labcli is the "natlab" command: bring a lab topology up by hand
 // (the process stays in the foreground and owns the lab and its WAN links
 // until Ctrl-C), run commands on its hosts, and tear it down.

@@ -1,3 +1,5 @@
+//go:build linux
+
 // Command natlab brings NAT lab topologies up by hand; see package labcli.
 package main
 
