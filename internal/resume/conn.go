@@ -117,8 +117,9 @@ func refusal(reason string) error {
 // Conn is one end of a resumable session: a net.Conn whose bytes ride a
 // carrier (an authenticated channel such as TLS) that can be replaced
 // without the reader or writer noticing more than a pause. One writer
-// goroutine per Conn puts frames on the current carrier; one reader
-// goroutine per carrier takes them off. The dialing side makes a session
+// goroutine per Conn puts frames on the current carrier (as does a Write
+// onto an idle one); a Read with nothing queued takes them off, or, while
+// none does, one reader goroutine per carrier. The dialing side makes a session
 // with Dial and moves it with Resume; the accepting side with a Table.
 type Conn struct {
 	cfg      Config
@@ -154,7 +155,8 @@ type Conn struct {
 	ackDue   time.Time
 
 	carrier    net.Conn // nil while detached
-	gen        uint64   // bumps at every attach and detach; a stale carrier's reader stands down
+	in         *inbound // the carrier's read side; nil while detached
+	gen        uint64   // bumps at every attach and detach; a stale carrier's writer stands down
 	lost       chan struct{}
 	lostClosed bool
 	local      net.Addr
@@ -173,6 +175,11 @@ type Conn struct {
 	nextTick   time.Time
 	rdl, wdl   time.Time
 
+	// The read token's way back to the loop (releaseLocked, handBack).
+	handTimer       *time.Timer
+	handArmed       bool
+	releases        uint64 // of the read token by a holder
+	handSeen        uint64 // releases when handTimer was last set
 	resumes, losses int
 	lastPause       time.Duration
 	lossErr         error
@@ -185,6 +192,8 @@ func newConn(cfg Config, id SessionID, dialer bool) *Conn {
 	c.cfg.Log = c.cfg.Log.WithField("session", fmt.Sprintf("%x", id[:4]))
 	c.timer = time.AfterFunc(time.Hour, c.tick)
 	c.timer.Stop()
+	c.handTimer = time.AfterFunc(time.Hour, c.handBack)
+	c.handTimer.Stop()
 	return c
 }
 
@@ -294,10 +303,17 @@ func (c *Conn) signal() {
 func passed(deadline time.Time) bool { return !deadline.IsZero() && !time.Now().Before(deadline) }
 
 // Read reads the session's byte stream: exactly what the peer wrote, in
-// order, whatever carriers it crossed.
+// order, whatever carriers it crossed. With nothing queued it reads the
+// carrier itself, holding its read token (carrier.go).
 func (c *Conn) Read(p []byte) (int, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	var held *inbound // whose token this Read holds
+	defer func() {
+		if held != nil {
+			c.releaseLocked(held)
+		}
+	}()
 	for {
 		if c.closed {
 			return 0, net.ErrClosed
@@ -318,6 +334,18 @@ func (c *Conn) Read(p []byte) (int, error) {
 		}
 		if passed(c.rdl) {
 			return 0, os.ErrDeadlineExceeded
+		}
+		switch in := c.in; {
+		case in == nil:
+		case in == held || in.holder == heldByNone:
+			held = in
+			if n := c.takeFrameLocked(in, heldByRead, c.rdl, p); n > 0 {
+				return n, nil
+			}
+			continue
+		case in.holder == heldByLoop:
+			in.want = true // the loop hands the token over
+			c.interruptLocked(in)
 		}
 		c.readable.wait(&c.mu, c.rdl)
 	}
@@ -375,6 +403,13 @@ func (c *Conn) Close() error {
 	c.closed = true
 	if !c.finished && c.carrier != nil && !c.closeIn {
 		c.closeOut = true
+		// The peer's answer is read by the loop: a Read returns now.
+		switch in := c.in; in.holder {
+		case heldByRead:
+			c.interruptLocked(in)
+		case heldByNone:
+			c.handToLoopLocked(in)
+		}
 		c.signal()
 		done := c.done
 		c.mu.Unlock()
@@ -430,6 +465,7 @@ func (c *Conn) finishLocked(rerr, werr error) {
 	}
 	c.gen++
 	c.timer.Stop()
+	c.handTimer.Stop()
 	c.send = queue{limit: c.send.limit}
 	close(c.done)
 	c.signal()
@@ -456,8 +492,12 @@ func (c *Conn) attachLocked(carrier net.Conn) {
 	}
 	c.nextTick = time.Time{}
 	c.schedule(now.Add(c.idle()))
+	// The token lies free for a Read; the loop takes it if none comes.
+	c.in = newInbound(carrier)
+	c.handArmed, c.handSeen = true, c.releases
+	c.handTimer.Reset(handGrace)
 	c.wg.Add(1)
-	go c.readLoop(carrier, c.gen)
+	go c.readLoop(c.in)
 	c.signal()
 }
 
@@ -487,6 +527,7 @@ func (c *Conn) detachLocked(err error, lost bool) {
 func (c *Conn) closeCarrierLocked() {
 	carrier := c.carrier
 	c.carrier = nil
+	c.dropInLocked()
 	c.wg.Add(1)
 	go func() {
 		defer c.wg.Done()
@@ -620,17 +661,26 @@ func (c *Conn) RemoteAddr() net.Addr {
 func (c *Conn) SetDeadline(t time.Time) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.rdl, c.wdl = t, t
-	c.signal()
+	c.wdl = t
+	c.readDeadlineLocked(t)
 	return nil
 }
 
 func (c *Conn) SetReadDeadline(t time.Time) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.rdl = t
-	c.signal()
+	c.readDeadlineLocked(t)
 	return nil
+}
+
+// readDeadlineLocked sets the read deadline, also on the carrier a Read
+// is reading: it would not see a new deadline otherwise.
+func (c *Conn) readDeadlineLocked(t time.Time) {
+	c.rdl = t
+	if in := c.in; in != nil && in.holder == heldByRead {
+		c.carrierDeadlineLocked(in, t)
+	}
+	c.signal()
 }
 
 func (c *Conn) SetWriteDeadline(t time.Time) error {

@@ -22,6 +22,7 @@ type faultConn struct {
 	net.Conn
 	budget  atomic.Int64 // bytes still delivered; <0: no limit
 	written atomic.Int64
+	trickle atomic.Bool // writes go out in small pieces, spaced
 }
 
 func newFault(c net.Conn) *faultConn {
@@ -37,6 +38,15 @@ func (f *faultConn) Write(p []byte) (int, error) {
 	f.written.Add(int64(len(p)))
 	for {
 		b := f.budget.Load()
+		if b < 0 && f.trickle.Load() {
+			for off := 0; off < len(p); off += 1000 {
+				if _, err := f.Conn.Write(p[off:min(off+1000, len(p))]); err != nil {
+					return off, err
+				}
+				time.Sleep(20 * time.Microsecond)
+			}
+			return len(p), nil
+		}
 		if b < 0 {
 			return f.Conn.Write(p)
 		}
@@ -453,5 +463,31 @@ func TestTrimAfterBurst(t *testing.T) {
 			t.Fatalf("after Trim on an idle session: send buffer %d, receive buffer %d bytes", s, r)
 		}
 		time.Sleep(20 * time.Millisecond) // the last ack may still be on its way
+	}
+}
+
+// Reads cut short by deadlines, at any point of a frame, lose nothing: a
+// Read reads the carrier itself and leaves a frame it did not finish to
+// the next reader, which the carrier's reader goroutine may be.
+func TestDeadlinesCutFrames(t *testing.T) {
+	d, a, _, cs := session(t, testCfg)
+	cs[0].trickle.Store(true) // frames arrive in pieces, for deadlines to cut
+	msg := random(t, 1<<20)
+	go d.Write(msg)
+	got := make([]byte, 0, len(msg))
+	buf := make([]byte, 48<<10)
+	for i := 0; len(got) < len(msg); i++ {
+		a.SetReadDeadline(time.Now().Add(time.Duration(1+i%5) * 10 * time.Microsecond))
+		n, err := a.Read(buf[:1+i*7919%len(buf)])
+		got = append(got, buf[:n]...)
+		if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("read after %d bytes: %v", len(got), err)
+		}
+		if i%50 == 0 {
+			time.Sleep(3 * handGrace) // the reader goroutine takes over
+		}
+	}
+	if !bytes.Equal(got, msg) {
+		t.Fatalf("first difference at %d", firstDiff(got, msg))
 	}
 }
