@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -223,11 +224,25 @@ func pickAlternate(alt string, other netip.AddrPort, host string) string {
 }
 
 func discoverTCP(ctx context.Context, exec Exec, server, alt, host string) (Mapping, time.Duration) {
-	m := Mapping{Behavior: Unknown, Filtering: Unknown}
-	fail := func(err error) (Mapping, time.Duration) {
+	// The first dial's port is the kernel's pick, which SO_REUSEADDR lets it
+	// share with another socket's connection elsewhere; the second dial from
+	// it then fails if that socket holds it without SO_REUSEPORT. Rare, and
+	// gone on a fresh port.
+	for try := 1; ; try++ {
+		m, rtt, taken := discoverTCPOnce(ctx, exec, server, alt, host)
+		if try == 3 || !taken {
+			return m, rtt
+		}
+	}
+}
+
+// discoverTCPOnce also says whether the alternate dial found its port taken.
+func discoverTCPOnce(ctx context.Context, exec Exec, server, alt, host string) (m Mapping, rtt time.Duration, taken bool) {
+	m = Mapping{Behavior: Unknown, Filtering: Unknown}
+	fail := func(err error) (Mapping, time.Duration, bool) {
 		m.Error = err.Error()
 		classify(&m)
-		return m, 0
+		return m, 0, taken
 	}
 	c1, err := dialReuse(ctx, exec, netip.AddrPort{}, server)
 	if err != nil {
@@ -244,6 +259,7 @@ func discoverTCP(ctx context.Context, exec Exec, server, alt, host string) (Mapp
 	m.Alternate = pickAlternate(alt, b1.other, host)
 	c2, err := dialReuse(ctx, exec, m.Local, m.Alternate)
 	if err != nil {
+		taken = errors.Is(err, syscall.EADDRINUSE)
 		return fail(fmt.Errorf("tcp dial alternate %s: %w", m.Alternate, err))
 	}
 	defer c2.Close()
@@ -253,7 +269,7 @@ func discoverTCP(ctx context.Context, exec Exec, server, alt, host string) (Mapp
 	}
 	m.MappedAlt = b2.mapped
 	classify(&m)
-	return m, b1.rtt
+	return m, b1.rtt, false
 }
 
 func discoverUDP(ctx context.Context, exec Exec, server, alt, host string) (Mapping, time.Duration) {
