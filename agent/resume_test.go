@@ -25,13 +25,9 @@ type sharerUnderTest struct {
 
 func newSharerUnderTest(t *testing.T, rcfg resume.Config) *sharerUnderTest {
 	t.Helper()
-	id, err := secure.NewIdentity()
-	if err != nil {
-		t.Fatal(err)
-	}
 	log := logrus.New()
 	log.SetOutput(io.Discard)
-	a, err := New(Options{Identity: id, Log: log, Resume: rcfg})
+	a, err := New(Options{Identity: newIdentity(t), Log: log, Resume: rcfg})
 	if err != nil {
 		t.Fatal(err)
 	}
