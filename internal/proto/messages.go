@@ -188,8 +188,12 @@ type ConnectReply struct {
 	NAT        *NAT        `json:"nat,omitempty"`         // copied from IntroReply
 	Path       string      `json:"path,omitempty"`        // copied from IntroReply
 	RelayToken []byte      `json:"relay_token,omitempty"` // on PathBroker: see Intro
-	Code       string      `json:"code,omitempty"`
-	Message    string      `json:"message,omitempty"`
+	// RelayAddr is, on PathBroker, the host:port of the broker node whose
+	// relay holds RelayToken: in a cluster the sharer's node, which may not
+	// be the connector's. Empty: the connector's own broker.
+	RelayAddr string `json:"relay_addr,omitempty"`
+	Code      string `json:"code,omitempty"`
+	Message   string `json:"message,omitempty"`
 }
 
 // RelayBind is the first message on a broker relay connection: it names the
