@@ -41,14 +41,17 @@ type AgentStatus struct {
 
 // BrokerStatus is one control session.
 type BrokerStatus struct {
-	Addr       string  `json:"addr"`
-	Connected  bool    `json:"connected"`
-	Observed   string  `json:"observed,omitempty"` // our address as the broker sees it
-	RTTMillis  float64 `json:"rtt_ms"`
-	Reconnects int     `json:"reconnects"`
-	LastError  string  `json:"last_error,omitempty"`
-	NAT        string  `json:"nat,omitempty"`     // this side's NAT type as discovery saw it through this broker
-	Verdict    string  `json:"verdict,omitempty"` // "direct likely" or "relay needed"
+	// Addr is the node connected to; while disconnected, the URL's
+	// addresses, comma-separated (one, for most brokers).
+	Addr       string   `json:"addr"`
+	Addrs      []string `json:"addrs,omitempty"` // all the URL's addresses, when it names several
+	Connected  bool     `json:"connected"`
+	Observed   string   `json:"observed,omitempty"` // our address as the broker sees it
+	RTTMillis  float64  `json:"rtt_ms"`
+	Reconnects int      `json:"reconnects"`
+	LastError  string   `json:"last_error,omitempty"`
+	NAT        string   `json:"nat,omitempty"`     // this side's NAT type as discovery saw it through this broker
+	Verdict    string   `json:"verdict,omitempty"` // "direct likely" or "relay needed"
 }
 
 // ShareStatus is one share.

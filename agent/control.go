@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -67,6 +68,7 @@ func remoteErr(code, msg string) error {
 // controlConn is one established control session.
 type controlConn struct {
 	conn    *tls.Conn
+	addr    string // the broker node's host:port, one of the URL's addresses
 	via     string // the proxy it goes through, redacted; "" when direct
 	welcome *proto.Welcome
 	log     logrus.FieldLogger
@@ -109,9 +111,20 @@ func newInstance() string {
 	return hex.EncodeToString(b[:])
 }
 
-// dial opens a TLS connection to the broker of u speaking alpn: the control
-// channel or a broker relay connection.
+// dial opens a TLS connection to the broker node of u speaking alpn: the
+// control channel or a broker relay connection. u names one address (a
+// URL of several is narrowed by BrokerURL.At first), so a pin-less URL's
+// certificate is verified for the host of the node dialed.
+//
+// The address goes to the dialer as written, a name not resolved here:
+// net.Dialer tries each address a name resolves to in turn (sharing the
+// timeout among them), and an HTTP proxy resolves the name itself. So a
+// broker of several nodes behind one name with several A records fails over
+// within this one dial; nothing here may resolve the name and dial one IP.
 func (d *brokerDialer) dial(ctx context.Context, u secure.BrokerURL, alpn string) (*tls.Conn, error) {
+	if len(u.Addrs()) != 1 {
+		return nil, fmt.Errorf("dial broker %s: %w: dial one address of the URL at a time", u.Addr, secure.ErrBadBrokerURL)
+	}
 	cfg, err := secure.BrokerClientConfig(d.id, u, alpn)
 	if err != nil {
 		return nil, err
@@ -134,7 +147,34 @@ func (d *brokerDialer) dial(ctx context.Context, u secure.BrokerURL, alpn string
 	return conn, nil
 }
 
-// dialControl connects, authenticates and reads the Welcome.
+// finalErr reports whether a broker's answer rules out retrying: a wrong
+// token (the same for every node of a broker) or a key that is not the
+// pinned one or a certificate that does not verify (a wrong URL, someone in
+// the middle, or a node that is not the broker's: the error names it).
+func finalErr(err error) bool {
+	return errors.Is(err, ErrUnauthorized) || errors.Is(err, secure.ErrPinMismatch) || errors.Is(err, secure.ErrUntrustedBroker)
+}
+
+// dialAny makes a control session to the first of u's addresses that
+// answers, trying them in order, for the one-shot commands (login,
+// netcheck). A final refusal ends the search at once.
+func dialAny(ctx context.Context, d *brokerDialer, u secure.BrokerURL, log logrus.FieldLogger) (*controlConn, error) {
+	var errs []error
+	for _, addr := range u.Addrs() {
+		c, err := dialControl(ctx, d, u.At(addr), log.WithField("broker", addr))
+		if err == nil || finalErr(err) || ctx.Err() != nil {
+			return c, err
+		}
+		errs = append(errs, err)
+	}
+	if len(errs) == 1 {
+		return nil, errs[0]
+	}
+	return nil, fmt.Errorf("no address of broker %s answered: %w", u.Addr, errors.Join(errs...))
+}
+
+// dialControl connects to the one node u names, authenticates and reads
+// the Welcome.
 func dialControl(ctx context.Context, d *brokerDialer, u secure.BrokerURL, log logrus.FieldLogger) (*controlConn, error) {
 	conn, err := d.dial(ctx, u, secure.ALPNControl)
 	if err != nil {
@@ -152,7 +192,7 @@ func dialControl(ctx context.Context, d *brokerDialer, u secure.BrokerURL, log l
 		return nil, fmt.Errorf("broker %s: hello: %w", u.Addr, err)
 	}
 	conn.SetDeadline(time.Time{})
-	c := &controlConn{conn: conn, via: proxy.Via(conn.NetConn()), log: log, waiters: map[uint64]chan proto.Message{}, done: make(chan struct{})}
+	c := &controlConn{conn: conn, addr: u.Addr, via: proxy.Via(conn.NetConn()), log: log, waiters: map[uint64]chan proto.Message{}, done: make(chan struct{})}
 	c.rtt.Store(int64(time.Since(start)))
 	switch m := m.(type) {
 	case *proto.Welcome:
@@ -367,13 +407,17 @@ func (c *controlConn) presence(ctx context.Context, peer secure.AgentID, instanc
 
 // brokerClient keeps one control session to one broker alive, reconnecting
 // with backoff, and re-registers the agent's shares after each reconnect.
+// A broker URL of several addresses (the nodes of one broker) is one
+// brokerClient: its session is with one node at a time, and moves to
+// another when that one fails (see run).
 type brokerClient struct {
 	url   secure.BrokerURL
 	agent *Agent
-	log   logrus.FieldLogger
+	log   logrus.FieldLogger // names the URL's addresses; a session's names its node (logger)
 
 	mu        sync.Mutex
 	cur       *controlConn
+	node      string        // the address of the node that last accepted a session; "" before the first
 	up        chan struct{} // closed while cur is set; replaced when it drops
 	lastErr   error
 	reconnect int
@@ -391,11 +435,32 @@ func newBrokerClient(a *Agent, u secure.BrokerURL) *brokerClient {
 // run keeps the session up until ctx ends or the broker refuses us for good:
 // a wrong token, or a key that is not the pinned one (a wrong URL or someone
 // in the middle), is final; anything else is retried with backoff.
+//
+// With several addresses, the attempts go in rounds: a round starts at the
+// address that last worked (the first address before any did) and, when a
+// dial or handshake fails or a session ends, moves on to the next address
+// at once; only a round in which every address failed is followed by the
+// backoff sleep. A session on one node that ends counts as that node's
+// attempt, so an agent whose node dies is on the next one within a dial,
+// while nodes that all accept and drop it still back off. A final refusal
+// from any node ends it all: a token is refused by every node alike, and a
+// node with the wrong key is named in the error.
 func (b *brokerClient) run(ctx context.Context) error {
 	bo := backoff.Backoff{Base: 500 * time.Millisecond, Cap: 30 * time.Second, Stable: time.Minute}
+	addrs := b.url.Addrs()
+	if len(addrs) == 0 {
+		return fmt.Errorf("%w: no address", secure.ErrBadBrokerURL)
+	}
+	start, i, tried := 0, 0, 0 // start: the address that last worked
 	for ctx.Err() == nil {
-		c, err := dialControl(ctx, b.agent.dialer, b.url, b.log)
-		if err == nil {
+		addr := addrs[i]
+		c, err := dialControl(ctx, b.agent.dialer, b.url.At(addr), b.log.WithField("broker", addr))
+		connected := err == nil
+		if connected {
+			start, tried = i, 0
+			b.mu.Lock()
+			b.node = addr
+			b.mu.Unlock()
 			c.onIntro = func(in *proto.Intro) *proto.IntroReply { return b.agent.onIntro(ctx, b, in) }
 			err = b.session(ctx, c, &bo)
 		}
@@ -404,7 +469,7 @@ func (b *brokerClient) run(ctx context.Context) error {
 		}
 		b.mu.Lock()
 		b.lastErr = err
-		if errors.Is(err, ErrUnauthorized) || errors.Is(err, secure.ErrPinMismatch) || errors.Is(err, secure.ErrUntrustedBroker) {
+		if finalErr(err) {
 			b.fatal = err
 			close(b.up) // wake waiters; they see fatal
 			b.mu.Unlock()
@@ -412,13 +477,51 @@ func (b *brokerClient) run(ctx context.Context) error {
 		}
 		b.reconnect++
 		b.mu.Unlock()
+		i, tried = (i+1)%len(addrs), tried+1
+		if tried < len(addrs) {
+			what := "unreachable"
+			if connected {
+				what = "lost"
+			}
+			b.log.WithError(err).WithField("next", addrs[i]).Warnf("broker node %s %s; trying the next address", addr, what)
+			continue
+		}
+		i, tried = start, 0
 		d := bo.Next()
-		b.log.WithError(err).Warnf("broker unreachable; retrying in %v", d.Round(time.Millisecond))
+		if len(addrs) == 1 {
+			b.log.WithError(err).Warnf("broker unreachable; retrying in %v", d.Round(time.Millisecond))
+		} else {
+			b.log.WithError(err).Warnf("broker unreachable at all %d addresses; retrying in %v, from %s", len(addrs), d.Round(time.Millisecond), addrs[i])
+		}
 		if backoff.Sleep(ctx, d) != nil {
 			break
 		}
 	}
 	return ctx.Err()
+}
+
+// logger is the current session's logger, which names its node; b.log
+// between sessions.
+func (b *brokerClient) logger() logrus.FieldLogger {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.cur != nil {
+		return b.cur.log
+	}
+	return b.log
+}
+
+// nodeAddr is the address of the node this client's session is with (or,
+// between sessions, was last with): the one the broker relay of its
+// introductions is on.
+func (b *brokerClient) nodeAddr() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.node != "" {
+		return b.node
+	}
+	addr, _, _ := strings.Cut(b.url.Addr, ",") // before any session: the first address
+	return addr
 }
 
 func (b *brokerClient) session(ctx context.Context, c *controlConn, bo *backoff.Backoff) error {
@@ -431,11 +534,11 @@ func (b *brokerClient) session(ctx context.Context, c *controlConn, bo *backoff.
 			<-errc
 			return err
 		}
-		b.log.WithField("share", s.Name).Info("share online")
+		c.log.WithField("share", s.Name).Info("share online")
 		b.agent.announce(s)
 	}
 	bo.Connected(time.Now())
-	l := b.log.WithField("observed", c.welcome.Observed)
+	l := c.log.WithField("observed", c.welcome.Observed)
 	if c.via != "" {
 		l = l.WithField("proxy", c.via)
 	}
@@ -445,7 +548,7 @@ func (b *brokerClient) session(ctx context.Context, c *controlConn, bo *backoff.
 	scanned := make(chan struct{})
 	b.mu.Lock()
 	b.cur = c
-	b.stun = stunServers(c.welcome.STUN, b.url.Addr)
+	b.stun = stunServers(c.welcome.STUN, c.addr) // the node's own host, not the URL's first
 	b.firstScan = scanned
 	close(b.up)
 	b.mu.Unlock()
@@ -474,10 +577,10 @@ func (b *brokerClient) registerNow(ctx context.Context, s *share) {
 		return
 	}
 	if err := c.register(ctx, s); err != nil {
-		b.log.WithError(err).WithField("share", s.Name).Warn("register share")
+		c.log.WithError(err).WithField("share", s.Name).Warn("register share")
 		return
 	}
-	b.log.WithField("share", s.Name).Info("share online")
+	c.log.WithField("share", s.Name).Info("share online")
 	b.agent.announce(s)
 }
 
@@ -491,10 +594,10 @@ func (b *brokerClient) unregister(ctx context.Context, name string) {
 	}
 	id := c.nextID.Add(1)
 	if _, err := c.request(ctx, id, &proto.Unregister{ID: id, Share: name}); err != nil {
-		b.log.WithError(err).WithField("share", name).Warn("unregister share")
+		c.log.WithError(err).WithField("share", name).Warn("unregister share")
 		return
 	}
-	b.log.WithField("share", name).Info("share withdrawn")
+	c.log.WithField("share", name).Info("share withdrawn")
 }
 
 // conn waits for a live session.
@@ -537,7 +640,11 @@ func (b *brokerClient) status() BrokerStatus {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	st := BrokerStatus{Addr: b.url.Addr, Connected: b.cur != nil, Reconnects: b.reconnect}
+	if addrs := b.url.Addrs(); len(addrs) > 1 {
+		st.Addrs = addrs
+	}
 	if b.cur != nil {
+		st.Addr = b.cur.addr // the node connected to
 		st.RTTMillis = millis(time.Duration(b.cur.rtt.Load()))
 		st.Observed = b.cur.welcome.Observed
 	}

@@ -67,7 +67,7 @@ func (b *brokerClient) discover(ctx context.Context, servers []string, scanned c
 	primary, alt := stunPair(servers)
 	if primary == "" {
 		close(scanned)
-		b.log.Info("broker offers no STUN server: NAT type unknown, punching blind")
+		b.logger().Info("broker offers no STUN server: NAT type unknown, punching blind")
 		return
 	}
 	// First the TCP mapping alone, which introductions wait for; then the
@@ -77,13 +77,13 @@ func (b *brokerClient) discover(ctx context.Context, servers []string, scanned c
 		r, err := nat.Discover(dctx, nat.Options{Server: primary, Alternate: alt, Timeout: stunTimeout, TCPOnly: first})
 		cancel()
 		if err != nil {
-			b.log.WithError(err).Info("NAT discovery failed")
+			b.logger().WithError(err).Info("NAT discovery failed")
 		} else {
 			b.mu.Lock()
 			b.report = r
 			b.mu.Unlock()
 			if !first {
-				b.log.WithFields(logrus.Fields{"nat": r.Type, "verdict": r.Verdict, "public": r.PublicIP,
+				b.logger().WithFields(logrus.Fields{"nat": r.Type, "verdict": r.Verdict, "public": r.PublicIP,
 					"udp_filtering": r.UDP.Filtering}).Info("NAT discovered")
 			}
 		}
@@ -132,14 +132,14 @@ func (b *brokerClient) rediscover(ctx context.Context) {
 	defer cancel()
 	r, err := nat.Discover(dctx, nat.Options{Server: primary, Alternate: alt, Timeout: stunTimeout})
 	if err != nil {
-		b.log.WithError(err).Debug("NAT discovery again failed")
+		b.logger().WithError(err).Debug("NAT discovery again failed")
 		return
 	}
 	b.mu.Lock()
 	b.report = r
 	b.mu.Unlock()
 	if r.Verdict != old.Verdict {
-		b.log.WithFields(logrus.Fields{"nat": r.Type, "verdict": r.Verdict, "was": old.Verdict}).Info("NAT changed")
+		b.logger().WithFields(logrus.Fields{"nat": r.Type, "verdict": r.Verdict, "was": old.Verdict}).Info("NAT changed")
 	}
 }
 

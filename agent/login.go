@@ -18,10 +18,11 @@ import (
 const BrokerFile = "broker.url"
 
 // Login checks that the broker at u accepts this agent's token, so a wrong
-// URL fails now and not at the first share.
+// URL fails now and not at the first share. Of a URL with several
+// addresses, the first node that answers decides.
 // proxyURL is the HTTP CONNECT proxy to go through; nil: the environment's.
 func Login(ctx context.Context, id *secure.Identity, u secure.BrokerURL, proxyURL *url.URL, log logrus.FieldLogger) error {
-	c, err := dialControl(ctx, newBrokerDialer(id, proxyURL), u, log)
+	c, err := dialAny(ctx, newBrokerDialer(id, proxyURL), u, log)
 	if err != nil {
 		return err
 	}

@@ -58,20 +58,20 @@ type Probe struct {
 // the broker itself cannot be reached.
 func Netcheck(ctx context.Context, id *secure.Identity, u secure.BrokerURL, proxyURL *url.URL, log logrus.FieldLogger) (*NetcheckReport, error) {
 	d := newBrokerDialer(id, proxyURL)
-	c, err := dialControl(ctx, d, u, log)
+	c, err := dialAny(ctx, d, u, log) // of several addresses, the first node that answers
 	if err != nil {
 		return nil, err
 	}
 	c.conn.Close()
 	rep := &NetcheckReport{Report: &nat.Report{Type: "unknown", Verdict: nat.VerdictRelay}}
-	rep.Reach.Broker = Probe{Addr: u.Addr, OK: true, RTTMillis: millis(time.Duration(c.rtt.Load()))}
+	rep.Reach.Broker = Probe{Addr: c.addr, OK: true, RTTMillis: millis(time.Duration(c.rtt.Load()))}
 	rep.Reach.Proxy = c.via
 	rep.Reach.Relays = []string{RelayBroker}
 
 	var wg sync.WaitGroup
 	if turn := c.welcome.TURN; turn != "" {
 		wg.Go(func() {
-			rep.Reach.TURN = probeTCP(ctx, d, turn, u.Addr)
+			rep.Reach.TURN = probeTCP(ctx, d, turn, c.addr)
 			if rep.Reach.TURN.OK {
 				rep.Reach.Relays = append(rep.Reach.Relays, RelayTURN)
 			}
@@ -79,7 +79,7 @@ func Netcheck(ctx context.Context, id *secure.Identity, u secure.BrokerURL, prox
 	} else {
 		rep.Reach.TURN.Error = "the broker offers no TURN relay"
 	}
-	primary, alt := stunPair(stunServers(c.welcome.STUN, u.Addr))
+	primary, alt := stunPair(stunServers(c.welcome.STUN, c.addr))
 	switch {
 	case primary == "":
 		rep.Reach.STUNUDP.Error = "the broker offers no STUN server"

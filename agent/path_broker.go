@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -19,6 +21,13 @@ import (
 // same proxy as the control channel), bind it with the introduction's token,
 // and once the broker has both it copies bytes between them. The TLS peer
 // channel runs inside, so the broker sees only its ciphertext.
+//
+// Each agent binds on the broker node its control session is with, except
+// that a cluster broker may name, in ConnectReply.RelayAddr, another node
+// whose relay holds the token (the sharer's): the connector goes there. It
+// dials that node as it would any of the URL's addresses, with the same pin
+// or CA verification (BrokerURL.At), so a host that does not hold the
+// broker's key, or a certificate for its own name, is refused by TLS.
 
 // relayBindTimeout bounds the wait for the broker to pair us with the peer;
 // the broker gives up on its side after 20 s.
@@ -35,7 +44,7 @@ func (brokerPath) wire() string { return proto.PathBroker }
 // dial is the connector's side: introduce, then bind to the broker relay
 // with the token the broker answered with.
 func (p brokerPath) dial(ctx context.Context, b *brokerClient, sharer secure.AgentID, intro introFunc, _ func()) (net.Conn, outcome, *proto.ConnectReply, error) {
-	out := outcome{path: PathRelay, relayKind: RelayBroker, relay: b.url.Addr}
+	out := outcome{path: PathRelay, relayKind: RelayBroker, relay: b.nodeAddr()}
 	local := natInfo(b.natReport())
 	rep, err := intro(ctx, &proto.Connect{Path: proto.PathBroker, NAT: local, RTTMillis: b.rttMillis()})
 	if err != nil {
@@ -45,7 +54,13 @@ func (p brokerPath) dial(ctx context.Context, b *brokerClient, sharer secure.Age
 	if len(rep.RelayToken) == 0 {
 		return nil, out, rep, fmt.Errorf("broker relay to %s: %w", sharer.Short(), errNoRelayToken)
 	}
-	conn, err := b.bindRelay(ctx, rep.RelayToken)
+	if rep.RelayAddr != "" {
+		if err := checkRelayAddr(rep.RelayAddr); err != nil {
+			return nil, out, rep, fmt.Errorf("broker relay to %s: %w", sharer.Short(), err)
+		}
+		out.relay = rep.RelayAddr
+	}
+	conn, err := b.bindRelay(ctx, out.relay, rep.RelayToken)
 	if err != nil {
 		return nil, out, rep, fmt.Errorf("broker relay to %s: %w", sharer.Short(), err)
 	}
@@ -65,9 +80,9 @@ func (p brokerPath) answer(ctx context.Context, b *brokerClient, in *proto.Intro
 	local := natInfo(b.natReport())
 	rep.NAT = local
 	log := p.a.log.WithFields(logrus.Fields{"component": "relay", "peer": connector.Short(), "share": in.Share, "relay_kind": RelayBroker})
-	token := in.RelayToken
+	token, node := in.RelayToken, b.nodeAddr() // the node the introduction came from
 	p.a.spawn(func() {
-		conn, err := b.bindRelay(ctx, token)
+		conn, err := b.bindRelay(ctx, node, token)
 		if err != nil {
 			if ctx.Err() == nil {
 				log.WithError(err).Warn("the broker relay did not pair us with the connector")
@@ -75,15 +90,30 @@ func (p brokerPath) answer(ctx context.Context, b *brokerClient, in *proto.Intro
 			return
 		}
 		cc := &countConn{Conn: conn}
-		p.a.servePeer(ctx, cc, connector, in.ConnectorInstance, outcome{path: PathRelay, relayKind: RelayBroker, relay: b.url.Addr, relayed: &cc.n,
+		p.a.servePeer(ctx, cc, connector, in.ConnectorInstance, outcome{path: PathRelay, relayKind: RelayBroker, relay: node, relayed: &cc.n,
 			localNAT: natType(local), peerNAT: natType(in.NAT)})
 	})
 }
 
-// bindRelay opens a broker relay connection and binds it with token; it
-// returns once the broker has paired it with the other agent's.
-func (b *brokerClient) bindRelay(ctx context.Context, token []byte) (net.Conn, error) {
-	conn, err := b.agent.dialer.dial(ctx, b.url, secure.ALPNRelay)
+// errBadRelayAddr: a broker named a relay node that is not one host:port.
+var errBadRelayAddr = errors.New("the broker named a relay node that is not host:port")
+
+// checkRelayAddr checks a ConnectReply's RelayAddr is one host:port, the
+// form of one address of a broker URL, before it is dialed.
+func checkRelayAddr(addr string) error {
+	host, port, err := net.SplitHostPort(addr)
+	n, perr := strconv.Atoi(port)
+	if err != nil || host == "" || strings.ContainsAny(addr, ", ") || perr != nil || n < 1 || n > 65535 {
+		return fmt.Errorf("%w: %q", errBadRelayAddr, addr)
+	}
+	return nil
+}
+
+// bindRelay opens a broker relay connection to the node at addr and binds
+// it with token; it returns once the broker has paired it with the other
+// agent's.
+func (b *brokerClient) bindRelay(ctx context.Context, addr string, token []byte) (net.Conn, error) {
+	conn, err := b.agent.dialer.dial(ctx, b.url.At(addr), secure.ALPNRelay)
 	if err != nil {
 		return nil, err
 	}

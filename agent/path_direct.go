@@ -63,7 +63,7 @@ func (b *brokerClient) openPunch(ctx context.Context) (*punchSocket, error) {
 		m, err := nat.MappedAddrTCP(sctx, netip.AddrPortFrom(netip.IPv4Unspecified(), port), servers[0])
 		cancel()
 		if err != nil {
-			b.log.WithError(err).Info("no server-reflexive candidate")
+			b.logger().WithError(err).Info("no server-reflexive candidate")
 		} else {
 			cands = append(cands, punch.Candidate{Kind: punch.Srflx, Addr: m})
 		}

@@ -36,10 +36,14 @@ type metrics struct {
 	reg           *prometheus.Registry
 	sessions      *prometheus.CounterVec // admitted, by role
 	refused       *prometheus.CounterVec // by reason
-	introductions prometheus.Counter
+	introductions *prometheus.CounterVec // by where the sharer was: local (this node) or remote (another node of the cluster)
 	introFailed   *prometheus.CounterVec // by code
 	punches       *prometheus.CounterVec // by result and both NAT types, as connectors report them
 	turnIssued    prometheus.Counter     // TURN credentials issued with relay introductions
+	// The cluster's (cluster.go): sealed messages refused, and the time
+	// requests to other nodes take.
+	clusterRefused prometheus.Counter
+	clusterRequest prometheus.Histogram
 }
 
 func newMetrics(s *Server) *metrics {
@@ -53,9 +57,18 @@ func newMetrics(s *Server) *metrics {
 			Namespace: metricsNamespace, Subsystem: "broker", Name: "sessions_refused_total",
 			Help: "Control connections not admitted, by reason: handshake, hello, unauthorized (wrong token), limit.",
 		}, []string{"reason"}),
-		introductions: prometheus.NewCounter(prometheus.CounterOpts{
+		introductions: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: metricsNamespace, Subsystem: "broker", Name: "introductions_total",
-			Help: "Introductions the sharer answered with candidates.",
+			Help: "Introductions the sharer answered, by where the sharer was: local (this node) or remote (another node of the cluster).",
+		}, []string{"where"}),
+		clusterRefused: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: metricsNamespace, Subsystem: "broker", Name: "cluster_messages_refused_total",
+			Help: "Messages from the cluster's NATS refused: not sealed with this cluster's key, altered, stale or replayed.",
+		}),
+		clusterRequest: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: metricsNamespace, Subsystem: "broker", Name: "cluster_request_seconds",
+			Help:    "Requests to other nodes (introductions, presence), from sending to the answer.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
 		}),
 		introFailed: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: metricsNamespace, Subsystem: "broker", Name: "introductions_failed_total",
@@ -74,13 +87,32 @@ func newMetrics(s *Server) *metrics {
 	for _, r := range []string{"member", "guest"} {
 		m.sessions.WithLabelValues(r)
 	}
+	m.introductions.WithLabelValues("local")
+	clusterGauge := func(name, help string, f func(*cluster) float64) prometheus.Collector {
+		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Namespace: metricsNamespace, Subsystem: "broker", Name: name, Help: help,
+		}, func() float64 {
+			if cl := s.cluster.Load(); cl != nil {
+				return f(cl)
+			}
+			return 0
+		})
+	}
 	gauge := func(name, help string, f func(Stats) int) prometheus.Collector {
 		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Namespace: metricsNamespace, Subsystem: "broker", Name: name, Help: help,
 		}, func() float64 { return float64(f(s.Stats())) })
 	}
 	m.reg.MustRegister(
-		m.sessions, m.refused, m.introductions, m.introFailed, m.punches, m.turnIssued,
+		m.sessions, m.refused, m.introductions, m.introFailed, m.punches, m.turnIssued, m.clusterRefused, m.clusterRequest,
+		clusterGauge("cluster_connected", "1 while this node reaches the cluster's NATS (0 alone or cut off).", func(cl *cluster) float64 {
+			if cl.connected() {
+				return 1
+			}
+			return 0
+		}),
+		clusterGauge("cluster_nodes", "Nodes of the cluster heard from, this one included.", func(cl *cluster) float64 { return float64(cl.nodeCount()) }),
+		clusterGauge("cluster_rtt_seconds", "Round trip from this node to its NATS server.", func(cl *cluster) float64 { return time.Duration(cl.rtt.Load()).Seconds() }),
 		gauge("agents_online", "Member agents (distinct identities) with a control session.", func(st Stats) int { return st.Agents }),
 		gauge("guests_online", "Guest (ticket-only) control sessions.", func(st Stats) int { return st.Guests }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
@@ -210,7 +242,7 @@ type metricsServer struct {
 }
 
 // listenMetrics binds addr and returns the server, not yet serving.
-func listenMetrics(ctx context.Context, addr string, reg *prometheus.Registry, log logrus.FieldLogger) (*metricsServer, error) {
+func listenMetrics(ctx context.Context, addr string, reg *prometheus.Registry, health func() string, log logrus.FieldLogger) (*metricsServer, error) {
 	var lc net.ListenConfig
 	ln, err := lc.Listen(ctx, "tcp", addr)
 	if err != nil {
@@ -224,7 +256,7 @@ func listenMetrics(ctx context.Context, addr string, reg *prometheus.Registry, l
 	// Start stops this server when the broker stops.
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		fmt.Fprintln(w, "ok")
+		fmt.Fprintln(w, health())
 	})
 	return &metricsServer{ln: ln, srv: &http.Server{
 		Handler:           mux,
@@ -269,4 +301,14 @@ func registerProcessCollectors(reg prometheus.Registerer) {
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
+}
+
+// health is /healthz's answer: "ok", and the cluster's state when the
+// broker is a node of one. A node cut off from its cluster still serves its
+// own agents, so it stays 200: the line says what is degraded.
+func (s *Server) health() string {
+	if cl := s.cluster.Load(); cl != nil {
+		return "ok\n" + cl.health()
+	}
+	return "ok"
 }

@@ -109,7 +109,7 @@ func TestMetricsEndpoint(t *testing.T) {
 		`peerport_broker_sessions_total{role="member"}`:                   1,
 		`peerport_broker_sessions_total{role="guest"}`:                    1,
 		`peerport_broker_sessions_refused_total{reason="unauthorized"}`:   1,
-		`peerport_broker_introductions_total`:                             1,
+		`peerport_broker_introductions_total{where="local"}`:              1,
 		`peerport_broker_introductions_failed_total{code="unauthorized"}`: 1,
 		`peerport_broker_stun_requests_total{network="udp"}`:              1,
 		`peerport_broker_stun_requests_total{network="tcp"}`:              1,

@@ -2,6 +2,7 @@ package broker
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"time"
 
@@ -96,21 +97,45 @@ func (p *presence) knows(a, b secure.AgentID, now time.Time) bool {
 }
 
 // presence answers a Presence: success while the agent (and process, when
-// named) is online, not_found once it is not, refused for an agent the
-// broker never introduced to the asker.
+// named) is online, here or on another node of the cluster, not_found once
+// it is not, refused for an agent no node introduced to the asker.
 func (s *session) presence(m *proto.Presence) *proto.Result {
 	id, err := secure.ParseAgentID(m.Agent)
 	if err != nil {
 		return &proto.Result{ID: m.ID, Code: proto.CodeBadRequest, Message: fmt.Sprintf("agent: %v", err)}
 	}
-	srv := s.srv
-	srv.mu.Lock()
-	defer srv.mu.Unlock()
+	q := &presenceQuery{Asker: s.id.String(), Agent: m.Agent, Instance: m.Instance}
+	online, knows := s.srv.presenceHere(q)
+	if cl := s.srv.cluster.Load(); cl != nil && !online {
+		// The agent may be on another node, or this agent may have come
+		// here from the node that introduced them.
+		on, kn, err := cl.presence(context.Background(), q, id)
+		if err != nil {
+			return &proto.Result{ID: m.ID, Code: proto.CodeClusterUnavailable, Message: err.Error()}
+		}
+		online, knows = on, knows || kn
+	}
 	switch {
-	case !srv.presence.knows(s.id, id, srv.cfg.Now()):
+	case !knows:
 		return &proto.Result{ID: m.ID, Code: proto.CodeRefused, Message: "this broker did not introduce that agent to you"}
-	case !srv.presence.isOnline(id, m.Instance):
+	case !online:
 		return &proto.Result{ID: m.ID, Code: proto.CodeNotFound, Message: fmt.Sprintf("agent %s is not online", id.Short())}
 	}
 	return &proto.Result{ID: m.ID}
+}
+
+// presenceHere tells whether q's agent is online on this node, and whether
+// this node introduced it to the asker.
+func (srv *Server) presenceHere(q *presenceQuery) (online, knows bool) {
+	id, err := secure.ParseAgentID(q.Agent)
+	if err != nil {
+		return false, false
+	}
+	asker, err := secure.ParseAgentID(q.Asker)
+	if err != nil {
+		return false, false
+	}
+	srv.mu.Lock()
+	defer srv.mu.Unlock()
+	return srv.presence.isOnline(id, q.Instance), srv.presence.knows(asker, id, srv.cfg.Now())
 }

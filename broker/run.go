@@ -71,6 +71,10 @@ type Options struct {
 	// TLS is where the broker's certificate comes from (cert.go); zero:
 	// the state dir key's self-signed one, its pin in the URL.
 	TLS TLSOptions
+
+	// Cluster joins this broker to a cluster of nodes over NATS
+	// (cluster.go); nil: the broker runs alone, with no NATS at all.
+	Cluster *ClusterOptions
 }
 
 // Running is a started broker.
@@ -177,10 +181,23 @@ func Start(ctx context.Context, o Options) (*Running, error) {
 			stun.TCP[i] = srv.Limit(l, "stun")
 		}
 	}
+	url := certs.url(st, addr)
+	var cl *cluster
+	if o.Cluster != nil {
+		seal, err := newSealer(st.Token, st.TURNSecret, url.Pin, time.Now)
+		if err != nil {
+			return fail(err)
+		}
+		if cl, err = joinCluster(ctx, srv, *o.Cluster, seal, url.Addr, o.Log.WithField("component", "cluster")); err != nil {
+			return fail(err)
+		}
+		undo = append(undo, cl.close)
+		srv.cluster.Store(cl)
+	}
 	var ms *metricsServer
 	if o.MetricsListen != "" {
 		registerProcessCollectors(srv.Registry())
-		if ms, err = listenMetrics(ctx, o.MetricsListen, srv.Registry(), srv.log); err != nil {
+		if ms, err = listenMetrics(ctx, o.MetricsListen, srv.Registry(), srv.health, srv.log); err != nil {
 			return fail(err)
 		}
 		undo = append(undo, func() { ms.ln.Close() })
@@ -192,7 +209,7 @@ func Start(ctx context.Context, o Options) (*Running, error) {
 		}
 	}
 	done := make(chan struct{})
-	r := &Running{URL: certs.url(st, addr), Addr: ln.Addr(), Server: srv, Done: done}
+	r := &Running{URL: url, Addr: ln.Addr(), Server: srv, Done: done}
 	if issuer != nil {
 		r.TURNURL = issuer.URL
 	}
@@ -230,6 +247,9 @@ func Start(ctx context.Context, o Options) (*Running, error) {
 	go func() {
 		defer close(done)
 		r.err = srv.Serve(ctx, ln)
+		if cl != nil {
+			cl.close()
+		}
 		stopParts()
 		parts.Wait()
 		certs.close()

@@ -207,6 +207,9 @@ type Server struct {
 	port      *tls.Config // the listener's: agents' protocols and HTTPS (port.go)
 	pairs     *pairRelay  // the broker relay
 	web       http.Handler
+	// cluster links this node to the others; nil when the broker runs
+	// alone. Set once, by Start, before the first session.
+	cluster atomic.Pointer[cluster]
 
 	introductions atomic.Uint64
 	metrics       *metrics

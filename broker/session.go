@@ -1,8 +1,6 @@
 package broker
 
 import (
-	"crypto/sha256"
-	"crypto/subtle"
 	"errors"
 	"fmt"
 	"io"
@@ -146,6 +144,9 @@ func (s *session) admit(h *proto.Hello) bool {
 		srv.agents[s.id] = append(srv.agents[s.id], s)
 	}
 	srv.mu.Unlock()
+	if cl := srv.cluster.Load(); cl != nil {
+		cl.hold(agentSubject(s.id))
+	}
 	role := "member"
 	if s.guest {
 		role = "guest"
@@ -187,13 +188,20 @@ func (s *session) leave() {
 		}
 	}
 	srv.shares -= len(s.shares)
+	held := []string{agentSubject(s.id)}
 	for name := range s.shares {
 		srv.lost.add(s.id, name, srv.cfg.Now(), srv.cfg.RegistrationGrace)
+		held = append(held, shareSubject(s.id, name))
 	}
 	clear(s.shares)
 	clear(s.intros)
 	emb := srv.relay
 	srv.mu.Unlock()
+	if cl := srv.cluster.Load(); cl != nil {
+		for _, subj := range held {
+			cl.release(subj)
+		}
+	}
 	if gone && emb != nil {
 		emb.agentOffline(s.id)
 	}
@@ -293,6 +301,9 @@ func (s *session) register(m *proto.Register) *proto.Result {
 		srv.shares++
 	}
 	srv.mu.Unlock()
+	if cl := srv.cluster.Load(); cl != nil && !exists {
+		cl.hold(shareSubject(s.id, m.Share))
+	}
 	s.log.WithFields(logrus.Fields{"share": m.Share, "ticket": len(sh.admitHash) > 0, "allow": len(sh.allow)}).Info("share registered")
 	return &proto.Result{ID: m.ID}
 }
@@ -304,12 +315,16 @@ func (s *session) unregister(m *proto.Unregister) *proto.Result {
 	}
 	srv := s.srv
 	srv.mu.Lock()
-	if _, ok := s.shares[m.Share]; ok {
+	_, had := s.shares[m.Share]
+	if had {
 		delete(s.shares, m.Share)
 		srv.shares--
 		srv.lost.add(s.id, m.Share, srv.cfg.Now(), srv.cfg.RegistrationGrace)
 	}
 	srv.mu.Unlock()
+	if cl := srv.cluster.Load(); cl != nil && had {
+		cl.release(shareSubject(s.id, m.Share))
+	}
 	s.log.WithField("share", m.Share).Info("share withdrawn")
 	return &proto.Result{ID: m.ID}
 }
@@ -356,148 +371,6 @@ func (s *session) introReply(m *proto.IntroReply) {
 		return
 	}
 	ch <- m // buffered, and the entry is gone: never blocks
-}
-
-// introduce checks the connector c may reach the share, passes its Connect to
-// the sharer and returns the answer for c, or nil when c is gone.
-func (srv *Server) introduce(c *session, m *proto.Connect) *proto.ConnectReply {
-	fail := func(code, format string, args ...any) *proto.ConnectReply {
-		return &proto.ConnectReply{ID: m.ID, Code: code, Message: fmt.Sprintf(format, args...)}
-	}
-	sharerID, err := secure.ParseAgentID(m.Sharer)
-	if err != nil {
-		return fail(proto.CodeBadRequest, "sharer: %v", err)
-	}
-	log := c.log.WithFields(logrus.Fields{"sharer": sharerID.Short(), "share": m.Share})
-
-	srv.mu.Lock()
-	sessions := srv.agents[sharerID]
-	if len(sessions) == 0 {
-		srv.mu.Unlock()
-		log.Info("introduction: sharer not online")
-		return fail(proto.CodeNotFound, "sharer %s is not online", sharerID.Short())
-	}
-	var sharer *session
-	for i := len(sessions) - 1; i >= 0; i-- {
-		if sessions[i].shares[m.Share] != nil {
-			sharer = sessions[i]
-			break
-		}
-	}
-	if sharer == nil && srv.registeringSoon(sharerID, m.Share, sessions) {
-		// Not a refusal: after a broker restart the sharer's processes log
-		// in and register their shares one by one, so a process of the
-		// same identity may be back before the one that holds this share.
-		srv.mu.Unlock()
-		log.Info("introduction: sharer online, share not registered (yet)")
-		return fail(proto.CodeNotRegistered, "sharer %s is online but has not registered share %q (yet)", sharerID.Short(), m.Share)
-	}
-	if sharer == nil || !c.mayConnect(sharer.shares[m.Share], m.Admit) {
-		srv.mu.Unlock()
-		srv.limits.refusals.Refused("introductions refused: ticket not valid for this share", proto.CodeUnauthorized,
-			logrus.Fields{"remote": c.raw.RemoteAddr().String(), "agent": c.id.Short(), "sharer": sharerID.Short(), "share": m.Share})
-		return fail(proto.CodeUnauthorized, "ticket not valid for this share, and this agent is not on its allow list")
-	}
-	relayed := m.Path == proto.PathRelay
-	if relayed && srv.cfg.Relay == nil {
-		srv.mu.Unlock()
-		log.Info("introduction refused: a relay was asked for, and this broker offers none")
-		return fail(proto.CodeNoRelay, "this broker offers no relay (its TURN server is off and no external one is configured); "+
-			"connect with path direct, or ask the broker's operator to turn the relay on")
-	}
-	emb := srv.relay
-	srv.nextIntro++
-	id := srv.nextIntro
-	ch := make(chan *proto.IntroReply, 1)
-	sharer.intros[id] = ch
-	srv.mu.Unlock()
-	defer func() {
-		srv.mu.Lock()
-		delete(sharer.intros, id)
-		srv.mu.Unlock()
-	}()
-	log = log.WithField("intro", id)
-
-	introduced := false // the sharer accepted: a broker relay token stays
-	intro := &proto.Intro{Intro: id, Connector: c.id.String(), ConnectorInstance: c.instance, Share: m.Share, Candidates: m.Candidates, NAT: m.NAT, RTTMillis: m.RTTMillis, Path: m.Path}
-	if relayed {
-		// The sharer permits the connector's public address on its relay:
-		// the broker saw it, whatever the connector found out itself.
-		obs := observed(c.raw.RemoteAddr())
-		intro.Candidates = withObserved(m.Candidates, obs)
-		intro.TURN = srv.issueTURN(sharerID)
-		if emb != nil {
-			emb.introduce(sharerID, connectorIPs(obs, m.Candidates))
-		}
-		log = log.WithField("path", proto.PathRelay)
-	}
-	if m.Path == proto.PathBroker {
-		token, err := srv.pairs.expect(sharerID, c.id)
-		if err != nil {
-			log.WithError(err).Warn("introduction refused: the broker relay is full")
-			return fail(proto.CodeLimit, "the broker relay is full; retry later")
-		}
-		defer func() {
-			if !introduced {
-				srv.pairs.forget(token)
-			}
-		}()
-		intro.RelayToken = token
-		log = log.WithField("path", proto.PathBroker)
-	}
-	if err := sharer.send(intro); err != nil {
-		log.WithError(err).Info("introduction: sharer went offline")
-		return fail(proto.CodeNotFound, "sharer %s went offline", sharerID.Short())
-	}
-	t := time.NewTimer(srv.cfg.IntroTimeout)
-	defer t.Stop()
-	select {
-	case r := <-ch:
-		if r.Code != "" {
-			log.WithField("code", r.Code).Info("introduction declined by the sharer")
-			msg := r.Message
-			if msg == "" {
-				msg = "the sharer declined the connection"
-			}
-			return fail(r.Code, "%s", msg)
-		}
-		srv.introductions.Add(1)
-		srv.metrics.introductions.Inc()
-		log.WithField("candidates", len(r.Candidates)).Info("introduced")
-		introduced = true
-		srv.mu.Lock()
-		srv.presence.meet(c.id, sharerID, srv.cfg.Now())
-		srv.mu.Unlock()
-		return &proto.ConnectReply{ID: m.ID, Candidates: r.Candidates, Port: r.Port, NAT: r.NAT, Path: r.Path, RelayToken: intro.RelayToken}
-	case <-sharer.done:
-		log.Info("introduction: sharer went offline")
-		return fail(proto.CodeNotFound, "sharer %s went offline", sharerID.Short())
-	case <-t.C:
-		log.Warnf("introduction: sharer did not answer within %v", srv.cfg.IntroTimeout)
-		return fail(proto.CodeTimeout, "sharer %s did not answer within %v", sharerID.Short(), srv.cfg.IntroTimeout)
-	case <-c.done:
-		return nil
-	}
-}
-
-// mayConnect: the ticket's admit key, or (for members) the connector's own
-// identity on the share's allow list. An unknown share is refused like a bad
-// ticket, so share names cannot be probed.
-func (c *session) mayConnect(sh *share, admit []byte) bool {
-	if sh == nil {
-		return false
-	}
-	if len(admit) > 0 && len(sh.admitHash) == sha256.Size {
-		h := sha256.Sum256(admit)
-		if subtle.ConstantTimeCompare(h[:], sh.admitHash) == 1 {
-			return true
-		}
-	}
-	if c.guest {
-		return false
-	}
-	_, ok := sh.allow[c.id]
-	return ok
 }
 
 // send writes one message. A failed write breaks the TLS stream for good, so

@@ -34,6 +34,8 @@ func main() {
 func newRoot() *cobra.Command {
 	var file, listen, publicAddr, stateDir, metricsListen, logLevel, logFormat, turnListen string
 	var noTURN, noSTUN bool
+	var clusterNATS []string
+	var clusterNode, clusterCreds string
 	var stunListen []string
 	var certFile, keyFile, acmeDomain, acmeEmail, acmeDirectory, acmeHTTP string
 	c := &cobra.Command{
@@ -87,6 +89,9 @@ func newRoot() *cobra.Command {
 			if f.Changed("no-stun") {
 				cfg.STUN.Off = noSTUN
 			}
+			if f.Changed("cluster") {
+				cfg.Cluster.NATS = clusterNATS
+			}
 			for _, fl := range []struct {
 				name string
 				dst  *string
@@ -95,6 +100,7 @@ func newRoot() *cobra.Command {
 				{"cert-file", &cfg.TLS.CertFile, certFile}, {"key-file", &cfg.TLS.KeyFile, keyFile},
 				{"acme-domain", &cfg.ACME.Domain, acmeDomain}, {"acme-email", &cfg.ACME.Email, acmeEmail},
 				{"acme-directory", &cfg.ACME.Directory, acmeDirectory}, {"acme-http", &cfg.ACME.HTTPListen, acmeHTTP},
+				{"cluster-node", &cfg.Cluster.Node, clusterNode}, {"cluster-creds", &cfg.Cluster.Creds, clusterCreds},
 			} {
 				if f.Changed(fl.name) {
 					*fl.dst = fl.v
@@ -140,6 +146,9 @@ func newRoot() *cobra.Command {
 			}
 			o.TLS = broker.TLSOptions{CertFile: cfg.TLS.CertFile, KeyFile: cfg.TLS.KeyFile, ACME: broker.ACMEOptions{
 				Domain: cfg.ACME.Domain, Email: cfg.ACME.Email, Directory: cfg.ACME.Directory, HTTPListen: cfg.ACME.HTTPListen}}
+			if c := cfg.Cluster; len(c.NATS) > 0 {
+				o.Cluster = &broker.ClusterOptions{NATS: c.NATS, Node: c.Node, Creds: c.Creds}
+			}
 			if err := turnOptions(&o, cfg.TURN); err != nil {
 				return err
 			}
@@ -174,6 +183,9 @@ func newRoot() *cobra.Command {
 	f.StringVar(&logLevel, "log-level", "info", "trace, debug, info, warn or error")
 	f.StringVar(&logFormat, "log-format", "text", "text or json")
 	f.StringSliceVar(&stunListen, "stun-listen", nil, "STUN server addresses, each on UDP and TCP (default: ports 3478 and 3479 of --listen's host, or free ports if taken)")
+	f.StringSliceVar(&clusterNATS, "cluster", nil, "join a broker cluster through these NATS servers (nats://HOST:4222,...); every node shares one state dir's identity")
+	f.StringVar(&clusterNode, "cluster-node", "", "this node's name in the cluster (default: the hostname)")
+	f.StringVar(&clusterCreds, "cluster-creds", "", "a NATS credentials file for --cluster")
 	f.BoolVar(&noSTUN, "no-stun", false, "run no STUN server (agents then cannot tell their NAT type from this broker)")
 	c.SetVersionTemplate("broker {{.Version}}\n")
 	c.AddCommand(&cobra.Command{

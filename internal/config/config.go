@@ -135,6 +135,9 @@ type Broker struct {
 	// from a CA (broker_cert.go); at most one of them is set.
 	ACME BrokerACME `yaml:"acme"`
 	TLS  BrokerTLS  `yaml:"tls"`
+	// Cluster joins the broker to other nodes over NATS (broker_cluster.go);
+	// empty: the broker runs alone.
+	Cluster BrokerCluster `yaml:"cluster"`
 
 	// Warnings are problems of the file that do not stop it from loading
 	// (a TURN secret other users may read). LoadBroker sets them; the

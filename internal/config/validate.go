@@ -252,6 +252,7 @@ func (c *Broker) validate(p *problems) error {
 	}
 	c.TURN.validate(p, c)
 	c.validateCert(p)
+	c.Cluster.validate(p)
 	return p.err()
 }
 

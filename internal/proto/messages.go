@@ -24,6 +24,9 @@ const (
 	CodeTimeout      = "timeout"
 	CodeInternal     = "internal"
 	CodeNoRelay      = "no_relay" // a relay introduction, but the broker offers no relay
+	// CodeClusterUnavailable: the sharer is not on the agent's broker node and
+	// the other nodes of its cluster cannot be asked; retry later.
+	CodeClusterUnavailable = "cluster_unavailable"
 	// CodeNotRegistered: the sharer is online but no session of it holds
 	// the share yet, as in the seconds after a broker restart before its
 	// agents register again. Transient: retry, unlike a refused ticket.

@@ -10,6 +10,11 @@
 //	| 1 B   | alen B      | 32 B     | 32 B        | 1 B   | nlen B| 32 B     | 4 B BE |
 //	+-------+-------------+----------+-------------+-------+-------+----------+--------+
 //
+// The broker addr is host:port, or several host:port joined by commas (at
+// most 8, 255 bytes in all) for a broker run as several nodes: the same
+// format, the connector tries them in turn. Broker URLs name several the
+// same way: pp://TOKEN@b1.example.com:7000,b2.example.com:7000#PIN.
+//
 // A pin of 32 zero bytes means the broker has no pin: its certificate comes
 // from a CA and must verify, against the system roots, for the broker
 // address's host. Broker URLs then have no "#PIN" either.

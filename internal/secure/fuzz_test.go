@@ -13,6 +13,8 @@ import (
 func FuzzParseTicket(f *testing.F) {
 	f.Add(goldenTicket)
 	f.Add(goldenTicketNoPin)
+	f.Add(goldenTicketMulti)
+	f.Add(newTicket(f, "b1.example.com:7000,[::1]:7000", "ssh").String())
 	f.Add(newTicket(f, "[::1]:7000", "ssh").String())
 	f.Add("pp1")
 	f.Add("pp2aaaa")
@@ -51,6 +53,11 @@ func FuzzParseBrokerURL(f *testing.F) {
 		"pp://tok@broker.example.com:443",
 		"pp://tok@h:1#",
 		"pp://tok@h:1#" + Pin{}.String(),
+		"pp://tok@b1.example.com:7000,b2.example.com,[2001:db8::1]:443#" + pin,
+		"pp://tok@b1,b2",
+		"pp://tok@h:1,h:1#" + pin,
+		"pp://tok@h:1,,h:2#" + pin,
+		"pp://tok@a,b,c,d,e,f,g,h,i#" + pin,
 	} {
 		f.Add(s)
 	}
@@ -68,6 +75,17 @@ func FuzzParseBrokerURL(f *testing.F) {
 		}
 		if again != u {
 			t.Fatalf("ParseBrokerURL(%q) = %+v, printed and parsed again %+v", s, u, again)
+		}
+		addrs := u.Addrs()
+		if len(addrs) == 0 || len(addrs) > MaxBrokerAddrs {
+			t.Fatalf("ParseBrokerURL(%q) accepted %d addresses", s, len(addrs))
+		}
+		// Each address alone is a URL of its own, the one its node is dialed by.
+		for _, a := range addrs {
+			one := u.At(a)
+			if again, err := ParseBrokerURL(one.String()); err != nil || again != one {
+				t.Fatalf("ParseBrokerURL(%q): address %q alone prints %q, which parses to %+v, %v", s, a, one.String(), again, err)
+			}
 		}
 	})
 }

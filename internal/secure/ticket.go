@@ -21,8 +21,11 @@ const SecretSize = 32
 
 // Ticket is everything a connector needs to reach one share.
 type Ticket struct {
-	Broker string // host:port of the broker's control listener
-	Pin    Pin    // the broker key's pin; zero: the broker has a CA-issued certificate for Broker's host
+	// Broker is the host:port of the broker's control listener, or
+	// several joined by commas (BrokerURL.Addr of a broker run as several
+	// nodes): the connector tries them in turn.
+	Broker string
+	Pin    Pin // the broker key's pin; zero: the broker has a CA-issued certificate for each address's host
 	Sharer AgentID
 	Share  string
 	Secret [SecretSize]byte
@@ -50,12 +53,22 @@ func NewTicket(broker string, pin Pin, sharer AgentID, share string) (Ticket, er
 }
 
 func (t Ticket) validate() error {
-	host, port, err := net.SplitHostPort(t.Broker)
-	if err != nil || host == "" {
+	addrs := t.Addrs()
+	if len(addrs) == 0 {
 		return fmt.Errorf("%w: broker address %q is not host:port", ErrBadTicket, t.Broker)
 	}
-	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
-		return fmt.Errorf("%w: broker port %q out of range", ErrBadTicket, port)
+	if len(addrs) > MaxBrokerAddrs {
+		return fmt.Errorf("%w: %d broker addresses, at most %d", ErrBadTicket, len(addrs), MaxBrokerAddrs)
+	}
+	seen := make(map[string]bool, len(addrs))
+	for _, a := range addrs {
+		if err := validBrokerAddr(a); err != nil {
+			return err
+		}
+		if seen[a] {
+			return fmt.Errorf("%w: broker address %q twice", ErrBadTicket, a)
+		}
+		seen[a] = true
 	}
 	if len(t.Broker) > 255 {
 		return fmt.Errorf("%w: broker address too long", ErrBadTicket)
@@ -69,6 +82,28 @@ func (t Ticket) validate() error {
 		return fmt.Errorf("%w: missing sharer", ErrBadTicket)
 	}
 	return nil
+}
+
+// validBrokerAddr checks one address of a ticket's Broker: host:port, a
+// host, a port in range.
+func validBrokerAddr(a string) error {
+	host, port, err := net.SplitHostPort(a)
+	if err != nil || host == "" {
+		return fmt.Errorf("%w: broker address %q is not host:port", ErrBadTicket, a)
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+		return fmt.Errorf("%w: broker port %q out of range", ErrBadTicket, port)
+	}
+	return nil
+}
+
+// Addrs returns the broker's addresses: Broker split at its commas (one
+// address, or the several of a broker URL that names more than one).
+func (t Ticket) Addrs() []string {
+	if t.Broker == "" {
+		return nil
+	}
+	return strings.Split(t.Broker, ",")
 }
 
 // String returns the ticket's text form.

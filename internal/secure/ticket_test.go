@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -256,5 +257,80 @@ func TestTicketPrefix(t *testing.T) {
 	// A broker URL pasted where a ticket belongs.
 	if _, err := ParseTicket("pp://tok@h:7000#pin"); !isTicketErr(err) {
 		t.Errorf("ParseTicket(broker URL) = %v, want a ticket error", err)
+	}
+}
+
+// TestTicketMultiAddr: a ticket's broker may be the comma list of a
+// broker URL naming several nodes, in the same format (no new version):
+// each address is checked as a single one is, and Addrs splits them.
+func TestTicketMultiAddr(t *testing.T) {
+	for _, tt := range []struct {
+		broker string
+		addrs  []string
+	}{
+		{"b1.example.com:7000,b2.example.com:7000", []string{"b1.example.com:7000", "b2.example.com:7000"}},
+		{"127.0.0.1:1,[::1]:2,h:65535", []string{"127.0.0.1:1", "[::1]:2", "h:65535"}},
+		{"a:1,b:1,c:1,d:1,e:1,f:1,g:1,h:1", []string{"a:1", "b:1", "c:1", "d:1", "e:1", "f:1", "g:1", "h:1"}},
+		{strings.Repeat("h", 120) + ":7000," + strings.Repeat("i", 124) + ":7000", []string{strings.Repeat("h", 120) + ":7000", strings.Repeat("i", 124) + ":7000"}},
+	} {
+		tk := newTicket(t, tt.broker, "web")
+		if a := tk.Addrs(); !slices.Equal(a, tt.addrs) {
+			t.Errorf("Addrs() of %q = %q, want %q", tt.broker, a, tt.addrs)
+		}
+		got, err := ParseTicket(tk.String())
+		if err != nil || got != tk {
+			t.Errorf("ParseTicket(ticket for %q) = %+v, %v; want %+v", tt.broker, got, err, tk)
+		}
+	}
+	// A broker URL's Addr is a ticket's Broker as it is.
+	u, err := ParseBrokerURL("pp://tok@b1,b2:9,[2001:db8::1]#" + PinOf(mustX509(t)).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tk, err := NewTicket(u.Addr, u.Pin, newID(t).ID(), "web"); err != nil || !slices.Equal(tk.Addrs(), u.Addrs()) {
+		t.Errorf("NewTicket(%q) = %+v, %v", u.Addr, tk, err)
+	}
+
+	pin, sharer := PinOf(mustX509(t)), newID(t).ID()
+	for _, tt := range []struct{ broker, want string }{
+		{"h:1,", `malformed ticket: broker address "" is not host:port`},
+		{",h:1", `malformed ticket: broker address "" is not host:port`},
+		{"h:1,,h:2", `malformed ticket: broker address "" is not host:port`},
+		{"h:1,h2", `malformed ticket: broker address "h2" is not host:port`},
+		{"h:1,:2", `malformed ticket: broker address ":2" is not host:port`},
+		{"h:1,::1", `malformed ticket: broker address "::1" is not host:port`},
+		{"h:1,h:0", `malformed ticket: broker port "0" out of range`},
+		{"h:1,h:65536", `malformed ticket: broker port "65536" out of range`},
+		{"h:1,h:x", `malformed ticket: broker port "x" out of range`},
+		{"h:1,h:1", `malformed ticket: broker address "h:1" twice`},
+		{"a:1,b:1,c:1,d:1,e:1,f:1,g:1,h:1,i:1", "malformed ticket: 9 broker addresses, at most 8"},
+		{strings.Repeat("h", 120) + ":7000," + strings.Repeat("i", 125) + ":7000", "malformed ticket: broker address too long"},
+	} {
+		if _, err := NewTicket(tt.broker, pin, sharer, "web"); err == nil || err.Error() != tt.want || !errors.Is(err, ErrBadTicket) {
+			t.Errorf("NewTicket(%.40q) = %v, want %q", tt.broker, err, tt.want)
+		}
+	}
+}
+
+// TestTicketGoldenMulti pins a three-address ticket: the format of one
+// address, with the commas in the broker field.
+func TestTicketGoldenMulti(t *testing.T) {
+	var tk Ticket
+	tk.Broker = "192.0.2.1:7000,192.0.2.2:7000,[2001:db8::1]:443"
+	tk.Share = "web"
+	for i := range 32 {
+		tk.Pin[i] = byte(i)
+		tk.Sharer[i] = byte(0x80 + i)
+		tk.Secret[i] = byte(0x40 + i)
+	}
+	if got := tk.String(); got != goldenTicketMulti {
+		t.Errorf("String() =\n%s\nwant\n%s", got, goldenTicketMulti)
+	}
+	got, err := ParseTicket(goldenTicketMulti)
+	if err != nil || got != tk {
+		t.Fatalf("ParseTicket(golden) = %+v, %v", got, err)
+	}
+	if a := got.Addrs(); len(a) != 3 || a[2] != "[2001:db8::1]:443" {
+		t.Errorf("Addrs() = %q", a)
 	}
 }

@@ -151,8 +151,9 @@ func ControlClientConfig(id *Identity, pin Pin) (*tls.Config, error) {
 // chain and name do not matter. Without one, the broker's certificate chain
 // must verify against the system roots (Go reads SSL_CERT_FILE and
 // SSL_CERT_DIR in place of them) for u's host, a name or an IP address, as
-// for any HTTPS server. A refusal wraps ErrPinMismatch or ErrUntrustedBroker:
-// both are final, retrying cannot help.
+// for any HTTPS server; a pin-less URL naming several addresses is an error:
+// narrow it to the one dialed first (u.At(addr)). A refusal wraps
+// ErrPinMismatch or ErrUntrustedBroker: both are final, retrying cannot help.
 func BrokerClientConfig(id *Identity, u BrokerURL, alpn string) (*tls.Config, error) {
 	return brokerClientConfig(id, u, alpn, nil)
 }
@@ -169,6 +170,11 @@ func brokerClientConfig(id *Identity, u BrokerURL, alpn string, roots *x509.Cert
 		c.InsecureSkipVerify = true // replaced by the pin check below, which is stricter than a CA chain
 		c.VerifyPeerCertificate = checkPin(u.Pin)
 		return c, nil
+	}
+	// A pin-less URL naming several addresses names no one host: the
+	// caller dials one node, and verifies it, by u.At(addr).
+	if len(u.Addrs()) > 1 {
+		return nil, fmt.Errorf("%w: broker URL names %d addresses; verify the one dialed (BrokerURL.At)", ErrBadBrokerURL, len(u.Addrs()))
 	}
 	host := u.Host()
 	if host == "" {
