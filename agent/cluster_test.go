@@ -91,6 +91,7 @@ func TestClusterAcrossNodes(t *testing.T) {
 	sharer := startTestAgent(t, Options{Broker: &u, Shares: []ShareSpec{{Name: "echo", Target: echoTarget(t)}},
 		OnTicket: func(_ string, tk secure.Ticket) { tickets <- tk }})
 	tk := waitTicket(t, tickets, "the share never registered")
+	eventually(t, "the sharer's status shows its session", func() bool { return brokerStatus(t, sharer).Connected })
 	if st := brokerStatus(t, sharer); st.Addr != nodes[0].URL.Addr {
 		t.Fatalf("sharer on %s, want node 1", st.Addr)
 	}
@@ -108,6 +109,7 @@ func TestClusterAcrossNodes(t *testing.T) {
 		t.Fatal("connector not listening within 15 s")
 	}
 	echoOnce(t, laddr.String(), "across the cluster")
+	eventually(t, "the connector's status shows its session", func() bool { return brokerStatus(t, conn).Connected })
 	if st := brokerStatus(t, conn); st.Addr != nodes[2].URL.Addr {
 		t.Errorf("connector on %s, want node 3", st.Addr)
 	}
