@@ -10,10 +10,9 @@ import (
 	"testing"
 	"time"
 
-	natsserver "github.com/nats-io/nats-server/v2/server"
-
 	"github.com/peerport/peerport/broker"
 	"github.com/peerport/peerport/internal/secure"
+	"github.com/peerport/peerport/internal/testutil"
 )
 
 // startClusterNode is a broker node of a cluster on natsURL.
@@ -56,15 +55,7 @@ func echoOnce(t *testing.T, addr, msg string) {
 // 1 dies: the sharer moves, the open peer session is untouched, and the
 // same ticket works again through another node.
 func TestClusterAcrossNodes(t *testing.T) {
-	ns, err := natsserver.NewServer(&natsserver.Options{Host: "127.0.0.1", Port: -1, NoLog: true, NoSigs: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go ns.Start()
-	if !ns.ReadyForConnections(10 * time.Second) {
-		t.Fatal("nats-server not ready")
-	}
-	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
+	natsURL := testutil.NATS(t)
 	leakCheck(t)
 
 	dirs := []string{t.TempDir(), t.TempDir(), t.TempDir()}
@@ -75,7 +66,7 @@ func TestClusterAcrossNodes(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		nodes = append(nodes, startClusterNode(t, ns.ClientURL(), []string{"n1", "n2", "n3"}[i], dir))
+		nodes = append(nodes, startClusterNode(t, natsURL, []string{"n1", "n2", "n3"}[i], dir))
 	}
 	addr := func(is ...int) string {
 		var a []string

@@ -10,30 +10,12 @@ import (
 	"testing"
 	"time"
 
-	natsserver "github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 
 	"github.com/peerport/peerport/internal/proto"
 	"github.com/peerport/peerport/internal/secure"
+	"github.com/peerport/peerport/internal/testutil"
 )
-
-// startNATS runs a real NATS server on loopback for the test.
-func startNATS(t *testing.T) string {
-	t.Helper()
-	ns, err := natsserver.NewServer(&natsserver.Options{Host: "127.0.0.1", Port: -1, NoLog: true, NoSigs: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go ns.Start()
-	if !ns.ReadyForConnections(10 * time.Second) {
-		t.Fatal("nats-server not ready")
-	}
-	t.Cleanup(func() {
-		ns.Shutdown()
-		ns.WaitForShutdown()
-	})
-	return ns.ClientURL()
-}
 
 // copyState provisions a node's state dir as an operator would: a copy of
 // one node's.
@@ -95,7 +77,7 @@ func startNode(t *testing.T, natsURL, name, stateDir string) (*node, error) {
 // threeNodes starts a NATS server and three broker nodes of one identity.
 func threeNodes(t *testing.T) (string, string, []*node) {
 	t.Helper()
-	url := startNATS(t)
+	url := testutil.NATS(t)
 	first := t.TempDir()
 	if _, err := LoadOrCreateState(first); err != nil {
 		t.Fatal(err)
