@@ -419,21 +419,14 @@ func (cl *cluster) serve(m *nats.Msg) {
 	switch {
 	case req.Intro != nil:
 		in := req.Intro
-		if err := in.parse(); err != nil || !strings.HasPrefix(m.Subject, agentSubject(in.sharer)) && m.Subject != shareSubject(in.sharer, in.Connect.Share) {
+		if err := in.parse(); err != nil || m.Subject != agentSubject(in.sharer) && m.Subject != shareSubject(in.sharer, in.Connect.Share) {
 			rep.Refused = "bad introduction"
 			break
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), cl.srv.cfg.IntroTimeout+time.Second)
-		go func() {
-			select {
-			case <-cl.stop:
-				cancel()
-			case <-ctx.Done():
-			}
-		}()
 		ilog := log.WithFields(logrus.Fields{"agent": in.connector.Short(), "sharer": in.sharer.Short(), "share": in.Connect.Share})
-		rep.Reply, rep.Held = cl.srv.deliver(in, ctx.Done(), ilog)
-		cancel()
+		// deliver's own IntroTimeout bounds the wait; only a stopping
+		// node cuts it short.
+		rep.Reply, rep.Held = cl.srv.deliver(in, cl.stop, ilog)
 		if rep.Reply == nil {
 			rep.Reply = failReply(proto.CodeTimeout, "broker node %s is stopping", cl.node)
 		} else if len(rep.Reply.RelayToken) > 0 {
