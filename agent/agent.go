@@ -561,10 +561,27 @@ func (a *Agent) brokerURL() *secure.BrokerURL {
 // broker when the ticket points there (so the token admits us fully), else a
 // tokenless guest session to the ticket's broker.
 func (a *Agent) brokerFor(t *secure.Ticket) *brokerClient {
-	if u := a.brokerURL(); t == nil || (u != nil && u.Addr == t.Broker && u.Pin == t.Pin) {
+	if u := a.brokerURL(); t == nil || (u != nil && sameBroker(*u, *t)) {
 		return a.broker(*u)
 	}
 	return a.broker(secure.BrokerURL{Addr: t.Broker, Pin: t.Pin})
+}
+
+// sameBroker says whether the ticket was made at the broker of u: the same
+// pin and an address in common. The nodes of one cluster share the pin, and
+// the same cluster's URL and tickets may list its nodes in another order, or
+// more or fewer of them; one address in common is one node, hence one
+// cluster.
+func sameBroker(u secure.BrokerURL, t secure.Ticket) bool {
+	if u.Pin != t.Pin {
+		return false
+	}
+	for _, a := range u.Addrs() {
+		if slices.Contains(t.Addrs(), a) {
+			return true
+		}
+	}
+	return false
 }
 
 func (a *Agent) sharesFor(b *brokerClient) []*share {

@@ -435,3 +435,33 @@ func TestBrokerAddrsStartWithLastWorked(t *testing.T) {
 		t.Errorf("node A holds %d shares, want 0", n)
 	}
 }
+
+// TestSameBroker: a ticket made at the broker the agent is logged in to is
+// served by that session, whatever order or subset of the cluster's nodes
+// either lists; another pin, or no node in common, is another broker.
+func TestSameBroker(t *testing.T) {
+	pin := [32]byte{1}
+	tests := []struct {
+		name   string
+		url    string
+		ticket string
+		pin    [32]byte
+		want   bool
+	}{
+		{"one node", "a:7000", "a:7000", pin, true},
+		{"same nodes, other order", "c:7000,a:7000,b:7000", "a:7000,b:7000,c:7000", pin, true},
+		{"a node added since the ticket", "a:7000,b:7000,d:7000", "a:7000,b:7000", pin, true},
+		{"no node in common", "a:7000,b:7000", "c:7000", pin, false},
+		{"same port, another host", "a:7000", "a:7001", pin, false},
+		{"another pin", "a:7000", "a:7000", [32]byte{2}, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			u := secure.BrokerURL{Addr: tc.url, Pin: pin}
+			tk := secure.Ticket{Broker: tc.ticket, Pin: tc.pin}
+			if got := sameBroker(u, tk); got != tc.want {
+				t.Errorf("sameBroker(%q, ticket at %q) = %v, want %v", tc.url, tc.ticket, got, tc.want)
+			}
+		})
+	}
+}

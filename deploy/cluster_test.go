@@ -130,6 +130,20 @@ type natsServer struct {
 	clusterPort int
 }
 
+// silentDrop is how long a NATS server keeps a client that stopped
+// answering: its pings, unanswered ping_max times, then one more interval
+// (nats-server's defaults where the file sets none).
+func silentDrop(o *server.Options) time.Duration {
+	every, max := o.PingInterval, o.MaxPingsOut
+	if every == 0 {
+		every = server.DEFAULT_PING_INTERVAL
+	}
+	if max == 0 {
+		max = server.DEFAULT_PING_MAX_OUT
+	}
+	return every * time.Duration(max+1)
+}
+
 // loadNATS parses every cluster/nats-*.conf with nats-server's parser.
 func loadNATS(t *testing.T) []natsServer {
 	t.Helper()
@@ -165,6 +179,10 @@ func loadNATS(t *testing.T) []natsServer {
 			t.Errorf("%s: JetStream is on; the brokers do not use it", p)
 		case o.HTTPPort > 0 && o.HTTPHost != "127.0.0.1":
 			t.Errorf("%s: monitoring on %s:%d; keep it on 127.0.0.1", p, o.HTTPHost, o.HTTPPort)
+		case silentDrop(o) > 30*time.Second:
+			// A vanished broker's subscriptions live this long: its shares
+			// look online and connects to them time out.
+			t.Errorf("%s: a silent client is dropped after %v; want <= 30s (ping_interval, ping_max)", p, silentDrop(o))
 		}
 		clusterName = o.Cluster.Name
 		for _, r := range o.Routes {

@@ -23,10 +23,11 @@ import (
 	"github.com/peerport/peerport/agent"
 )
 
-// bins holds the agent and broker binaries built once for the package.
+// bins holds the binaries built once for the package: ours, and a real
+// nats-server (the module go.mod already requires) for the cluster tests.
 var bins struct {
-	dir           string
-	agent, broker string
+	dir                 string
+	agent, broker, nats string
 }
 
 // e2eParallel is how many tests run at once unless -parallel says: they
@@ -48,13 +49,17 @@ func TestMain(m *testing.M) {
 	}
 	bins.dir = dir
 	os.Chmod(dir, 0o755) // tests run a binary as another user too
-	bins.agent, bins.broker = filepath.Join(dir, "agent"), filepath.Join(dir, "broker")
-	build := exec.Command("go", "build", "-race", "-o", dir+"/", "../cmd/agent", "../cmd/broker")
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "build binaries:", err)
-		os.RemoveAll(dir)
-		os.Exit(1)
+	bins.agent, bins.broker, bins.nats = filepath.Join(dir, "agent"), filepath.Join(dir, "broker"), filepath.Join(dir, "nats-server")
+	for _, build := range []*exec.Cmd{
+		exec.Command("go", "build", "-race", "-o", dir+"/", "../cmd/agent", "../cmd/broker"),
+		exec.Command("go", "build", "-o", bins.nats, "github.com/nats-io/nats-server/v2"),
+	} {
+		build.Stdout, build.Stderr = os.Stderr, os.Stderr
+		if err := build.Run(); err != nil {
+			fmt.Fprintln(os.Stderr, "build binaries:", err)
+			os.RemoveAll(dir)
+			os.Exit(1)
+		}
 	}
 	code := m.Run()
 	os.RemoveAll(dir)
