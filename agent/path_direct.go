@@ -82,6 +82,15 @@ func (b *brokerClient) openPunch(ctx context.Context) (*punchSocket, error) {
 	return ps, nil
 }
 
+// offersIPv6 says whether the socket has an IPv6 candidate that leaves
+// this host: a path no IPv4 NAT stands on.
+func (ps *punchSocket) offersIPv6() bool {
+	return slices.ContainsFunc(ps.cands, func(c proto.Candidate) bool {
+		ap, err := netip.ParseAddrPort(c.Addr)
+		return err == nil && punch.BeyondNAT(ap.Addr())
+	})
+}
+
 // offers reports whether a local address may be offered to peers.
 func (a *Agent) offers(ip netip.Addr) bool {
 	if len(a.opts.Candidates) == 0 {
@@ -148,14 +157,16 @@ func (p directPath) dial(ctx context.Context, b *brokerClient, sharer secure.Age
 		return nil, none, nil, err
 	}
 	local := b.natReport()
-	if local.RelayNeeded() {
-		// Our own NAT rules punching out: spare both sides the attempt.
-		none.localNAT = natType(natInfo(local))
-		return nil, none, nil, fmt.Errorf("direct path to %s (NAT %s): %w", sharer.Short(), none.localNAT, ErrRelayNeeded)
-	}
 	ps, err := b.openPunch(ctx)
 	if err != nil {
 		return nil, none, nil, err
+	}
+	if local.RelayNeeded() && !ps.offersIPv6() {
+		// Our own NAT rules punching out over IPv4, and there is no IPv6:
+		// spare both sides the attempt.
+		ps.ln.Close()
+		none.localNAT = natType(natInfo(local))
+		return nil, none, nil, fmt.Errorf("direct path to %s (NAT %s): %w", sharer.Short(), none.localNAT, ErrRelayNeeded)
 	}
 	rep, err := intro(ctx, &proto.Connect{Path: proto.PathDirect, Candidates: ps.cands, NAT: natInfo(local), RTTMillis: b.rttMillis()})
 	if err != nil {

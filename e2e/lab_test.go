@@ -41,13 +41,29 @@ func (w *labWorld) brokerMetrics() string {
 // raceEnv keeps race-built binaries from sleeping a second at exit.
 var raceEnv = []string{"GORACE=atexit_sleep_ms=0"}
 
+// newLabWorld builds the lab and starts its broker. In a dual-stack
+// topology (IPv6) the agents get IPv6 only: see newDualStackWorld for both.
 func newLabWorld(t *testing.T, topo natlab.Topology) *labWorld {
+	return newLabWorldStack(t, topo, false)
+}
+
+// newDualStackWorld is newLabWorld for a dual-stack topology whose agents
+// keep both families: they reach the broker over IPv4 and may find each
+// other over either.
+func newDualStackWorld(t *testing.T, topo natlab.Topology) *labWorld {
+	if !topo.IPv6 {
+		t.Fatalf("topology %s is not dual-stack", topo.Name)
+	}
+	return newLabWorldStack(t, topo, true)
+}
+
+func newLabWorldStack(t *testing.T, topo natlab.Topology, dual bool) *labWorld {
 	lab := natlab.New(t, topo)
 	w := &labWorld{t: t, lab: lab, ctx: t.Context(), sharerDir: t.TempDir(), connDir: t.TempDir()}
 	br := lab.Host("broker")
 	w.broker = br
 	public := br.IP().String()
-	if topo.IPv6 {
+	if topo.IPv6 && !dual {
 		// IPv6 only for the agents: without an IPv4 route, every path
 		// between them, and to the broker, is IPv6.
 		public = br.IPv6().String()

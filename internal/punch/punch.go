@@ -57,7 +57,8 @@ type Config struct {
 	StartAt        time.Time       // SYNs leave at StartAt (the broker's timed start); zero: now
 
 	// NAT discovery of this side and of the peer: a destination-dependent
-	// TCP mapping on either makes Punch return ErrRelayNeeded at once.
+	// TCP mapping on either leaves only the IPv6 candidates, and Punch
+	// returns ErrRelayNeeded at once when there are none.
 	LocalNAT, PeerNAT *nat.Report
 
 	Tracer Tracer
@@ -108,9 +109,6 @@ func Punch(ctx context.Context, cfg Config) (net.Conn, *Result, error) {
 		}
 		return nil, res, fmt.Errorf("punch: %w", err)
 	}
-	if cfg.LocalNAT.DestinationDependent() || cfg.PeerNAT.DestinationDependent() {
-		return finish(ErrRelayNeeded)
-	}
 	if cfg.Timeout <= 0 {
 		cfg.Timeout = 10 * time.Second
 	}
@@ -139,6 +137,18 @@ func Punch(ctx context.Context, cfg Config) (net.Conn, *Result, error) {
 	}
 	p := &puncher{cfg: cfg, tr: tr, local: addrPortOf(ln.Addr()), arrive: make(chan arrival, maxConns)}
 	p.cands = p.dialable(Order(cfg.Remote))
+	if cfg.LocalNAT.DestinationDependent() || cfg.PeerNAT.DestinationDependent() {
+		// The NAT reports are IPv4's. IPv6 has no NAT mapping ports (at most
+		// a stateful firewall, which simultaneous open passes): its
+		// candidates are still worth a try, the IPv4 ones are not. Nor is
+		// loopback, which only helps two agents on one machine: they
+		// would have been relayed before, and would now wait out a punch
+		// for every remote peer.
+		p.cands = slices.DeleteFunc(p.cands, func(c Candidate) bool { return !BeyondNAT(c.Addr.Addr()) })
+		if len(p.cands) == 0 {
+			return finish(ErrRelayNeeded)
+		}
+	}
 	if len(p.cands) == 0 {
 		return finish(ErrNoCandidates)
 	}
@@ -185,6 +195,11 @@ func Punch(ctx context.Context, cfg Config) (net.Conn, *Result, error) {
 	tr.emit(Event{Type: EventChosen, Candidate: kept.cand, Local: res.Local, Remote: res.Remote, Via: kept.via})
 	return kept.c, res, nil
 }
+
+// BeyondNAT says whether ip is reached on a path no IPv4 NAT maps: a
+// non-loopback IPv6 address. Behind a destination-dependent NAT only these
+// candidates are punched.
+func BeyondNAT(ip netip.Addr) bool { return ip.Is6() && !ip.Is4In6() && !ip.IsLoopback() }
 
 // ctxErr turns our own deadline into ErrDeadline and keeps the caller's
 // cancellation as it is.

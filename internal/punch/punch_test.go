@@ -247,10 +247,10 @@ func TestRelayNeededAtOnce(t *testing.T) {
 	}{{"local symmetric", sym, cone}, {"peer symmetric", cone, sym}, {"peer only", nil, sym}}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			ln, _ := listen(t, "127.0.0.1:0")
+			ln, _ := listen(t, ":0")
 			tr := &recorder{}
 			_, _, err := Punch(t.Context(), Config{Listener: ln, LocalNAT: tt.local, PeerNAT: tt.peer,
-				Remote: []Candidate{cand("127.0.0.1:9", Host)}, Tracer: tr.trace})
+				Remote: []Candidate{cand("127.0.0.1:9", Host), cand("[::1]:9", Host)}, Tracer: tr.trace})
 			if !errors.Is(err, ErrRelayNeeded) {
 				t.Fatalf("err = %v, want ErrRelayNeeded", err)
 			}
@@ -262,6 +262,17 @@ func TestRelayNeededAtOnce(t *testing.T) {
 				t.Error("listener still open")
 			}
 		})
+	}
+}
+
+func TestBeyondNAT(t *testing.T) {
+	for addr, want := range map[string]bool{
+		"2001:db8::1": true, "fd00::1": true, "198.51.100.1": false, "10.0.0.1": false,
+		"::1": false, "127.0.0.1": false, "::ffff:198.51.100.1": false,
+	} {
+		if got := BeyondNAT(netip.MustParseAddr(addr)); got != want {
+			t.Errorf("BeyondNAT(%s) = %v, want %v", addr, got, want)
+		}
 	}
 }
 
