@@ -8,6 +8,7 @@
 //	sudo go run ./bench -only wan    # tunnel vs raw TCP over the lab's WAN link at 0/20/50 ms
 //	sudo go run ./bench -lab         # all NAT-lab parts: punch, relay, wan
 //	go run ./bench -only ops         # broker restarts, idle RSS of agent up (bench/ops.go)
+//	go run ./bench -only cluster     # one broker vs three nodes over NATS: introductions, memory, NATS traffic, re-homing (bench/cluster.go)
 //	sudo go run ./bench soak -duration 10m  # transfers under faults in the NAT lab (bench/soak.go)
 //
 // It builds the agent and broker (no -race), runs a broker, sharers and
@@ -37,16 +38,17 @@ import (
 )
 
 type options struct {
-	rounds       int
-	seconds      int
-	pings        int
-	streams      []int
-	muxStreams   []int
-	brokerAgents int
-	introSecs    int
-	only         map[string]bool
-	results      string
-	profileDir   string
+	rounds        int
+	seconds       int
+	pings         int
+	streams       []int
+	muxStreams    []int
+	brokerAgents  int
+	clusterAgents int
+	introSecs     int
+	only          map[string]bool
+	results       string
+	profileDir    string
 
 	punchRuns, punchMatrixRuns int
 }
@@ -73,7 +75,8 @@ func main() {
 	flag.StringVar(&muxStreams, "mux-streams", "1000,10000", "idle streams on a bare mux session (comma list)")
 	flag.IntVar(&o.brokerAgents, "broker-agents", 10000, "control clients registered at the broker")
 	flag.IntVar(&o.introSecs, "intro-seconds", 3, "seconds of sustained introductions")
-	flag.StringVar(&only, "only", "", "comma list of parts: throughput,latency,connect,memory,mux,broker,ops,punch,relay,wan,path (default all; punch, relay, wan and path only where the NAT lab can run)")
+	flag.IntVar(&o.clusterAgents, "cluster-agents", 10000, "cluster: control clients registered at each broker measured (the lone one, node 1, then re-homed to node 2)")
+	flag.StringVar(&only, "only", "", "comma list of parts: throughput,latency,connect,memory,mux,broker,ops,cluster,punch,relay,wan,path (default all; punch, relay, wan and path only where the NAT lab can run)")
 	flag.BoolVar(&lab, "lab", false, "the NAT-lab parts only: -only punch,relay,wan,path (root)")
 	flag.IntVar(&o.punchRuns, "punch-runs", 20, "punch: cone-cone runs per WAN RTT")
 	flag.IntVar(&o.punchMatrixRuns, "punch-matrix-runs", 5, "punch: runs per topology of the success matrix")
@@ -239,6 +242,12 @@ func run(ctx context.Context, o options) error {
 			return fmt.Errorf("%s: %w", opsPart, err)
 		}
 	}
+	if o.want(clusterPart) {
+		fmt.Fprintf(os.Stderr, "== %s\n", clusterPart)
+		if err := clusterBench(ctx, bin, tmp, o, rep); err != nil {
+			return fmt.Errorf("%s: %w", clusterPart, err)
+		}
+	}
 	if doPunch {
 		fmt.Fprintf(os.Stderr, "== %s\n", punchPart)
 		if err := punchBench(ctx, bin, tmp, o, rep); err != nil {
@@ -271,7 +280,7 @@ func run(ctx context.Context, o options) error {
 		if !filepath.IsAbs(path) {
 			path = filepath.Join(root, path)
 		}
-		if err := saveKeepingHistory(path, rep); err != nil {
+		if err := saveResults(path, rep); err != nil {
 			return err
 		}
 	}

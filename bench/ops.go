@@ -470,49 +470,6 @@ func (w *world) upProc(dir, cfg string, args ...string) (*proc, error) {
 	return w.start(filepath.Base(dir), nil, w.bin.agent, append([]string{"--state-dir", dir, "--log-level", "warn", "up", "-c", path}, args...)...)
 }
 
-// Results: the ops figures live in their own marked section at the end of
-// RESULTS.md, after the punch section, so other runs keep the last one.
-
-const (
-	opsBegin = "<!-- ops:begin -->"
-	opsEnd   = "<!-- ops:end -->"
-)
-
-// saveAll writes the other figures through saveResults, then the ops
-// section (this run's, else the one the file had) at the end.
-func saveAll(path string, rep *Report) error {
-	old, _ := os.ReadFile(path)
-	_, prev := cutSection(string(old), opsBegin, opsEnd)
-	rest, ops := *rep, *rep
-	rest.Figures, ops.Figures = nil, nil
-	for _, f := range rep.Figures {
-		if f.Part == opsPart {
-			ops.Figures = append(ops.Figures, f)
-		} else {
-			rest.Figures = append(rest.Figures, f)
-		}
-	}
-	if err := saveResults(path, &rest); err != nil {
-		return err
-	}
-	if len(ops.Figures) > 0 {
-		prev = opsSection(&ops)
-	}
-	if prev == "" {
-		return nil
-	}
-	cur, err := os.ReadFile(path)
-	if err != nil && !errors.Is(err, os.ErrNotExist) {
-		return err
-	}
-	s, _ := cutSection(string(cur), opsBegin, opsEnd)
-	s = strings.TrimRight(s, "\n")
-	if s != "" {
-		s += "\n\n"
-	}
-	return os.WriteFile(path, []byte(s+prev), 0o644)
-}
-
 // cutSection returns s without the section from begin to end (markers
 // included), and that section with a trailing newline.
 func cutSection(s, begin, end string) (rest, section string) {
@@ -526,15 +483,4 @@ func cutSection(s, begin, end string) (rest, section string) {
 	}
 	j += i + len(end)
 	return s[:i] + strings.TrimLeft(s[j:], "\n"), s[i:j] + "\n"
-}
-
-func opsSection(r *Report) string {
-	var b strings.Builder
-	b.WriteString(opsBegin + "\n## Operations: broker restart, idle RSS of `agent up` (`go run ./bench -only ops`)\n\n")
-	b.WriteString("Issue 6's closing-note figures, with the built binaries on 127.0.0.1; see bench/ops.go.\n" +
-		"Written by the last run that included the ops part.\n\n")
-	writeFigures(&b, r, false)
-	js, _ := json.MarshalIndent(r, "", "  ")
-	fmt.Fprintf(&b, "\n```json\n%s\n```\n%s\n", js, opsEnd)
-	return b.String()
 }

@@ -9,7 +9,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -452,76 +451,4 @@ func punchSuccess(ctx context.Context, bin binaries, tmp string, runs int, r *Re
 	r.add(Figure{Part: punchPart, Name: "success, whole matrix", Value: 100 * float64(good) / float64(total), Unit: "%",
 		Target: "100 %", Note: fmt.Sprintf("%d/%d runs with the expected outcome over %d topologies", good, total, len(punchMatrix()))})
 	return nil
-}
-
-// Results: the punch figures live in their own section of RESULTS.md, so a
-// loopback-only run keeps the last punch section and a punch-only run keeps
-// the loopback results.
-
-const (
-	punchBegin = "<!-- punch:begin -->"
-	punchEnd   = "<!-- punch:end -->"
-)
-
-// saveResults writes the loopback figures through writeResults and the
-// punch figures as the marked section at the end of the file.
-func saveResults(path string, rep *Report) error {
-	old, _ := os.ReadFile(path)
-	prev := ""
-	if i := strings.Index(string(old), punchBegin); i >= 0 {
-		prev = string(old[i:])
-		if j := strings.Index(prev, punchEnd); j >= 0 {
-			prev = prev[:j+len(punchEnd)] + "\n"
-		}
-	}
-	loop, punch := *rep, *rep
-	loop.Figures, punch.Figures = nil, nil
-	for _, f := range rep.Figures {
-		if f.Part == punchPart || f.Part == relayPart || f.Part == wanPart || f.Part == pathPart {
-			punch.Figures = append(punch.Figures, f)
-		} else {
-			loop.Figures = append(loop.Figures, f)
-		}
-	}
-	if len(loop.Figures) > 0 {
-		js, _ := json.MarshalIndent(&loop, "", "  ")
-		if err := writeResults(path, &loop, js); err != nil {
-			return err
-		}
-	}
-	if len(punch.Figures) > 0 {
-		prev = punchSection(&punch)
-	}
-	if prev == "" {
-		return nil
-	}
-	cur, err := os.ReadFile(path)
-	if err != nil && !errors.Is(err, os.ErrNotExist) {
-		return err
-	}
-	s := string(cur)
-	if i := strings.Index(s, punchBegin); i >= 0 {
-		s = s[:i]
-	}
-	s = strings.TrimRight(s, "\n")
-	if s != "" {
-		s += "\n\n"
-	}
-	return os.WriteFile(path, []byte(s+prev), 0o644)
-}
-
-func punchSection(r *Report) string {
-	var b strings.Builder
-	b.WriteString(punchBegin + "\n## Hole punching, the relay and the WAN path in the NAT lab (`go run ./bench -only punch,relay,wan`)\n\n")
-	b.WriteString("Punch: cone-cone timing at 0 and 50 ms RTT, then every topology of the matrix several times\n" +
-		"(success = the expected outcome; run counts in the notes). Relay: the broker's two relays (TURN,\n" +
-		"and the broker relay on its own TLS port) beside the punched path on the same cone-cone lab\n" +
-		"(connect time, iperf3, round trips, broker CPU per relayed GB), symmetric-cone as users meet it,\n" +
-		"and a network that lets out only TCP 443 (broker on 443). WAN: the tunnel against raw TCP on the same public-cone path at 0, 20 and 50 ms RTT\n" +
-		"(iperf3, round trips). Needs root and the NAT lab; see bench/punch.go, relay.go and wan.go.\n" +
-		"Written by the last run that included a lab part.\n\n")
-	writeFigures(&b, r, false)
-	js, _ := json.MarshalIndent(r, "", "  ")
-	fmt.Fprintf(&b, "\n```json\n%s\n```\n%s\n", js, punchEnd)
-	return b.String()
 }

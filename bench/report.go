@@ -1,9 +1,12 @@
 package main
 
 import (
+	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
 	"text/tabwriter"
 )
@@ -22,16 +25,17 @@ func printTable(w io.Writer, r *Report) {
 	tw.Flush()
 }
 
-// writeResults saves the table, the machine and the JSON as markdown.
-func writeResults(path string, r *Report, js []byte) error {
+// topSection is the top of the results file: the figures of no section.
+func topSection(r *Report) string {
+	js, _ := json.MarshalIndent(r, "", "  ")
 	var b strings.Builder
 	fmt.Fprintf(&b, "# Benchmark results\n\nLast run of `go run ./bench` (see bench/main.go for flags). Every figure is\n"+
 		"beside its baseline measured in the same run; compare ratios, not absolute values.\n"+
 		"Sections at the end, each kept by runs that do not write it: the NAT lab (punch, relay, wan),\n"+
-		"operations (ops), and history (earlier figures kept for comparison, by hand).\n\n")
+		"operations (ops), the broker cluster (cluster), and history (earlier figures kept for comparison, by hand).\n\n")
 	writeFigures(&b, r, true)
 	fmt.Fprintf(&b, "\n```json\n%s\n```\n", js)
-	return os.WriteFile(path, []byte(b.String()), 0o644)
+	return b.String()
 }
 
 // writeFigures writes the machine, the table of figures beside their
@@ -60,28 +64,96 @@ func writeFigures(b *strings.Builder, r *Report, withPart bool) {
 	}
 }
 
-// The history section of RESULTS.md keeps earlier figures for comparison,
-// such as the before and after of a change, written by hand; every run
-// keeps it, at the end of the file.
-const (
-	historyBegin = "<!-- history:begin -->"
-	historyEnd   = "<!-- history:end -->"
-)
+// A section of RESULTS.md holds the figures of some parts, at the end of
+// the file in this order: a run that measured none of its parts keeps the
+// section the file had, so a loopback run keeps the last lab figures and a
+// lab run keeps the loopback ones. The figures of no section's parts are
+// the top of the file, kept the same way.
+type section struct {
+	name  string // its markers: <!-- name:begin --> ... <!-- name:end -->
+	parts []string
+	title string
+	about string
+}
 
-// saveKeepingHistory is saveAll that keeps the history section.
-func saveKeepingHistory(path string, rep *Report) error {
-	old, _ := os.ReadFile(path)
-	_, hist := cutSection(string(old), historyBegin, historyEnd)
-	if err := saveAll(path, rep); err != nil {
+var sections = []section{
+	{name: "punch", parts: []string{punchPart, relayPart, wanPart, pathPart},
+		title: "Hole punching, the relay and the WAN path in the NAT lab (`go run ./bench -only punch,relay,wan`)",
+		about: "Punch: cone-cone timing at 0 and 50 ms RTT, then every topology of the matrix several times\n" +
+			"(success = the expected outcome; run counts in the notes). Relay: the broker's two relays (TURN,\n" +
+			"and the broker relay on its own TLS port) beside the punched path on the same cone-cone lab\n" +
+			"(connect time, iperf3, round trips, broker CPU per relayed GB), symmetric-cone as users meet it,\n" +
+			"and a network that lets out only TCP 443 (broker on 443). WAN: the tunnel against raw TCP on the same public-cone path at 0, 20 and 50 ms RTT\n" +
+			"(iperf3, round trips). Needs root and the NAT lab; see bench/punch.go, relay.go and wan.go."},
+	{name: "ops", parts: []string{opsPart},
+		title: "Operations: broker restart, idle RSS of `agent up` (`go run ./bench -only ops`)",
+		about: "Issue 6's closing-note figures, with the built binaries on 127.0.0.1; see bench/ops.go."},
+	{name: "cluster", parts: []string{clusterPart},
+		title: "A broker cluster over NATS (`go run ./bench -only cluster`)",
+		about: "Issue 17: one broker alone beside three nodes over a real nats-server, on 127.0.0.1 (introductions\n" +
+			"across nodes and on one node, memory per agent, NATS traffic, re-homing after a SIGKILL), then the\n" +
+			"presence design not taken (JetStream KV with a TTL) beside the one taken (a subject per agent); see\n" +
+			"bench/cluster.go and clusterstore.go."},
+}
+
+// history is the last section: earlier figures for comparison, such as
+// the before and after of a change, written by hand and kept by every run.
+var history = section{name: "history"}
+
+func (s section) begin() string { return "<!-- " + s.name + ":begin -->" }
+func (s section) end() string   { return "<!-- " + s.name + ":end -->" }
+
+func (s section) render(r *Report) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s\n## %s\n\n%s\nWritten by the last run that included one of its parts.\n\n", s.begin(), s.title, s.about)
+	writeFigures(&b, r, false)
+	js, _ := json.MarshalIndent(r, "", "  ")
+	fmt.Fprintf(&b, "\n```json\n%s\n```\n%s\n", js, s.end())
+	return b.String()
+}
+
+// saveResults writes rep into the results file at path, section by
+// section, keeping what rep has no figures for.
+func saveResults(path string, rep *Report) error {
+	old, err := os.ReadFile(path)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
-	if hist == "" {
-		return nil
+	top := string(old)
+	kept := map[string]string{}
+	for _, s := range append(slices.Clone(sections), history) {
+		top, kept[s.name] = cutSection(top, s.begin(), s.end())
 	}
-	cur, err := os.ReadFile(path)
-	if err != nil {
-		return err
+	pick := func(in func(part string) bool) *Report {
+		sub := *rep
+		sub.Figures = nil
+		for _, f := range rep.Figures {
+			if in(f.Part) {
+				sub.Figures = append(sub.Figures, f)
+			}
+		}
+		return &sub
 	}
-	s, _ := cutSection(string(cur), historyBegin, historyEnd)
-	return os.WriteFile(path, []byte(strings.TrimRight(s, "\n")+"\n\n"+hist), 0o644)
+	inSection := func(part string) bool {
+		return slices.ContainsFunc(sections, func(s section) bool { return slices.Contains(s.parts, part) })
+	}
+	if r := pick(func(p string) bool { return !inSection(p) }); len(r.Figures) > 0 {
+		top = topSection(r)
+	}
+	var b strings.Builder
+	b.WriteString(strings.TrimRight(top, "\n"))
+	for _, s := range append(slices.Clone(sections), history) {
+		sec := kept[s.name]
+		if r := pick(func(p string) bool { return slices.Contains(s.parts, p) }); len(r.Figures) > 0 {
+			sec = s.render(r)
+		}
+		if sec != "" {
+			if b.Len() > 0 {
+				b.WriteString("\n\n")
+			}
+			b.WriteString(strings.TrimRight(sec, "\n"))
+		}
+	}
+	b.WriteString("\n")
+	return os.WriteFile(path, []byte(b.String()), 0o644)
 }

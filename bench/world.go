@@ -142,7 +142,11 @@ func (w *world) up() error {
 	if err := w.startIperfServer(); err != nil {
 		return err
 	}
-	if w.brokerProc, err = w.start("broker", nil, w.bin.broker, "--listen", "127.0.0.1:0", "--state-dir", w.dir("broker"),
+	cfg := filepath.Join(w.dir("broker"), "broker.yaml")
+	if err := os.WriteFile(cfg, []byte(benchLimitsYAML), 0o600); err != nil {
+		return err
+	}
+	if w.brokerProc, err = w.start("broker", nil, w.bin.broker, "-c", cfg, "--listen", "127.0.0.1:0", "--state-dir", w.dir("broker"),
 		"--public-addr", "127.0.0.1", "--log-level", "warn"); err != nil {
 		return err
 	}

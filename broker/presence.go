@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"slices"
+	"sort"
 	"time"
 
 	"github.com/peerport/peerport/internal/proto"
@@ -71,24 +73,47 @@ func pair(a, b secure.AgentID) [2]secure.AgentID {
 }
 
 // meet remembers that a and b were introduced. When full it forgets the
-// pairs older than metFor, and failing that one arbitrary pair: a
-// forgotten pair only makes its agents wait for a resume timeout.
+// pairs older than metFor and the oldest down to fifteen sixteenths: a
+// forgotten pair only makes its agents wait for a resume timeout. Evicting
+// in a batch keeps the sweep, a pass over every pair under Server.mu, to
+// one per maxMet/16 new pairs instead of one per pair.
 func (p *presence) meet(a, b secure.AgentID, now time.Time) {
 	k := pair(a, b)
 	if _, ok := p.met[k]; !ok && len(p.met) >= maxMet {
-		for o, at := range p.met {
-			if now.Sub(at) > metFor {
-				delete(p.met, o)
-			}
-		}
-		for o := range p.met {
-			if len(p.met) < maxMet {
-				break
-			}
+		p.forgetMet(now)
+	}
+	p.met[k] = now
+}
+
+// forgetMet drops the stale pairs, then the oldest pairs down to fifteen
+// sixteenths of maxMet.
+func (p *presence) forgetMet(now time.Time) {
+	for o, at := range p.met {
+		if now.Sub(at) > metFor {
 			delete(p.met, o)
 		}
 	}
-	p.met[k] = now
+	keep := maxMet - maxMet/16
+	if len(p.met) <= keep {
+		return
+	}
+	times := make([]time.Time, 0, len(p.met))
+	for _, at := range p.met {
+		times = append(times, at)
+	}
+	slices.SortFunc(times, time.Time.Compare)
+	drop := len(p.met) - keep
+	cut := times[drop-1] // the newest of those to drop
+	ties := drop - sort.Search(drop, func(i int) bool { return !times[i].Before(cut) })
+	for o, at := range p.met {
+		switch {
+		case at.Before(cut):
+			delete(p.met, o)
+		case at.Equal(cut) && ties > 0:
+			delete(p.met, o)
+			ties--
+		}
+	}
 }
 
 func (p *presence) knows(a, b secure.AgentID, now time.Time) bool {

@@ -104,15 +104,18 @@ func TestPresenceMetBound(t *testing.T) {
 	if p.knows(id(0), self, now) {
 		t.Error("a pair met longer than metFor ago is still known")
 	}
-	p.meet(id(maxMet), self, now) // full: the stale pair goes
-	if len(p.met) != maxMet || !p.knows(self, id(maxMet), now) || !p.knows(id(5), self, now) {
-		t.Errorf("after meeting one more: %d pairs", len(p.met))
+	// Full: the stale pair goes, and the oldest down to fifteen sixteenths,
+	// so the next maxMet/16 new pairs need no sweep.
+	p.met[pair(self, id(1))] = now.Add(-time.Hour)
+	later := now.Add(time.Minute)
+	p.meet(id(maxMet), self, later)
+	if want := maxMet - maxMet/16 + 1; len(p.met) != want || !p.knows(self, id(maxMet), later) {
+		t.Errorf("after meeting one more: %d pairs, want %d", len(p.met), want)
 	}
 	if _, ok := p.met[pair(self, id(0))]; ok {
-		t.Error("the stale pair was kept and a fresh one forgotten")
+		t.Error("the stale pair was kept")
 	}
-	p.meet(id(maxMet+1), self, now) // full, nothing stale: one goes
-	if len(p.met) != maxMet || !p.knows(self, id(maxMet+1), now) {
-		t.Errorf("after meeting one more with none stale: %d pairs", len(p.met))
+	if p.knows(self, id(1), later) {
+		t.Error("the oldest pair was kept")
 	}
 }

@@ -1,0 +1,48 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// TestSaveResultsKeepsSections: a run writes the sections of the parts it
+// measured and keeps every other one, in the file's fixed order.
+func TestSaveResultsKeepsSections(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "RESULTS.md")
+	save := func(parts ...string) string {
+		t.Helper()
+		r := &Report{}
+		for _, p := range parts {
+			r.Figures = append(r.Figures, Figure{Part: p, Name: "figure of " + p, Value: 1})
+		}
+		if err := saveResults(path, r); err != nil {
+			t.Fatal(err)
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(b)
+	}
+	save("throughput", punchPart)
+	if err := os.WriteFile(path, []byte(strings.TrimRight(save(opsPart), "\n")+"\n\n"+history.begin()+"\nby hand\n"+history.end()+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	got := save(clusterPart)
+	want := []string{"figure of throughput", sections[0].begin(), "figure of " + punchPart, sections[1].begin(), "figure of " + opsPart,
+		sections[2].begin(), "figure of " + clusterPart, history.begin(), "by hand"}
+	at := 0
+	for _, w := range want {
+		i := strings.Index(got[at:], w)
+		if i < 0 {
+			t.Fatalf("results lack %q after offset %d, or have it out of order:\n%s", w, at, got)
+		}
+		at += i + len(w)
+	}
+	got = save("latency")
+	if strings.Contains(got, "figure of throughput") || !strings.Contains(got, "figure of latency") || !strings.Contains(got, "figure of "+clusterPart) || !strings.Contains(got, "by hand") {
+		t.Errorf("a loopback run must replace the top and keep the sections:\n%s", got)
+	}
+}
