@@ -97,8 +97,12 @@ type PeerStatus struct {
 	PunchMS   int64         `json:"punch_ms"` // hole punch, from the first SYN to the agreed connection
 	Attempts  int           `json:"attempts"` // dial attempts across all candidates
 	Pair      CandidatePair `json:"candidate_pair"`
-	LocalNAT  string        `json:"nat"`      // this side's NAT type when the path was made
-	PeerNAT   string        `json:"peer_nat"` // the peer's, as it reported
+	// Portmap names the port mapping a direct path came in through: this
+	// side's gateway's protocol ("pcp", "natpmp", "upnp"), "peer" when it
+	// was the peer's mapping, empty when none.
+	Portmap  string `json:"portmap,omitempty"`
+	LocalNAT string `json:"nat"`      // this side's NAT type when the path was made
+	PeerNAT  string `json:"peer_nat"` // the peer's, as it reported
 	// RelayKind says which relay carries a "relay" path: "turn" (the TURN
 	// relay, RFC 6062) or "broker" (the broker relay on the broker's own
 	// port). Relay is the relayed address on the TURN server, or the
@@ -127,7 +131,7 @@ func (ps *peerSession) status() PeerStatus {
 		relayed = out.relayed.Load()
 	}
 	return PeerStatus{Peer: ps.key.peer.String(), Role: ps.key.role, Path: out.path,
-		RelayKind: out.relayKind, Relay: out.relay, RelayedBytes: relayed,
+		RelayKind: out.relayKind, Relay: out.relay, RelayedBytes: relayed, Portmap: out.portmap,
 		Remote: cur.tls.RemoteAddr().String(), Local: cur.tls.LocalAddr().String(),
 		RTTMillis: millis(time.Duration(ps.rtt.Load())), Streams: ps.sess.NumStreams(),
 		BytesIn: ps.stats.bytesIn.Load(), BytesOut: ps.stats.bytesOut.Load(), Since: ps.since,

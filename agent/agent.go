@@ -94,6 +94,11 @@ type Options struct {
 	// candidates) to these prefixes; empty: every interface address. The
 	// STUN mapping is always offered.
 	Candidates []netip.Prefix
+	// Portmap asks this host's gateway for a mapping (PCP, NAT-PMP or UPnP
+	// IGD) of every punch port and offers it to peers: a direct path
+	// through a NAT that no punch gets through. The CLI turns it on
+	// (--no-portmap, portmap: false turn it off).
+	Portmap bool
 	// TURN, when set, is the relay this agent's shares allocate on instead
 	// of the broker's.
 	TURN *TURNServer
@@ -128,6 +133,7 @@ type Agent struct {
 
 	dialer   *brokerDialer
 	paths    paths
+	portmap  *portMapper // nil: no port mapping
 	started  time.Time
 	stats    counters // every forwarded connection, for drain and status
 	parker   parker   // the local sides of idle connections
@@ -255,6 +261,14 @@ func (a *Agent) Run(ctx context.Context) error {
 			admin.Close()
 			return err
 		}
+	}
+	var why string
+	if a.portmap, why = newPortMapper(inner, a.opts, a.log); a.portmap != nil {
+		// Probed now, so that the first introduction knows whether a
+		// mapping is worth asking for.
+		a.spawn(func() { a.portmap.refresh(inner) })
+	} else {
+		a.log.WithField("why", why).Debug("no port mapping")
 	}
 	if err := a.apply(a.opts); err != nil {
 		admin.Close()

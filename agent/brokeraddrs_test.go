@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -463,5 +464,39 @@ func TestSameBroker(t *testing.T) {
 				t.Errorf("sameBroker(%q, ticket at %q) = %v, want %v", tc.url, tc.ticket, got, tc.want)
 			}
 		})
+	}
+}
+
+// TestFailoverOrder: from any address the order visits every address once,
+// agents of one node spread over all the others when it dies, and an
+// agent's order is the same every run.
+func TestFailoverOrder(t *testing.T) {
+	const n, agents = 4, 400
+	firstAfter := map[int]int{} // where the agents of node 0 go first
+	for k := range agents {
+		var id secure.AgentID
+		id[0], id[9] = byte(k), byte(k>>8)
+		next := failoverOrder(n, id)
+		for from := range n {
+			seen := map[int]bool{}
+			for i, steps := from, 0; steps < n; i, steps = next[i], steps+1 {
+				if seen[i] {
+					t.Fatalf("agent %d: from %d the order %v repeats %d before visiting all", k, from, next, i)
+				}
+				seen[i] = true
+			}
+		}
+		firstAfter[next[0]]++
+		if again := failoverOrder(n, id); !slices.Equal(again, next) {
+			t.Fatalf("agent %d: order %v, then %v", k, next, again)
+		}
+	}
+	for node := 1; node < n; node++ {
+		if c := firstAfter[node]; c < agents/(n-1)/2 {
+			t.Errorf("of %d agents leaving node 0, %d go to node %d: want them spread (%v)", agents, c, node, firstAfter)
+		}
+	}
+	if firstAfter[0] != 0 {
+		t.Errorf("%d agents retry the node they left first", firstAfter[0])
 	}
 }

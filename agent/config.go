@@ -13,7 +13,7 @@ import (
 // OptionsFromConfig turns a validated agent.yaml into Options; identity,
 // state dir and logger are the caller's to fill.
 func OptionsFromConfig(c *config.Agent) (Options, error) {
-	o := Options{MetricsListen: c.MetricsListen, Resume: resume.Config{
+	o := Options{MetricsListen: c.MetricsListen, Portmap: c.Portmap == nil || *c.Portmap, Resume: resume.Config{
 		KeepAlive: c.Resume.KeepAlive, DeadFloor: c.Resume.DeadAfter, ResumeTimeout: c.Resume.Timeout, MaxUnacked: c.Resume.BufferKiB << 10,
 	}}
 	if r := c.Relay; r.URL != "" {

@@ -4,9 +4,11 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/tls"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	mrand "math/rand/v2"
 	"net"
 	"net/url"
 	"strings"
@@ -451,6 +453,7 @@ func (b *brokerClient) run(ctx context.Context) error {
 	if len(addrs) == 0 {
 		return fmt.Errorf("%w: no address", secure.ErrBadBrokerURL)
 	}
+	next := failoverOrder(len(addrs), b.agent.id.ID())
 	start, i, tried := 0, 0, 0 // start: the address that last worked
 	for ctx.Err() == nil {
 		addr := addrs[i]
@@ -477,7 +480,7 @@ func (b *brokerClient) run(ctx context.Context) error {
 		}
 		b.reconnect++
 		b.mu.Unlock()
-		i, tried = (i+1)%len(addrs), tried+1
+		i, tried = next[i], tried+1
 		if tried < len(addrs) {
 			what := "unreachable"
 			if connected {
@@ -498,6 +501,21 @@ func (b *brokerClient) run(ctx context.Context) error {
 		}
 	}
 	return ctx.Err()
+}
+
+// failoverOrder is the address an agent tries after each of n: next[i]
+// follows i, and following it from any address visits all n once. The
+// cycle is a permutation of the URL's order seeded by the agent's ID, so
+// the agents of a node that dies move to every other node, spread, rather
+// than all to the one listed after it; an agent still starts at the first
+// address and keeps its order from run to run.
+func failoverOrder(n int, id secure.AgentID) []int {
+	cycle := mrand.New(mrand.NewPCG(binary.BigEndian.Uint64(id[:8]), binary.BigEndian.Uint64(id[8:16]))).Perm(n)
+	next := make([]int, n)
+	for k, a := range cycle {
+		next[a] = cycle[(k+1)%n]
+	}
+	return next
 }
 
 // logger is the current session's logger, which names its node; b.log

@@ -4,6 +4,7 @@ import (
 	"context"
 	"net"
 	"net/netip"
+	"slices"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -23,7 +24,10 @@ const (
 )
 
 // stunServers resolves the Welcome's STUN list against the broker's address:
-// an unspecified host there means the broker's own.
+// an unspecified host there means the broker's own. A dual-stack broker
+// lists its STUN ports on both its addresses; those of the family this
+// agent reached the broker over come first, so the NAT type is that
+// family's (IPv4, where the URL names IPv4 first and it works).
 func stunServers(welcome []string, brokerAddr string) []string {
 	bhost, _, _ := net.SplitHostPort(brokerAddr)
 	var out []string
@@ -37,24 +41,57 @@ func stunServers(welcome []string, brokerAddr string) []string {
 		}
 		out = append(out, net.JoinHostPort(host, port))
 	}
+	if fam := hostFamily(bhost); fam != 0 {
+		slices.SortStableFunc(out, func(a, b string) int {
+			return boolInt(hostFamily(hostOf(b)) == fam) - boolInt(hostFamily(hostOf(a)) == fam)
+		})
+	}
 	return out
 }
 
+// hostFamily is 4 or 6 for an IP address, 0 for a name.
+func hostFamily(host string) int {
+	ip, err := netip.ParseAddr(host)
+	switch {
+	case err != nil:
+		return 0
+	case ip.Unmap().Is4():
+		return 4
+	}
+	return 6
+}
+
+func hostOf(hostport string) string {
+	h, _, _ := net.SplitHostPort(hostport)
+	return h
+}
+
+func boolInt(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
 // stunPair picks a primary STUN server and an alternate on another address
-// (else another port), for the mapping test of package nat.
+// (else another port) of the same IP family, for the mapping test of package
+// nat: a mapping seen over IPv4 and one over IPv6 always differ, and would
+// make any NAT look symmetric.
 func stunPair(servers []string) (primary, alternate string) {
 	if len(servers) == 0 {
 		return "", ""
 	}
 	primary = servers[0]
 	ph, pp, _ := net.SplitHostPort(primary)
+	fam := hostFamily(ph)
+	same := func(h string) bool { f := hostFamily(h); return f == 0 || fam == 0 || f == fam }
 	for _, s := range servers[1:] {
-		if h, _, _ := net.SplitHostPort(s); h != ph {
+		if h, _, _ := net.SplitHostPort(s); h != ph && same(h) {
 			return primary, s
 		}
 	}
 	for _, s := range servers[1:] {
-		if _, p, _ := net.SplitHostPort(s); p != pp {
+		if h, p, _ := net.SplitHostPort(s); p != pp && same(h) {
 			return primary, s
 		}
 	}

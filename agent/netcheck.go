@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"net/url"
 	"strings"
 	"sync"
@@ -26,6 +27,20 @@ type NetcheckReport struct {
 	// Why explains a verdict that STUN could not make.
 	Why   string       `json:"why,omitempty"`
 	Reach Reachability `json:"reachability"`
+	// IPv6 is this host's IPv6 and the broker's over it (netcheck6.go).
+	IPv6 IPv6Report `json:"ipv6"`
+	// Portmap is what the gateway answers to port mapping (netcheck_portmap.go).
+	Portmap PortmapReport `json:"portmap"`
+}
+
+// NetcheckOptions are what netcheck takes from the agent's settings.
+type NetcheckOptions struct {
+	// Proxy is the HTTP CONNECT proxy to reach the broker through; nil:
+	// the environment's.
+	Proxy *url.URL
+	// Portmap asks the gateway about port mapping; Candidates as in Options.
+	Portmap    bool
+	Candidates []netip.Prefix
 }
 
 // Reachability says which of a broker's ports answer from here.
@@ -56,8 +71,8 @@ type Probe struct {
 // STUN servers of the broker at u, and which of the broker's ports this
 // network lets through, directly or through the proxy. It fails only when
 // the broker itself cannot be reached.
-func Netcheck(ctx context.Context, id *secure.Identity, u secure.BrokerURL, proxyURL *url.URL, log logrus.FieldLogger) (*NetcheckReport, error) {
-	d := newBrokerDialer(id, proxyURL)
+func Netcheck(ctx context.Context, id *secure.Identity, u secure.BrokerURL, o NetcheckOptions, log logrus.FieldLogger) (*NetcheckReport, error) {
+	d := newBrokerDialer(id, o.Proxy)
 	c, err := dialAny(ctx, d, u, log) // of several addresses, the first node that answers
 	if err != nil {
 		return nil, err
@@ -69,6 +84,8 @@ func Netcheck(ctx context.Context, id *secure.Identity, u secure.BrokerURL, prox
 	rep.Reach.Relays = []string{RelayBroker}
 
 	var wg sync.WaitGroup
+	wg.Go(func() { rep.IPv6 = netcheckIPv6(ctx, u, c.addr, c.welcome.STUN, c.via) })
+	wg.Go(func() { rep.Portmap = netcheckPortmap(ctx, Options{Portmap: o.Portmap, Candidates: o.Candidates}, log) })
 	if turn := c.welcome.TURN; turn != "" {
 		wg.Go(func() {
 			rep.Reach.TURN = probeTCP(ctx, d, turn, c.addr)
@@ -170,5 +187,11 @@ func (r *NetcheckReport) String() string {
 	line("STUN/TCP", r.Reach.STUNTCP, "")
 	line("TURN", r.Reach.TURN, "")
 	fmt.Fprintf(&b, "  relays    %s\n", strings.Join(r.Reach.Relays, ", "))
+	fmt.Fprintf(&b, "port mapping:  %s\n", r.Portmap.summary())
+	fmt.Fprintf(&b, "IPv6:          %s\n", r.IPv6.summary())
+	if r.IPv6.Broker.Addr != "" {
+		line("broker6", r.IPv6.Broker, "")
+		line("STUN6/TCP", r.IPv6.STUNTCP, "")
+	}
 	return b.String()
 }

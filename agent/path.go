@@ -106,6 +106,7 @@ type outcome struct {
 	localNAT, peerNAT string
 	relay             string        // the relay's address, on the relay path
 	relayed           *atomic.Int64 // bytes through the relay, both ways
+	portmap           string        // the port mapping the direct path came through: our gateway's protocol, "peer", or ""
 }
 
 // pair is the candidate pair a punched path was made over.

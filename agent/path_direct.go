@@ -12,6 +12,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/peerport/peerport/internal/nat"
+	"github.com/peerport/peerport/internal/portmap"
 	"github.com/peerport/peerport/internal/proto"
 	"github.com/peerport/peerport/internal/punch"
 	"github.com/peerport/peerport/internal/secure"
@@ -35,11 +36,21 @@ var ErrRelayNeeded = punch.ErrRelayNeeded
 type punchSocket struct {
 	ln    net.Listener
 	cands []proto.Candidate
+	lease *portmap.Lease // the gateway's mapping of the port; nil: none
+}
+
+// close releases the socket unused: its listener and its mapping.
+func (ps *punchSocket) close() {
+	ps.ln.Close()
+	if ps.lease != nil {
+		ps.lease.Close()
+	}
 }
 
 // openPunch binds a punch port and gathers its candidates: interface
-// addresses (LAN first), the STUN mapping of this very port, and loopback
-// last (it only helps two agents on one machine).
+// addresses (LAN first), the STUN mapping of this very port, the gateway's
+// port mapping of it, and loopback last (it only helps two agents on one
+// machine).
 func (b *brokerClient) openPunch(ctx context.Context) (*punchSocket, error) {
 	ln, err := punch.Listen(ctx, nil, ":0")
 	if err != nil {
@@ -51,6 +62,9 @@ func (b *brokerClient) openPunch(ctx context.Context) (*punchSocket, error) {
 		ln.Close()
 		return nil, err
 	}
+	ps := &punchSocket{ln: ln}
+	mapped := make(chan *portmap.Lease, 1)
+	go func() { mapped <- b.agent.portmap.mapPort(ctx, port, b.agent.spawn) }() // beside STUN, not after it
 	cands := host
 	b.mu.Lock()
 	servers := b.stun
@@ -68,11 +82,15 @@ func (b *brokerClient) openPunch(ctx context.Context) (*punchSocket, error) {
 			cands = append(cands, punch.Candidate{Kind: punch.Srflx, Addr: m})
 		}
 	}
+	if ps.lease = <-mapped; ps.lease != nil {
+		if ext := ps.lease.Current().External; ext.Port() != 0 && ext.Addr().IsValid() && !ext.Addr().IsUnspecified() {
+			cands = append(cands, punch.Candidate{Kind: punch.Mapped, Addr: ext})
+		}
+	}
 	cands = append(punch.Order(cands),
 		punch.Candidate{Kind: punch.Host, Addr: netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), port)},
 		punch.Candidate{Kind: punch.Host, Addr: netip.AddrPortFrom(netip.IPv6Loopback(), port)})
 	cands = slices.DeleteFunc(cands, func(c punch.Candidate) bool { return c.Kind == punch.Host && !b.agent.offers(c.Addr.Addr()) })
-	ps := &punchSocket{ln: ln}
 	for _, c := range cands {
 		if len(ps.cands) == proto.MaxCandidates {
 			break
@@ -82,27 +100,50 @@ func (b *brokerClient) openPunch(ctx context.Context) (*punchSocket, error) {
 	return ps, nil
 }
 
-// offersIPv6 says whether the socket has an IPv6 candidate that leaves
-// this host: a path no IPv4 NAT stands on.
-func (ps *punchSocket) offersIPv6() bool {
+// beyondNAT says whether the socket has a candidate no IPv4 NAT's
+// mapping behaviour can spoil: a port mapping, or IPv6 leaving this host.
+func (ps *punchSocket) beyondNAT() bool {
 	return slices.ContainsFunc(ps.cands, func(c proto.Candidate) bool {
 		ap, err := netip.ParseAddrPort(c.Addr)
-		return err == nil && punch.BeyondNAT(ap.Addr())
+		return err == nil && (c.Kind == string(punch.Mapped) || punch.BeyondNAT(ap.Addr()))
 	})
 }
 
-// offers reports whether a local address may be offered to peers.
-func (a *Agent) offers(ip netip.Addr) bool {
-	if len(a.opts.Candidates) == 0 {
-		return true
-	}
-	for _, p := range a.opts.Candidates {
-		if p.Contains(ip) {
-			return true
+// keepLease decides what becomes of the socket's port mapping once the
+// punch is over: held with conn while the connection came in through it,
+// else deleted. It returns conn and, for status, which mapping carried the
+// path: our gateway's protocol, "peer" for the peer's mapping, or "".
+func (ps *punchSocket) keepLease(conn net.Conn, res *punch.Result, local *nat.Report) (net.Conn, string) {
+	if conn != nil && res.Candidate.Kind == punch.Mapped {
+		if ps.lease != nil {
+			ps.lease.Close()
 		}
+		return conn, "peer"
 	}
-	return false
+	if ps.lease == nil {
+		return conn, ""
+	}
+	if conn != nil && res.Via == "accept" {
+		// It may have come in through the mapping: keep it as long. It
+		// surely did when our NAT lets in nothing else; behind a friendlier
+		// NAT it may have come either way, which status does not claim.
+		carried := ""
+		if local.DestinationDependent() {
+			carried = ps.lease.Current().Protocol
+		}
+		return &leasedConn{Conn: conn, lease: ps.lease}, carried
+	}
+	ps.lease.Close()
+	return conn, ""
 }
+
+// mapped says whether the socket's port mapping is offered to the peer.
+func (ps *punchSocket) mapped() bool {
+	return slices.ContainsFunc(ps.cands, func(c proto.Candidate) bool { return c.Kind == string(punch.Mapped) })
+}
+
+// offers reports whether a local address may be offered to peers.
+func (a *Agent) offers(ip netip.Addr) bool { return offered(a.opts.Candidates, ip) }
 
 func toPunch(cs []proto.Candidate) []punch.Candidate {
 	var out []punch.Candidate
@@ -122,9 +163,10 @@ func (a *Agent) punchTo(ctx context.Context, ps *punchSocket, remote []proto.Can
 	out := outcome{path: proto.PathDirect, localNAT: natType(natInfo(local)), peerNAT: natType(peer)}
 	conn, res, err := punch.Punch(ctx, punch.Config{
 		Listener: ps.ln, Remote: toPunch(remote), Initiator: initiator, Timeout: punchTimeout,
-		StartAt: startAt, LocalNAT: local, PeerNAT: peerReport(peer), Tracer: punch.LogTracer(log),
+		StartAt: startAt, LocalNAT: local, PeerNAT: peerReport(peer), Reachable: ps.mapped(), Tracer: punch.LogTracer(log),
 	})
 	out.res = res
+	conn, out.portmap = ps.keepLease(conn, res, local)
 	fields := logrus.Fields{"nat": out.localNAT, "peer_nat": out.peerNAT}
 	if res != nil {
 		fields["punch_ms"], fields["attempts"] = res.PunchMS, res.Attempts
@@ -161,20 +203,20 @@ func (p directPath) dial(ctx context.Context, b *brokerClient, sharer secure.Age
 	if err != nil {
 		return nil, none, nil, err
 	}
-	if local.RelayNeeded() && !ps.offersIPv6() {
-		// Our own NAT rules punching out over IPv4, and there is no IPv6:
-		// spare both sides the attempt.
-		ps.ln.Close()
+	if local.RelayNeeded() && !ps.beyondNAT() {
+		// Our own NAT rules punching out over IPv4, and there is no IPv6
+		// nor a port mapping: spare both sides the attempt.
+		ps.close()
 		none.localNAT = natType(natInfo(local))
 		return nil, none, nil, fmt.Errorf("direct path to %s (NAT %s): %w", sharer.Short(), none.localNAT, ErrRelayNeeded)
 	}
 	rep, err := intro(ctx, &proto.Connect{Path: proto.PathDirect, Candidates: ps.cands, NAT: natInfo(local), RTTMillis: b.rttMillis()})
 	if err != nil {
-		ps.ln.Close()
+		ps.close()
 		return nil, none, nil, err
 	}
 	if rep.Path == proto.PathRelay {
-		ps.ln.Close()
+		ps.close()
 		return nil, none, rep, fmt.Errorf("direct path to %s: %w", sharer.Short(), errSharerWantsRelay)
 	}
 	if local == nil || rep.NAT == nil || rep.NAT.Type == "" || rep.NAT.Type == "unknown" {

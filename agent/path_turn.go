@@ -100,11 +100,16 @@ func (p turnPath) answer(ctx context.Context, b *brokerClient, in *proto.Intro, 
 		fail(proto.CodeNoRelay, err)
 		return
 	}
-	peers := permitIPs(in.Candidates)
-	if len(peers) == 0 {
+	all := permitIPs(in.Candidates)
+	if len(all) == 0 {
 		fail(proto.CodeBadRequest, errors.New("the introduction names no address of the connector to permit"))
 		return
 	}
+	// A relayed address reaches peers of its own family only: IPv4 where
+	// the connector has an IPv4 address (a dual-stack relay then bridges
+	// an IPv6-only sharer to it), else IPv6.
+	cfg.IPv6 = !slices.ContainsFunc(all, netip.Addr.Is4)
+	peers := slices.DeleteFunc(slices.Clone(all), func(ip netip.Addr) bool { return ip.Is4() == cfg.IPv6 })
 	actx, cancel := context.WithTimeout(ctx, relayTimeout)
 	defer cancel()
 	cfg.Log = log
@@ -112,6 +117,15 @@ func (p turnPath) answer(ctx context.Context, b *brokerClient, in *proto.Intro, 
 	if err != nil {
 		fail(proto.CodeNoRelay, fmt.Errorf("allocate a relay: %w", err))
 		return
+	}
+	if alloc.Addr().Addr().Is4() == cfg.IPv6 {
+		// An IPv6-only relay that ignores the family asked for.
+		peers = slices.DeleteFunc(slices.Clone(all), func(ip netip.Addr) bool { return ip.Is4() != alloc.Addr().Addr().Is4() })
+		if len(peers) == 0 {
+			alloc.Close()
+			fail(proto.CodeNoRelay, fmt.Errorf("the relay allocated %s, of another IP family than the connector's %v", alloc.Addr(), all))
+			return
+		}
 	}
 	if err := alloc.Permit(actx, peers...); err != nil {
 		alloc.Close()

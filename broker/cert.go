@@ -118,13 +118,15 @@ func (c *certSource) configure(cfg *Config) {
 	cfg.Cert, cfg.GetCertificate, cfg.ACME = c.cert, c.get, c.acme != nil
 }
 
-// url is the broker URL for public (host:port): pinned for the self-signed
-// certificate; else without a pin, with the host the certificate is for.
-func (c *certSource) url(st *State, public string) secure.BrokerURL {
-	u := st.URL(public)
+// url is the broker URL naming the public addresses (host:port, one, or a
+// dual-stack broker's two): pinned for the self-signed certificate; else
+// without a pin, with the host the certificate is for (whose name serves
+// both families).
+func (c *certSource) url(st *State, public []string) secure.BrokerURL {
+	u := st.URL(strings.Join(public, ","))
 	u.Pin = c.pin
 	if c.host != "" {
-		_, port, _ := net.SplitHostPort(public)
+		_, port, _ := net.SplitHostPort(public[0])
 		u.Addr = net.JoinHostPort(c.host, port)
 	}
 	return u

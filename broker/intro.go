@@ -174,7 +174,7 @@ func (srv *Server) deliver(req *introRequest, gone <-chan struct{}, log logrus.F
 		// (this node's: the sharer's home): the connector's node saw it,
 		// whatever the connector found out itself.
 		intro.Candidates = withObserved(m.Candidates, req.Observed)
-		intro.TURN = srv.issueTURN(sharerID)
+		intro.TURN = srv.issueTURN(sharerID, sharer.raw.RemoteAddr())
 		if emb != nil {
 			emb.introduce(sharerID, connectorIPs(req.Observed, m.Candidates))
 		}

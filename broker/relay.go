@@ -100,7 +100,10 @@ var (
 // embedded relay and an external TURN server (coturn with use-auth-secret)
 // look the same from here.
 type RelayIssuer struct {
-	URL    string        // turn:host:port?transport=tcp, as sharers are told
+	URL string // turn:host:port?transport=tcp, as sharers are told
+	// URL6 is the URL agents on IPv6 are told instead: a dual-stack
+	// broker's IPv6 address. Empty: URL for every agent.
+	URL6   string
 	Secret []byte        // TURN REST shared secret
 	TTL    time.Duration // credential lifetime; default DefaultCredentialTTL
 }
@@ -120,6 +123,12 @@ type RelayConfig struct {
 	// BindIP is where relay ports are bound; default RelayIP. It differs
 	// behind a 1:1 NAT (a cloud VM), where the public IP is not local.
 	BindIP netip.Addr
+	// RelayIP6 and BindIP6 are a dual-stack relay's IPv6 addresses, beside
+	// an IPv4 RelayIP: an allocation asking for IPv6 (RFC 6156
+	// REQUESTED-ADDRESS-FAMILY) gets its relayed address there, one asking
+	// for nothing an IPv4 one, whatever the family the client came over.
+	// Zero: the relay has RelayIP's family only. BindIP6 defaults to RelayIP6.
+	RelayIP6, BindIP6 netip.Addr
 	// PortMin and PortMax bound the relay ports; default 49152-65535.
 	PortMin, PortMax uint16
 	// AllowPeers opens ranges of the denied peer addresses (see peerPolicy),
@@ -161,6 +170,9 @@ func (c *RelayConfig) setDefaults(srv *Server) {
 		c.BindIP = c.RelayIP
 	}
 	c.BindIP = c.BindIP.Unmap()
+	if c.RelayIP6.IsValid() && !c.BindIP6.IsValid() {
+		c.BindIP6 = c.RelayIP6
+	}
 	if c.PortMin == 0 && c.PortMax == 0 {
 		c.PortMin, c.PortMax = DefaultRelayPortMin, DefaultRelayPortMax
 	}
@@ -197,6 +209,17 @@ func (c *RelayConfig) validate() error {
 	}
 	if c.BindIP.IsValid() && c.RelayIP.IsValid() && c.BindIP.Is4() != c.RelayIP.Is4() {
 		errs = append(errs, fmt.Errorf("bind_ip: %v is not of the family of relay_ip %v", c.BindIP, c.RelayIP))
+	}
+	if c.RelayIP6.IsValid() {
+		switch {
+		case !c.RelayIP6.Is6() || c.RelayIP6.Is4In6() || c.RelayIP6.IsUnspecified():
+			errs = append(errs, fmt.Errorf("relay_ip6: %v is not an IPv6 address agents can reach", c.RelayIP6))
+		case c.RelayIP.IsValid() && !c.RelayIP.Is4():
+			errs = append(errs, fmt.Errorf("relay_ip6: %v beside relay_ip %v: a dual-stack relay has an IPv4 relay_ip", c.RelayIP6, c.RelayIP))
+		}
+		if c.BindIP6.IsValid() && (!c.BindIP6.Is6() || c.BindIP6.Is4In6()) {
+			errs = append(errs, fmt.Errorf("bind_ip6: %v is not an IPv6 address", c.BindIP6))
+		}
 	}
 	if c.PortMin == 0 || c.PortMin > c.PortMax {
 		errs = append(errs, fmt.Errorf("relay_ports: %d-%d is not a port range", c.PortMin, c.PortMax))
@@ -246,6 +269,7 @@ type allocation struct {
 	agent secure.AgentID
 	port  uint16
 	relay netip.AddrPort // as the client is told
+	bind  netip.Addr     // where its port is bound, of relay's family
 	since time.Time
 	ln    *relayListener
 
@@ -279,7 +303,7 @@ func NewRelay(srv *Server, cfg RelayConfig) (*Relay, error) {
 		intros:   make(map[secure.AgentID]introBook),
 		offline:  make(map[secure.AgentID]*time.Timer),
 	}
-	own := append([]netip.Addr{cfg.RelayIP, cfg.BindIP}, cfg.OwnAddrs...)
+	own := append([]netip.Addr{cfg.RelayIP, cfg.BindIP, cfg.RelayIP6, cfg.BindIP6}, cfg.OwnAddrs...)
 	r.policy = newPeerPolicy(cfg.AllowPeers, own)
 	r.ctx, r.cancel = context.WithCancel(context.Background())
 	srv.mu.Lock()
@@ -315,8 +339,11 @@ func (r *Relay) Serve(ctx context.Context, ln net.Listener) error {
 		}},
 		LoggerFactory: logging.Pion(r.log),
 		Realm:         TURNRealm,
-		// Without REQUESTED-ADDRESS-FAMILY, an IPv4 relay allocates IPv4
-		// also for a client that came over IPv6 to a dual-stack listener.
+		// Without REQUESTED-ADDRESS-FAMILY, an IPv4 (or dual-stack) relay
+		// allocates IPv4 also for a client that came over IPv6 (RFC 6156):
+		// the sharer asks for the family of its connector, which the relay
+		// then bridges to the sharer's. An IPv6-only relay follows the
+		// client's family, so a request for nothing gets IPv6 there.
 		StrictAddressFamily: r.cfg.RelayIP.Is4(),
 		AuthHandler:         r.auth,
 		QuotaHandler:        r.quota,
@@ -331,8 +358,12 @@ func (r *Relay) Serve(ctx context.Context, ln net.Listener) error {
 		r.shutdown()
 		return fmt.Errorf("broker relay: %w", err)
 	}
-	r.log.WithFields(logrus.Fields{"listen": ln.Addr().String(), "relay_ip": r.cfg.RelayIP.String(), "bind_ip": r.cfg.BindIP.String(),
-		"ports": fmt.Sprintf("%d-%d", r.cfg.PortMin, r.cfg.PortMax)}).Info("TURN relay listening (TCP allocations)")
+	f := logrus.Fields{"listen": ln.Addr().String(), "relay_ip": r.cfg.RelayIP.String(), "bind_ip": r.cfg.BindIP.String(),
+		"ports": fmt.Sprintf("%d-%d", r.cfg.PortMin, r.cfg.PortMax)}
+	if r.cfg.RelayIP6.IsValid() {
+		f["relay_ip6"], f["bind_ip6"] = r.cfg.RelayIP6.String(), r.cfg.BindIP6.String()
+	}
+	r.log.WithFields(f).Info("TURN relay listening (TCP allocations)")
 	<-ctx.Done()
 	ts.Close() // closes tl; pion then closes its allocations, in the background
 	tl.closeConns()
@@ -566,7 +597,8 @@ func (r *Relay) allocate(conf turn.AllocateListenerConfig) (net.Listener, net.Ad
 	if err != nil {
 		return nil, nil, errRelayBadAgent
 	}
-	if (conf.Network == "tcp6") == r.cfg.BindIP.Is4() {
+	relayIP, bindIP := r.family(conf.Network == "tcp6")
+	if !relayIP.IsValid() {
 		return nil, nil, errRelayFamily
 	}
 	r.mu.Lock()
@@ -581,7 +613,7 @@ func (r *Relay) allocate(conf turn.AllocateListenerConfig) (net.Listener, net.Ad
 	}
 	r.perAgent[agent]++ // held while binding
 	r.mu.Unlock()
-	ln, port, err := r.bindPort()
+	ln, port, err := r.bindPort(bindIP)
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if err == nil && r.closed {
@@ -595,7 +627,8 @@ func (r *Relay) allocate(conf turn.AllocateListenerConfig) (net.Listener, net.Ad
 	a := &allocation{
 		agent: agent,
 		port:  port,
-		relay: netip.AddrPortFrom(r.cfg.RelayIP, port),
+		relay: netip.AddrPortFrom(relayIP, port),
+		bind:  bindIP,
 		since: r.cfg.Now(),
 		peers: make(map[netip.Addr]struct{}),
 	}
@@ -607,8 +640,20 @@ func (r *Relay) allocate(conf turn.AllocateListenerConfig) (net.Listener, net.Ad
 	return a.ln, net.TCPAddrFromAddrPort(a.relay), nil
 }
 
-// bindPort listens on a free relay port, starting at a random one.
-func (r *Relay) bindPort() (net.Listener, uint16, error) {
+// family is the relay and bind IP of an allocation of IPv6 (v6) or IPv4;
+// invalid when the relay has no address of that family.
+func (r *Relay) family(v6 bool) (relayIP, bindIP netip.Addr) {
+	switch {
+	case r.cfg.RelayIP.Is6() == v6:
+		return r.cfg.RelayIP, r.cfg.BindIP
+	case v6:
+		return r.cfg.RelayIP6, r.cfg.BindIP6
+	}
+	return netip.Addr{}, netip.Addr{}
+}
+
+// bindPort listens on a free relay port of bind, starting at a random one.
+func (r *Relay) bindPort(bind netip.Addr) (net.Listener, uint16, error) {
 	lo, hi := int(r.cfg.PortMin), int(r.cfg.PortMax)
 	n := hi - lo + 1
 	start := rand.IntN(n)
@@ -621,7 +666,7 @@ func (r *Relay) bindPort() (net.Listener, uint16, error) {
 		if taken {
 			continue // SO_REUSEPORT would let us bind it twice
 		}
-		ln, err := lc.Listen(r.ctx, "tcp", netip.AddrPortFrom(r.cfg.BindIP, port).String())
+		ln, err := lc.Listen(r.ctx, "tcp", netip.AddrPortFrom(bind, port).String())
 		if err == nil {
 			return ln, port, nil
 		}
@@ -678,7 +723,7 @@ func (r *Relay) connect(conf turn.AllocateConnConfig) (net.Conn, error) {
 	}
 	ctx, cancel := context.WithTimeout(r.ctx, relayConnectTimeout)
 	defer cancel()
-	c, err := r.cfg.Dial(ctx, netip.AddrPortFrom(r.cfg.BindIP, a.port), netip.AddrPortFrom(peer.Addr().Unmap(), peer.Port()))
+	c, err := r.cfg.Dial(ctx, netip.AddrPortFrom(a.bind, a.port), netip.AddrPortFrom(peer.Addr().Unmap(), peer.Port()))
 	if err != nil {
 		r.log.WithFields(logrus.Fields{"agent": a.agent.Short(), "relay": a.relay.String(), "peer": peer.String()}).WithError(err).Info("TURN connect to peer failed")
 		return nil, err

@@ -25,8 +25,11 @@ const DefaultListen = ":7000"
 
 // Options are everything `broker` takes.
 type Options struct {
-	Listen     string // default ":7000"
-	PublicAddr string // host or host:port advertised in the URL; default: see Start
+	Listen string // default ":7000"
+	// PublicAddr is advertised in the URL: host or host:port, or a
+	// dual-stack broker's IPv4 and IPv6 address joined by a comma
+	// ("203.0.113.10,2001:db8::10", see dualstack.go); default: see Start.
+	PublicAddr string
 	StateDir   string
 	Log        logrus.FieldLogger
 	Version    string
@@ -142,16 +145,17 @@ func Start(ctx context.Context, o Options) (*Running, error) {
 		return fail(fmt.Errorf("broker listen: %w", err))
 	}
 	undo = append(undo, func() { ln.Close() })
-	addr, err := publicAddr(o.PublicAddr, ln.Addr())
+	addrs, err := publicAddrs(o.PublicAddr, ln.Addr())
 	if err != nil {
 		return fail(err)
 	}
+	addr := addrs[0] // the certificate's and the TURN URL's host
 	certs, err := newCertSource(ctx, o, st, addr, ln.Addr(), o.Log.WithField("component", "cert"))
 	if err != nil {
 		return fail(err)
 	}
 	undo = append(undo, certs.close)
-	turnLn, issuer, rc, err := setupTURN(ctx, o, st, addr, ln.Addr())
+	turnLn, issuer, rc, err := setupTURN(ctx, o, st, addrs, ln.Addr())
 	if err != nil {
 		return fail(err)
 	}
@@ -161,7 +165,7 @@ func Start(ctx context.Context, o Options) (*Running, error) {
 	cfg := Config{Token: st.Token, Log: o.Log, Version: o.Version, Relay: issuer}
 	certs.configure(&cfg)
 	if stun != nil {
-		cfg.STUN = stun.Addrs()
+		cfg.STUN = stunAdvertised(stun.Addrs(), publicIPs(o.PublicAddr))
 	}
 	if o.Limits != nil {
 		o.Limits(&cfg)
@@ -181,14 +185,14 @@ func Start(ctx context.Context, o Options) (*Running, error) {
 			stun.TCP[i] = srv.Limit(l, "stun")
 		}
 	}
-	url := certs.url(st, addr)
+	url := certs.url(st, addrs)
 	var cl *cluster
 	if o.Cluster != nil {
 		seal, err := newSealer(st.Token, st.TURNSecret, url.Pin, time.Now)
 		if err != nil {
 			return fail(err)
 		}
-		if cl, err = joinCluster(ctx, srv, *o.Cluster, seal, url.Addr, o.Log.WithField("component", "cluster")); err != nil {
+		if cl, err = joinCluster(ctx, srv, *o.Cluster, seal, url.Addrs()[0], o.Log.WithField("component", "cluster")); err != nil {
 			return fail(err)
 		}
 		undo = append(undo, cl.close)
@@ -288,7 +292,7 @@ func connBudget(cfg *Config, log logrus.FieldLogger) {
 // setupTURN decides the relay of relay introductions: the external TURN
 // server, or the embedded one, whose listener it binds; none when off, or
 // when the default listener cannot be bound.
-func setupTURN(ctx context.Context, o Options, st *State, public string, ctrl net.Addr) (net.Listener, *RelayIssuer, RelayConfig, error) {
+func setupTURN(ctx context.Context, o Options, st *State, public []string, ctrl net.Addr) (net.Listener, *RelayIssuer, RelayConfig, error) {
 	ttl := o.TURNCredentialTTL
 	if e := o.ExternalTURN; e != nil {
 		if !strings.HasPrefix(e.URL, "turn:") || len(e.Secret) == 0 {
@@ -300,7 +304,11 @@ func setupTURN(ctx context.Context, o Options, st *State, public string, ctrl ne
 		return nil, nil, RelayConfig{}, nil
 	}
 	log := o.Log.WithField("component", "relay")
-	host, _, _ := net.SplitHostPort(public)
+	hosts := make([]string, len(public))
+	for i, a := range public {
+		hosts[i], _, _ = net.SplitHostPort(a)
+	}
+	host := hosts[0]
 	listen, soft := o.TURNListen, o.TURNListen == ""
 	if soft {
 		h, _, _ := net.SplitHostPort(o.Listen)
@@ -308,7 +316,7 @@ func setupTURN(ctx context.Context, o Options, st *State, public string, ctrl ne
 	}
 	rc := o.TURN
 	if !rc.RelayIP.IsValid() {
-		ip, err := resolveRelayIP(ctx, host)
+		v4, v6, err := resolveRelayIPs(ctx, hosts)
 		if err != nil {
 			if soft {
 				log.WithError(err).Warn("TURN relay not started; relay introductions fail with no_relay (set turn.relay_ip)")
@@ -316,7 +324,13 @@ func setupTURN(ctx context.Context, o Options, st *State, public string, ctrl ne
 			}
 			return nil, nil, RelayConfig{}, fmt.Errorf("broker turn: %w; set turn.relay_ip", err)
 		}
-		rc.RelayIP = ip
+		rc.RelayIP = v4
+		if !v4.IsValid() {
+			rc.RelayIP, v6 = v6, netip.Addr{}
+		}
+		if !rc.RelayIP6.IsValid() {
+			rc.RelayIP6 = v6
+		}
 	}
 	var lc net.ListenConfig
 	tln, err := lc.Listen(ctx, "tcp", listen)
@@ -331,28 +345,17 @@ func setupTURN(ctx context.Context, o Options, st *State, public string, ctrl ne
 	if !rc.BindIP.IsValid() {
 		rc.BindIP = relayBindIP(rc.RelayIP, ta.Addr())
 	}
+	if rc.RelayIP6.IsValid() && !rc.BindIP6.IsValid() {
+		rc.BindIP6 = relayBindIP(rc.RelayIP6, ta.Addr())
+	}
 	rc.OwnAddrs = append(slices.Clone(rc.OwnAddrs), ownAddrs(ctrl, tln.Addr())...)
 	issuer := &RelayIssuer{URL: turnURL(host, int(ta.Port())), Secret: []byte(st.TURNSecret), TTL: ttl}
+	// A dual-stack public address: agents on IPv6 reach the relay at the
+	// IPv6 one (a name's URL serves both families as it is).
+	if v6 := ipv6Of(publicIPs(o.PublicAddr)); v6.IsValid() && v6.String() != host {
+		issuer.URL6 = turnURL(v6.String(), int(ta.Port()))
+	}
 	return tln, issuer, rc, nil
-}
-
-// resolveRelayIP is the IP of the broker's public host, IPv4 preferred.
-func resolveRelayIP(ctx context.Context, host string) (netip.Addr, error) {
-	if ip, err := netip.ParseAddr(host); err == nil {
-		return ip.Unmap(), nil
-	}
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	ips, err := net.DefaultResolver.LookupNetIP(ctx, "ip", host)
-	if err != nil || len(ips) == 0 {
-		return netip.Addr{}, fmt.Errorf("public address %q does not resolve to the relay's IP (%v)", host, err)
-	}
-	for _, ip := range ips {
-		if ip.Unmap().Is4() {
-			return ip.Unmap(), nil
-		}
-	}
-	return ips[0], nil
 }
 
 // relayBindIP is where relay ports are bound: the relay IP if it is this
@@ -410,7 +413,7 @@ func listenSTUN(ctx context.Context, o Options) (*nat.Listeners, error) {
 	addrs := o.STUNListen
 	if addrs == nil {
 		host, _, _ := net.SplitHostPort(o.Listen)
-		addrs = nat.DefaultAddrs(host)
+		addrs = stunDefaultIPv6(nat.DefaultAddrs(host), ipv6Of(publicIPs(o.PublicAddr)))
 	}
 	ls, err := nat.Listen(ctx, addrs)
 	if err != nil && o.STUNListen == nil {
@@ -434,29 +437,4 @@ func listenSTUN(ctx context.Context, o Options) (*nat.Listeners, error) {
 		return nil, fmt.Errorf("broker: %w", err)
 	}
 	return ls, nil
-}
-
-func publicAddr(public string, bound net.Addr) (string, error) {
-	port := 0
-	var host net.IP
-	if ta, ok := bound.(*net.TCPAddr); ok {
-		port, host = ta.Port, ta.IP
-	}
-	if public != "" {
-		if h, p, err := net.SplitHostPort(public); err == nil {
-			if n, err := strconv.Atoi(p); err != nil || n < 1 || n > 65535 || h == "" {
-				return "", fmt.Errorf("public address %q: want host or host:port", public)
-			}
-			return public, nil
-		}
-		return net.JoinHostPort(public, strconv.Itoa(port)), nil
-	}
-	if host != nil && !host.IsUnspecified() {
-		return net.JoinHostPort(host.String(), strconv.Itoa(port)), nil
-	}
-	ip := "127.0.0.1"
-	if ips := nat.GlobalIPv4s(); len(ips) > 0 {
-		ip = ips[0].String()
-	}
-	return net.JoinHostPort(ip, strconv.Itoa(port)), nil
 }

@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -329,12 +330,24 @@ func (s *Server) memberOnline(id secure.AgentID) bool {
 	return len(s.agents[id]) > 0
 }
 
-// issueTURN makes a TURN credential for sharer, good for Config.Relay.TTL.
-func (s *Server) issueTURN(sharer secure.AgentID) *proto.TURN {
+// issueTURN makes a TURN credential for sharer, good for Config.Relay.TTL,
+// with the TURN URL for an agent at remote (its control connection's far end).
+func (s *Server) issueTURN(sharer secure.AgentID, remote net.Addr) *proto.TURN {
 	r := s.cfg.Relay
 	user, pass := relay.Credentials(r.Secret, sharer.String(), s.cfg.Now().Add(r.TTL))
 	s.metrics.turnIssued.Inc()
-	return &proto.TURN{URL: r.URL, Username: user, Password: pass}
+	return &proto.TURN{URL: r.urlFor(remote), Username: user, Password: pass}
+}
+
+// urlFor is the TURN URL an agent at remote is told: URL6 for one on IPv6,
+// where the broker has it, else URL.
+func (r *RelayIssuer) urlFor(remote net.Addr) string {
+	if r.URL6 != "" {
+		if ap, err := netip.ParseAddrPort(addrString(remote)); err == nil && ap.Addr().Unmap().Is6() {
+			return r.URL6
+		}
+	}
+	return r.URL
 }
 
 // checkToken compares in constant time, also in length (both are hashed).

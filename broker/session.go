@@ -156,7 +156,7 @@ func (s *session) admit(h *proto.Hello) bool {
 	obs := observed(s.raw.RemoteAddr())
 	w := &proto.Welcome{AgentID: s.id.String(), Observed: obs, Version: srv.cfg.Version, STUN: srv.cfg.STUN}
 	if srv.cfg.Relay != nil {
-		w.TURN = srv.cfg.Relay.URL
+		w.TURN = srv.cfg.Relay.urlFor(s.raw.RemoteAddr())
 	}
 	if err := s.send(w); err != nil {
 		s.log.WithError(err).Info("welcome")

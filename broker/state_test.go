@@ -209,10 +209,11 @@ func TestPublicAddr(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, err := publicAddr(tt.public, tt.bound)
-			if err != nil {
-				t.Fatal(err)
+			addrs, err := publicAddrs(tt.public, tt.bound)
+			if err != nil || len(addrs) != 1 {
+				t.Fatal(addrs, err)
 			}
+			got := addrs[0]
 			if tt.want != "" && got != tt.want {
 				t.Fatalf("got %s, want %s", got, tt.want)
 			}

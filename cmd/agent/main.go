@@ -92,6 +92,7 @@ type globals struct {
 	offer                         []netip.Prefix // --candidates, parsed by setup
 	proxy                         string
 	proxyURL                      *url.URL // --proxy, parsed by setup
+	noPortmap                     bool
 }
 
 // prefixes parses --candidates.
@@ -158,6 +159,7 @@ func (g *globals) runFlags(c *cobra.Command) {
 		cands = strings.Split(env, ",")
 	}
 	f.StringSliceVar(&g.candidates, "candidates", cands, "offer peers only local addresses in these CIDR prefixes (default: all; env PEERPORT_CANDIDATES)")
+	f.BoolVar(&g.noPortmap, "no-portmap", false, "do not ask the gateway for port mappings (PCP, NAT-PMP, UPnP IGD)")
 	g.proxyFlag(c)
 }
 
@@ -260,7 +262,7 @@ func shareCmd(g *globals) *cobra.Command {
 			out := cmd.OutOrStdout()
 			a, err := agent.New(agent.Options{
 				Identity: id, StateDir: dir, Broker: u, Shares: []agent.ShareSpec{spec}, KeepTickets: true,
-				Log: log, DrainTimeout: g.drain, Candidates: g.offer, Proxy: g.proxyURL,
+				Log: log, DrainTimeout: g.drain, Candidates: g.offer, Proxy: g.proxyURL, Portmap: !g.noPortmap,
 				OnTicket: func(_ string, t secure.Ticket) {
 					fmt.Fprintln(out, t.String())
 					log.Infof("sharing %s as %q; give the ticket above to your teammate: agent connect <ticket>", target, name)
@@ -371,7 +373,7 @@ func connectCmd(g *globals) *cobra.Command {
 			out := cmd.OutOrStdout()
 			a, err := agent.New(agent.Options{
 				Identity: id, StateDir: dir, Broker: u, Log: log, DrainTimeout: g.drain, Candidates: g.offer, Proxy: g.proxyURL,
-				Connects: []agent.ConnectSpec{{Ticket: &t, Listen: listen, Path: path, Timeout: timeout}},
+				Portmap: !g.noPortmap, Connects: []agent.ConnectSpec{{Ticket: &t, Listen: listen, Path: path, Timeout: timeout}},
 				OnListen: func(_ agent.ConnectSpec, addr net.Addr) { fmt.Fprintln(out, addr.String()) },
 			})
 			if err != nil {
@@ -440,6 +442,7 @@ func upCmd(g *globals) *cobra.Command {
 			opts.Identity, opts.StateDir, opts.Log = id, dir, log
 			opts.KeepTickets, opts.KeepGoing, opts.DrainTimeout, opts.Candidates = true, true, g.drain, g.offer
 			opts.Proxy = g.proxyURL // a reload keeps it: the proxy changes with a restart
+			opts.Portmap = opts.Portmap && !g.noPortmap
 			opts.Reload = func() (agent.Options, error) {
 				cfg, err := config.LoadAgent(file)
 				if err != nil {
@@ -597,7 +600,7 @@ func netcheckCmd(g *globals) *cobra.Command {
 			}
 			ctx, cancel := context.WithTimeout(cmd.Context(), 30*time.Second)
 			defer cancel()
-			r, err := agent.Netcheck(ctx, id, *u, g.proxyURL, log)
+			r, err := agent.Netcheck(ctx, id, *u, agent.NetcheckOptions{Proxy: g.proxyURL, Portmap: !g.noPortmap, Candidates: g.offer}, log)
 			if err != nil {
 				return err
 			}
@@ -612,6 +615,7 @@ func netcheckCmd(g *globals) *cobra.Command {
 	}
 	c.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	c.Flags().StringVar(&brokerURL, "broker", "", "broker URL (default: the one saved by agent login)")
+	c.Flags().BoolVar(&g.noPortmap, "no-portmap", false, "do not ask the gateway about port mapping (PCP, NAT-PMP, UPnP IGD)")
 	g.proxyFlag(c)
 	return c
 }

@@ -5,7 +5,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"net/netip"
 	"os"
 	"os/signal"
 	"syscall"
@@ -48,6 +47,7 @@ func newRoot() *cobra.Command {
 			"has no #PIN: agents verify the certificate for its host with their system roots.",
 		Example: "  broker                                  # on :7000, state in ~/.config/peerport/broker\n" +
 			"  broker --public-addr broker.example.com --listen :443\n" +
+			"  broker --public-addr 203.0.113.10,2001:db8::10    # dual-stack: the URL names both\n" +
 			"  broker --acme-domain broker.example.com --listen :443   # a certificate from Let's Encrypt\n" +
 			"  broker -c broker.yaml --metrics-listen 9102",
 		Version:       version,
@@ -169,7 +169,7 @@ func newRoot() *cobra.Command {
 	f := c.Flags()
 	f.StringVarP(&file, "config", "c", "", "broker.yaml")
 	f.StringVar(&listen, "listen", ":7000", "control listen address")
-	f.StringVar(&publicAddr, "public-addr", "", "host (or host:port) advertised in the broker URL")
+	f.StringVar(&publicAddr, "public-addr", "", "host (or host:port) advertised in the broker URL; a dual-stack broker's IPv4 and IPv6 address joined by a comma (203.0.113.10,2001:db8::10)")
 	f.StringVar(&metricsListen, "metrics-listen", "", "serve Prometheus /metrics and /healthz here (PORT means 127.0.0.1:PORT); default off")
 	f.StringVar(&turnListen, "turn-listen", "", "TURN relay listen address (default: the control listener's host, port 3480)")
 	f.BoolVar(&noTURN, "no-turn", false, "run no TURN relay (relay introductions then fail, unless broker.yaml names an external one)")
@@ -224,10 +224,8 @@ func turnOptions(o *broker.Options, t config.BrokerTURN) error {
 		MaxAllocationsPerAgent: t.MaxAllocationsPerAgent, MaxPermissionsPerAllocation: t.MaxPermissionsPerAllocation,
 		Bandwidth: t.Bandwidth,
 	}
-	if t.RelayIP != "" {
-		if o.TURN.RelayIP, err = netip.ParseAddr(t.RelayIP); err != nil {
-			return fmt.Errorf("turn.relay_ip: %w", err)
-		}
+	if o.TURN.RelayIP, o.TURN.RelayIP6, err = t.RelayIPs(); err != nil {
+		return fmt.Errorf("turn.relay_ip: %w", err)
 	}
 	return nil
 }

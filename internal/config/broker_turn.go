@@ -21,7 +21,8 @@ type BrokerTURN struct {
 	// ":PORT"); empty: listen's host, port 3480, and a failure to bind it
 	// is logged, not fatal.
 	Listen string `yaml:"listen"`
-	// RelayIP is the IP relayed addresses are given at; empty: the public
+	// RelayIP is the IP relayed addresses are given at, or a dual-stack
+	// relay's IPv4 and IPv6 address joined by a comma; empty: the public
 	// address's (resolved if a name).
 	RelayIP string `yaml:"relay_ip"`
 	// RelayPorts is the port range of relayed addresses, "MIN-MAX".
@@ -92,10 +93,8 @@ func (t BrokerTURN) validate(p *problems, c *Broker) {
 			p.add("turn.listen", nil, "address %s clashes with metrics_listen", quote(t.Listen))
 		}
 	}
-	if t.RelayIP != "" {
-		if ip, err := netip.ParseAddr(t.RelayIP); err != nil || ip.IsUnspecified() || ip.IsMulticast() || ip.Zone() != "" {
-			p.add("turn.relay_ip", nil, "%s is not an IP address agents can reach", quote(t.RelayIP))
-		}
+	if _, _, err := t.RelayIPs(); err != nil {
+		p.addErr("turn.relay_ip", err)
 	}
 	if _, _, err := ParsePortRange(t.RelayPorts); err != nil {
 		p.addErr("turn.relay_ports", err)
@@ -212,4 +211,35 @@ func (e BrokerTURNExternal) LoadSecret() ([]byte, error) {
 		return nil, &Error{File: e.SecretFile, Path: "turn.external.secret_file", Msg: "empty"}
 	}
 	return b, nil
+}
+
+// RelayIPs parses RelayIP: one IP address, or an IPv4 and an IPv6 address
+// joined by a comma (returned as ip and ip6, in that order whatever the
+// order given); both invalid when empty.
+func (t BrokerTURN) RelayIPs() (ip, ip6 netip.Addr, err error) {
+	if t.RelayIP == "" {
+		return ip, ip6, nil
+	}
+	elems := strings.Split(t.RelayIP, ",")
+	if len(elems) > 2 {
+		return ip, ip6, fmt.Errorf("%s: at most two addresses, an IPv4 and an IPv6 one", quote(t.RelayIP))
+	}
+	var ips []netip.Addr
+	for _, e := range elems {
+		a, perr := netip.ParseAddr(strings.TrimSpace(e))
+		if perr != nil || a.IsUnspecified() || a.IsMulticast() || a.Zone() != "" {
+			return ip, ip6, fmt.Errorf("%s is not an IP address agents can reach", quote(strings.TrimSpace(e)))
+		}
+		ips = append(ips, a.Unmap())
+	}
+	if len(ips) == 1 {
+		return ips[0], ip6, nil
+	}
+	if ips[0].Is4() == ips[1].Is4() {
+		return ip, ip6, fmt.Errorf("%s: two addresses must be one IPv4 and one IPv6 address", quote(t.RelayIP))
+	}
+	if ips[0].Is6() {
+		ips[0], ips[1] = ips[1], ips[0]
+	}
+	return ips[0], ips[1], nil
 }

@@ -192,3 +192,37 @@ func TestTURNExternalSecret(t *testing.T) {
 		t.Errorf("warnings %q", c.Warnings)
 	}
 }
+
+func TestRelayIPs(t *testing.T) {
+	tests := []struct {
+		in, ip, ip6 string // "" : invalid
+		err         bool
+	}{
+		{in: ""},
+		{in: "203.0.113.10", ip: "203.0.113.10"},
+		{in: "2001:db8::10", ip: "2001:db8::10"},
+		{in: "::ffff:203.0.113.10", ip: "203.0.113.10"},
+		{in: "203.0.113.10,2001:db8::10", ip: "203.0.113.10", ip6: "2001:db8::10"},
+		{in: "2001:db8::10, 203.0.113.10", ip: "203.0.113.10", ip6: "2001:db8::10"},
+		{in: "203.0.113.10,198.51.100.1", err: true},
+		{in: "203.0.113.10,2001:db8::10,2001:db8::11", err: true},
+		{in: "203.0.113.10,fe80::1%eth0", err: true},
+		{in: "relay.example.com", err: true},
+	}
+	for _, tt := range tests {
+		ip, ip6, err := BrokerTURN{RelayIP: tt.in}.RelayIPs()
+		if (err != nil) != tt.err {
+			t.Errorf("%q: error %v, want error %v", tt.in, err, tt.err)
+			continue
+		}
+		str := func(a netip.Addr) string {
+			if !a.IsValid() {
+				return ""
+			}
+			return a.String()
+		}
+		if !tt.err && (str(ip) != tt.ip || str(ip6) != tt.ip6) {
+			t.Errorf("%q: %v, %v; want %q, %q", tt.in, ip, ip6, tt.ip, tt.ip6)
+		}
+	}
+}

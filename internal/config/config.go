@@ -61,6 +61,9 @@ type Agent struct {
 	// through, http://[user:pass@]host:port; empty: HTTPS_PROXY, ALL_PROXY
 	// and NO_PROXY from the environment decide.
 	Proxy string `yaml:"proxy"`
+	// Portmap asks the gateway for port mappings of punch ports (PCP,
+	// NAT-PMP, UPnP IGD); nil: on. false turns it off.
+	Portmap *bool `yaml:"portmap"`
 	// Resume tunes how a peer session outlives its path (DESIGN §3): when
 	// a silent path counts as dead, and how long a session without one
 	// holds its connections for a new one.
@@ -121,7 +124,7 @@ type BrokerSTUN struct {
 // Broker is broker.yaml.
 type Broker struct {
 	Listen     string `yaml:"listen"`      // default ":7000"; a bare port means ":PORT"
-	PublicAddr string `yaml:"public_addr"` // host or host:port advertised in the broker URL
+	PublicAddr string `yaml:"public_addr"` // host or host:port advertised in the broker URL; or IPv4,IPv6 (dual-stack)
 	StateDir   string `yaml:"state_dir"`   // empty: cmd resolves
 	// MetricsListen serves Prometheus /metrics and /healthz; empty = off.
 	// PORT means 127.0.0.1:PORT, as metrics are for the operator, not the public.

@@ -353,6 +353,9 @@ func TestParseBroker(t *testing.T) {
 	bare.Listen = ":7001"
 	v6 := defaultBroker()
 	v6.PublicAddr = "2001:db8::1"
+	dual := defaultBroker()
+	dual.PublicAddr = "203.0.113.10,2001:db8::10"
+	dual.TURN.RelayIP = "2001:db8::10,203.0.113.10"
 
 	tests := []struct {
 		name string
@@ -363,6 +366,7 @@ func TestParseBroker(t *testing.T) {
 		{"zero limits mean defaults", "limits: {max_agents: 0, idle_timeout: 0s}\n", defaultBroker()},
 		{"bare listen port", "listen: 7001\n", bare},
 		{"bare IPv6 public addr", "public_addr: \"2001:db8::1\"\n", v6},
+		{"dual-stack", "public_addr: \"203.0.113.10,2001:db8::10\"\nturn: {relay_ip: \"2001:db8::10,203.0.113.10\"}\n", dual},
 		{"custom", `
 listen: 127.0.0.1:7443
 public_addr: broker.example.com:443
@@ -426,6 +430,18 @@ func TestParseBrokerErrors(t *testing.T) {
 			[]string{`broker.yaml:1: public_addr: ":7000" has no host`}},
 		{"public addr with user", "public_addr: tok@host\n",
 			[]string{`broker.yaml:1: public_addr: host "tok@host" is not a host name or IP address`}},
+		{"public addrs of one family", "public_addr: \"203.0.113.10,198.51.100.1\"\n",
+			[]string{`broker.yaml:1: public_addr: "203.0.113.10,198.51.100.1": two addresses must be one IPv4 and one IPv6 address`}},
+		{"public addrs with a name", "public_addr: \"broker.example.com,2001:db8::10\"\n",
+			[]string{`broker.yaml:1: public_addr: "broker.example.com,2001:db8::10": two addresses must be one IPv4 and one IPv6 address, not names`}},
+		{"three public addrs", "public_addr: \"203.0.113.10,2001:db8::10,2001:db8::11\"\n",
+			[]string{`broker.yaml:1: public_addr: "203.0.113.10,2001:db8::10,2001:db8::11": at most two addresses, an IPv4 and an IPv6 one`}},
+		{"public addrs, one bad", "public_addr: \"203.0.113.10,[2001:db8::10]:0\"\n",
+			[]string{`broker.yaml:1: public_addr: port 0 out of range (1-65535)`}},
+		{"relay ips of one family", "turn: {relay_ip: \"2001:db8::10,2001:db8::11\"}\n",
+			[]string{`broker.yaml:1: turn.relay_ip: "2001:db8::10,2001:db8::11": two addresses must be one IPv4 and one IPv6 address`}},
+		{"relay ip unspecified", "turn: {relay_ip: \"203.0.113.10,::\"}\n",
+			[]string{`broker.yaml:1: turn.relay_ip: "::" is not an IP address agents can reach`}},
 		{"limits out of range", `
 log: {format: yaml}
 limits:

@@ -38,8 +38,8 @@ func TestExampleConfig(t *testing.T) {
 	_, err := ParseAgent(name, agentDoc)
 	want := []string{
 		name + ":12: broker: still the example's placeholder; replace it with the URL your broker printed (pp://TOKEN@HOST:PORT#PIN)",
-		name + ":69: shares[0].allow[0]: still the example's agent ID; replace it with the ID of an agent to admit (`agent id` prints it), or remove it",
-		name + ":80: connects[0].peer: still the example's agent ID; replace it with the sharer's (`agent id` on that machine prints it)",
+		name + ":72: shares[0].allow[0]: still the example's agent ID; replace it with the ID of an agent to admit (`agent id` prints it), or remove it",
+		name + ":83: connects[0].peer: still the example's agent ID; replace it with the sharer's (`agent id` on that machine prints it)",
 	}
 	if g := errLines(err); !reflect.DeepEqual(g, want) {
 		t.Errorf("agent document as is:\n  %s\nwant:\n  %s", strings.Join(g, "\n  "), strings.Join(want, "\n  "))

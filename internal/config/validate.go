@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"strconv"
 	"strings"
 	"time"
@@ -207,7 +208,7 @@ func (c *Broker) validate(p *problems) error {
 		p.addErr("listen", err)
 	}
 	if c.PublicAddr != "" {
-		if err := checkPublicAddr(c.PublicAddr); err != nil {
+		if err := checkPublicAddrs(c.PublicAddr); err != nil {
 			p.addErr("public_addr", err)
 		}
 	}
@@ -430,6 +431,39 @@ func checkHost(host string) error {
 		return unicode.IsSpace(r) || unicode.IsControl(r) || strings.ContainsRune("/@#?\\\"'[]", r)
 	}) {
 		return fmt.Errorf("host %s is not a host name or IP address", quote(host))
+	}
+	return nil
+}
+
+// checkPublicAddrs accepts what checkPublicAddr does, or a dual-stack
+// broker's IPv4 and IPv6 address (each with an optional port) joined by a
+// comma.
+func checkPublicAddrs(s string) error {
+	elems := strings.Split(s, ",")
+	if len(elems) == 1 {
+		return checkPublicAddr(s)
+	}
+	if len(elems) > 2 {
+		return fmt.Errorf("%s: at most two addresses, an IPv4 and an IPv6 one", quote(s))
+	}
+	var v6 [2]bool
+	for i, e := range elems {
+		e = strings.TrimSpace(e)
+		if err := checkPublicAddr(e); err != nil {
+			return err
+		}
+		host := e
+		if h, _, err := net.SplitHostPort(e); err == nil {
+			host = h
+		}
+		ip, err := netip.ParseAddr(host)
+		if err != nil {
+			return fmt.Errorf("%s: two addresses must be one IPv4 and one IPv6 address, not names", quote(s))
+		}
+		v6[i] = !ip.Unmap().Is4()
+	}
+	if v6[0] == v6[1] {
+		return fmt.Errorf("%s: two addresses must be one IPv4 and one IPv6 address", quote(s))
 	}
 	return nil
 }

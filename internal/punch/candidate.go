@@ -15,6 +15,10 @@ type Kind string
 const (
 	Host  Kind = "host"  // an address of one of the peer's interfaces
 	Srflx Kind = "srflx" // the peer's NAT mapping, learnt over STUN from the punch socket
+	// Mapped is a port mapping the peer's gateway holds for its punch port
+	// (PCP, NAT-PMP or UPnP): it admits connections from anywhere, so it
+	// works whatever either NAT does to outgoing connections.
+	Mapped Kind = "mapped"
 )
 
 // Candidate is one address to try to reach the peer on.
@@ -70,11 +74,25 @@ func Order(cands []Candidate) []Candidate {
 // HostCandidates lists this host's interface addresses with port, ordered:
 // up, non-loopback interfaces; no link-local addresses.
 func HostCandidates(port uint16) ([]Candidate, error) {
+	ips, err := HostAddrs()
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Candidate, 0, len(ips))
+	for _, ip := range ips {
+		out = append(out, Candidate{Addr: netip.AddrPortFrom(ip, port), Kind: Host})
+	}
+	return Order(out), nil
+}
+
+// HostAddrs are the addresses of this host's up, non-loopback interfaces,
+// IPv4 unmapped, in interface order.
+func HostAddrs() ([]netip.Addr, error) {
 	ifs, err := net.Interfaces()
 	if err != nil {
-		return nil, fmt.Errorf("punch: host candidates: %w", err)
+		return nil, fmt.Errorf("punch: host addresses: %w", err)
 	}
-	var out []Candidate
+	var out []netip.Addr
 	for _, ifc := range ifs {
 		if ifc.Flags&net.FlagUp == 0 || ifc.Flags&net.FlagLoopback != 0 {
 			continue
@@ -84,16 +102,12 @@ func HostCandidates(port uint16) ([]Candidate, error) {
 			continue
 		}
 		for _, a := range addrs {
-			n, ok := a.(*net.IPNet)
-			if !ok {
-				continue
+			if n, ok := a.(*net.IPNet); ok {
+				if ip, ok := netip.AddrFromSlice(n.IP); ok {
+					out = append(out, ip.Unmap())
+				}
 			}
-			ip, ok := netip.AddrFromSlice(n.IP)
-			if !ok {
-				continue
-			}
-			out = append(out, Candidate{Addr: netip.AddrPortFrom(ip.Unmap(), port), Kind: Host})
 		}
 	}
-	return Order(out), nil
+	return out, nil
 }

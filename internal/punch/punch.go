@@ -57,9 +57,14 @@ type Config struct {
 	StartAt        time.Time       // SYNs leave at StartAt (the broker's timed start); zero: now
 
 	// NAT discovery of this side and of the peer: a destination-dependent
-	// TCP mapping on either leaves only the IPv6 candidates, and Punch
-	// returns ErrRelayNeeded at once when there are none.
+	// TCP mapping on either leaves only the candidates no NAT stands in
+	// front of (IPv6, port mappings), and Punch returns ErrRelayNeeded at
+	// once when there are none and the peer cannot reach us either.
 	LocalNAT, PeerNAT *nat.Report
+	// Reachable says that the peer was offered a way in to Listener that
+	// needs no punching, a port mapping: Punch then waits for the peer's
+	// connection even when it has nothing to dial itself.
+	Reachable bool
 
 	Tracer Tracer
 	Exec   nat.Exec // creates sockets (see nat.Exec); nil: here
@@ -140,16 +145,17 @@ func Punch(ctx context.Context, cfg Config) (net.Conn, *Result, error) {
 	if cfg.LocalNAT.DestinationDependent() || cfg.PeerNAT.DestinationDependent() {
 		// The NAT reports are IPv4's. IPv6 has no NAT mapping ports (at most
 		// a stateful firewall, which simultaneous open passes): its
-		// candidates are still worth a try, the IPv4 ones are not. Nor is
+		// candidates are still worth a try, and so are port mappings, which
+		// admit anyone; the other IPv4 ones are not. Nor is
 		// loopback, which only helps two agents on one machine: they
 		// would have been relayed before, and would now wait out a punch
 		// for every remote peer.
-		p.cands = slices.DeleteFunc(p.cands, func(c Candidate) bool { return !BeyondNAT(c.Addr.Addr()) })
-		if len(p.cands) == 0 {
+		p.cands = slices.DeleteFunc(p.cands, func(c Candidate) bool { return c.Kind != Mapped && !BeyondNAT(c.Addr.Addr()) })
+		if len(p.cands) == 0 && !cfg.Reachable {
 			return finish(ErrRelayNeeded)
 		}
 	}
-	if len(p.cands) == 0 {
+	if len(p.cands) == 0 && !cfg.Reachable {
 		return finish(ErrNoCandidates)
 	}
 	for _, c := range p.cands {

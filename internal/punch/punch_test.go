@@ -276,6 +276,37 @@ func TestBeyondNAT(t *testing.T) {
 	}
 }
 
+// TestMappedBehindSymmetric: behind a destination-dependent NAT holding a
+// port mapping, the side with the mapping dials nothing that could work
+// but waits, Reachable; the peer dials the mapping, and only it.
+func TestMappedBehindSymmetric(t *testing.T) {
+	sym := &nat.Report{TCP: nat.Mapping{Behavior: nat.MappingDestinationDependent}}
+	for _, initiator := range []string{"mapped side", "other side"} {
+		t.Run(initiator, func(t *testing.T) {
+			lnA, pa := listen(t, "0.0.0.0:0") // behind the symmetric NAT, mapped (at 127.0.0.2)
+			lnB, pb := listen(t, "127.0.0.1:0")
+			a := Config{Listener: lnA, LocalNAT: sym, Reachable: true, Timeout: 5 * time.Second,
+				Remote: []Candidate{cand("127.0.0.1:"+itoa(pb), Srflx)}}
+			b := Config{Listener: lnB, PeerNAT: sym, Timeout: 5 * time.Second,
+				Remote: []Candidate{cand("127.0.0.1:"+itoa(pa), Srflx), cand("127.0.0.2:"+itoa(pa), Mapped)}}
+			var oi, or outcome
+			if initiator == "mapped side" {
+				oi, or = punchPair(t, a, b)
+			} else {
+				oi, or = punchPair(t, b, a)
+			}
+			mirrored(t, oi, or)
+			for _, o := range []outcome{oi, or} {
+				for _, e := range o.tr.ev {
+					if e.Type == EventCandidate && e.Candidate.Kind != Mapped {
+						t.Errorf("tried %s behind a destination-dependent NAT", e.Candidate)
+					}
+				}
+			}
+		})
+	}
+}
+
 func TestNoCandidates(t *testing.T) {
 	_, _, err := Punch(t.Context(), Config{LocalAddr: netip.MustParseAddrPort("127.0.0.1:0"),
 		Remote: []Candidate{cand("[::1]:7", Host), cand("0.0.0.0:1", Host)}})

@@ -87,6 +87,11 @@ type Config struct {
 	// Dial opens the control and data connections to the TURN server. Nil
 	// means a net.Dialer.
 	Dial func(ctx context.Context, network, address string) (net.Conn, error)
+	// IPv6 asks for an IPv6 relayed address (RFC 6156
+	// REQUESTED-ADDRESS-FAMILY); false: IPv4, whatever the family of the
+	// connection to the server. Peers must be of the relayed address's
+	// family, so it is the connector's family, not necessarily ours.
+	IPv6 bool
 
 	// For tests: permRefresh overrides defaultPermRefresh, nonceFresh
 	// (when not 0) overrides defaultNonceFresh.
@@ -140,7 +145,8 @@ type Allocation struct {
 }
 
 // Allocate opens the control connection (TCP) to the TURN server and a TCP
-// allocation on it, with an IPv4 relayed address. It returns once the
+// allocation on it, with an IPv4 relayed address (IPv6 with Config.IPv6).
+// It returns once the
 // allocation is made; pion then refreshes it, and this package the
 // permissions given to Permit, until Close.
 func Allocate(ctx context.Context, cfg Config) (*Allocation, error) {
@@ -196,6 +202,10 @@ func Allocate(ctx context.Context, cfg Config) (*Allocation, error) {
 
 	// The data connections must reach the same server as the control
 	// connection, so both use its address, not the name again.
+	family := turn.RequestedAddressFamilyIPv4
+	if cfg.IPv6 {
+		family = turn.RequestedAddressFamilyIPv6
+	}
 	a.client, err = turn.NewClient(&turn.ClientConfig{
 		TURNServerAddr:         a.server,
 		Username:               cfg.Username,
@@ -203,7 +213,7 @@ func Allocate(ctx context.Context, cfg Config) (*Allocation, error) {
 		Software:               "peerport",
 		Conn:                   &controlConn{STUNConn: turn.NewSTUNConn(conn), a: a},
 		LoggerFactory:          logging.Pion(log),
-		RequestedAddressFamily: turn.RequestedAddressFamilyIPv4,
+		RequestedAddressFamily: family,
 	})
 	if err != nil {
 		return fail(err)
