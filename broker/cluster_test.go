@@ -7,9 +7,11 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
+	natsserver "github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 
 	"github.com/peerport/peerport/internal/proto"
@@ -268,12 +270,12 @@ func TestClusterForgedIntroduction(t *testing.T) {
 	}
 	sharer.ping()
 	waitFor(t, "refusals counted", func() bool {
-		return counterValue(t, nodes[0].srv, "peerport_broker_cluster_messages_refused_total") >= 4
+		return metricValue(t, nodes[0].srv, "peerport_broker_cluster_messages_refused_total") >= 4
 	})
 }
 
-// counterValue reads one unlabelled counter of srv's registry.
-func counterValue(t *testing.T, srv *Server, name string) float64 {
+// metricValue reads one unlabelled counter of srv's registry.
+func metricValue(t *testing.T, srv *Server, name string) float64 {
 	t.Helper()
 	mfs, err := srv.Registry().Gather()
 	if err != nil {
@@ -281,10 +283,112 @@ func counterValue(t *testing.T, srv *Server, name string) float64 {
 	}
 	for _, mf := range mfs {
 		if mf.GetName() == name && len(mf.GetMetric()) > 0 {
+			if g := mf.GetMetric()[0].GetGauge(); g != nil {
+				return g.GetValue()
+			}
 			return mf.GetMetric()[0].GetCounter().GetValue()
 		}
 	}
 	return 0
+}
+
+// TestClusterNATSDown: with NATS gone, a node keeps serving its own
+// agents, says so in /healthz and its metrics, and answers connects for
+// sharers elsewhere cluster_unavailable; once NATS is back it rejoins and
+// they work again.
+func TestClusterNATSDown(t *testing.T) {
+	opts := &natsserver.Options{Host: "127.0.0.1", Port: -1, NoLog: true, NoSigs: true}
+	ns := startNATSServer(t, opts)
+	port := ns.Addr().(*net.TCPAddr).Port
+	first := t.TempDir()
+	if _, err := LoadOrCreateState(first); err != nil {
+		t.Fatal(err)
+	}
+	n1, err := startNode(t, ns.ClientURL(), "n1", first)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n2, err := startNode(t, ns.ClientURL(), "n2", copyState(t, first))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sharer, tk := sharerWithTicket(t, n1.harness, "db")
+	defer sharer.close()
+	waitHeld(t, n1, shareSubject(tk.Sharer, "db"))
+	admit := tk.AdmitKey()
+	connect := func(n *node, id uint64) *proto.ConnectReply {
+		t.Helper()
+		c := n.login(t, newIdentity(t), "")
+		defer c.close()
+		c.send(&proto.Connect{ID: id, Sharer: tk.Sharer.String(), Share: "db", Admit: admit[:], Candidates: connectorCands})
+		for {
+			switch m := c.read().(type) {
+			case *proto.ConnectReply:
+				return m
+			case *proto.Ping:
+				c.send(&proto.Pong{Nonce: m.Nonce})
+			}
+		}
+	}
+	answer := func() {
+		t.Helper()
+		in := expectType[*proto.Intro](t, sharer.read())
+		sharer.send(&proto.IntroReply{Intro: in.Intro, Candidates: sharerCands, Port: 5432})
+	}
+	go answer()
+	if rep := connect(n2, 1); rep.Code != "" {
+		t.Fatalf("across nodes with NATS up: %#v", rep)
+	}
+
+	ns.Shutdown()
+	ns.WaitForShutdown()
+	for _, n := range []*node{n1, n2} {
+		waitFor(t, "the node to see NATS gone", func() bool {
+			return strings.Contains(n.srv.health(), "NATS unreachable") && metricValue(t, n.srv, "peerport_broker_cluster_connected") == 0
+		})
+	}
+	// Its own agents: served as on one broker.
+	go answer()
+	if rep := connect(n1, 2); rep.Code != "" {
+		t.Fatalf("on the sharer's own node with NATS down: %#v", rep)
+	}
+	// Another node's: a clear code, which agents retry.
+	if rep := connect(n2, 3); rep.Code != proto.CodeClusterUnavailable {
+		t.Fatalf("across nodes with NATS down: %#v, want %s", rep, proto.CodeClusterUnavailable)
+	}
+
+	opts.Port = port
+	startNATSServer(t, opts)
+	waitFor(t, "both nodes back in the cluster", func() bool {
+		return strings.Contains(n1.srv.health(), "connected, 2 nodes") && strings.Contains(n2.srv.health(), "connected, 2 nodes")
+	})
+	waitHeld(t, n1, shareSubject(tk.Sharer, "db"))
+	waitFor(t, "the sharer's subject known to NATS again", func() bool {
+		_, err := n2.srv.cluster.Load().request(context.Background(), shareSubject(tk.Sharer, "db"), &clusterMsg{}, 500*time.Millisecond)
+		return !errors.Is(err, errNobody)
+	})
+	go answer()
+	if rep := connect(n2, 4); rep.Code != "" {
+		t.Fatalf("across nodes once NATS is back: %#v", rep)
+	}
+}
+
+// startNATSServer runs a NATS server of opts until the test ends.
+func startNATSServer(t *testing.T, opts *natsserver.Options) *natsserver.Server {
+	t.Helper()
+	ns, err := natsserver.NewServer(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go ns.Start()
+	if !ns.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats-server not ready")
+	}
+	t.Cleanup(func() {
+		ns.Shutdown()
+		ns.WaitForShutdown()
+	})
+	return ns
 }
 
 // FuzzClusterMessage: whatever a client of the cluster's NATS publishes,
