@@ -266,7 +266,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	if a.portmap, why = newPortMapper(inner, a.opts, a.log); a.portmap != nil {
 		// Probed now, so that the first introduction knows whether a
 		// mapping is worth asking for.
-		a.spawn(func() { a.portmap.refresh(inner) })
+		a.spawn(func() { a.portmap.refresh(inner, gatewayProbeTimeout) })
 	} else {
 		a.log.WithField("why", why).Debug("no port mapping")
 	}

@@ -33,7 +33,7 @@ func netcheckPortmap(ctx context.Context, opts Options, log logrus.FieldLogger) 
 	if m == nil {
 		return PortmapReport{Why: why}
 	}
-	res := m.refresh(ctx)
+	res := m.refresh(ctx, mapTimeout) // a person waits for netcheck anyway: give a slow gateway time
 	r := PortmapReport{Gateway: m.client.Gateway().String(), Protocol: res.Protocol, Answered: res.Answered}
 	if res.External.IsValid() {
 		r.External = res.External.String()

@@ -64,7 +64,11 @@ func (b *brokerClient) openPunch(ctx context.Context) (*punchSocket, error) {
 	}
 	ps := &punchSocket{ln: ln}
 	mapped := make(chan *portmap.Lease, 1)
-	go func() { mapped <- b.agent.portmap.mapPort(ctx, port, b.agent.spawn) }() // beside STUN, not after it
+	// Behind a NAT no punch gets through, the mapping is the one way in
+	// over IPv4: worth waiting for the gateway's answer, unless IPv6 offers
+	// a way that needs none.
+	needed := b.natReport().DestinationDependent() && !slices.ContainsFunc(host, func(c punch.Candidate) bool { return punch.BeyondNAT(c.Addr.Addr()) })
+	go func() { mapped <- b.agent.portmap.mapPort(ctx, port, needed, b.agent.spawn) }() // beside STUN, not after it
 	cands := host
 	b.mu.Lock()
 	servers := b.stun

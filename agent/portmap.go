@@ -18,6 +18,10 @@ const (
 	// mapTimeout bounds asking the gateway for a punch port's mapping: the
 	// introduction waits for it.
 	mapTimeout = 2 * time.Second
+	// gatewayProbeTimeout bounds asking the gateway which protocols it serves: a
+	// gateway on the LAN answers in milliseconds, UPnP's discovery and
+	// description in tens of them.
+	gatewayProbeTimeout = 500 * time.Millisecond
 	// reprobeAfter is how long a gateway that answered no mapping protocol
 	// is left alone before it is asked again.
 	reprobeAfter = 5 * time.Minute
@@ -31,6 +35,10 @@ const (
 type portMapper struct {
 	log    logrus.FieldLogger
 	client *portmap.Client
+
+	// first is closed once the first probe has ended.
+	first     chan struct{}
+	firstOnce sync.Once
 
 	mu      sync.Mutex
 	probe   portmap.ProbeResult
@@ -58,7 +66,7 @@ func newPortMapper(ctx context.Context, opts Options, log logrus.FieldLogger) (*
 	if !offered(opts.Candidates, local) {
 		return nil, fmt.Sprintf("our address toward the gateway, %v, is not offered to peers (--candidates)", local)
 	}
-	return &portMapper{log: log, client: c}, ""
+	return &portMapper{log: log, client: c, first: make(chan struct{})}, ""
 }
 
 // offered says whether ip may be offered to peers under the --candidates
@@ -75,8 +83,8 @@ func offered(prefixes []netip.Prefix, ip netip.Addr) bool {
 	return false
 }
 
-// refresh probes the gateway and keeps what answered.
-func (m *portMapper) refresh(ctx context.Context) portmap.ProbeResult {
+// refresh probes the gateway, for at most timeout, and keeps what answered.
+func (m *portMapper) refresh(ctx context.Context, timeout time.Duration) portmap.ProbeResult {
 	m.mu.Lock()
 	if m.probing {
 		res := m.probe
@@ -85,10 +93,13 @@ func (m *portMapper) refresh(ctx context.Context) portmap.ProbeResult {
 	}
 	m.probing = true
 	m.mu.Unlock()
-	res := m.client.Probe(ctx)
+	pctx, cancel := context.WithTimeout(ctx, timeout)
+	res := m.client.Probe(pctx)
+	cancel()
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.probe, m.probed, m.probing = res, time.Now(), false
+	m.firstOnce.Do(func() { close(m.first) })
 	if res.Protocol != "" {
 		m.log.WithFields(logrus.Fields{"protocol": res.Protocol, "answered": res.Answered, "external": res.External.String()}).Info("gateway offers port mapping")
 	} else {
@@ -105,15 +116,31 @@ func (m *portMapper) served(ctx context.Context, spawn func(func())) bool {
 	ok, stale := m.probe.Protocol != "", !m.probing && time.Since(m.probed) > reprobeAfter
 	m.mu.Unlock()
 	if !ok && stale {
-		spawn(func() { m.refresh(ctx) })
+		spawn(func() { m.refresh(ctx, gatewayProbeTimeout) })
 	}
 	return ok
 }
 
 // mapPort maps the punch port port; nil when the gateway serves no mapping
-// or this one failed (logged: a direct path may still be punched).
-func (m *portMapper) mapPort(ctx context.Context, port uint16, spawn func(func())) *portmap.Lease {
-	if m == nil || !m.served(ctx, spawn) {
+// or this one failed (logged: a direct path may still be punched). When
+// the mapping is needed (behind a NAT no punch gets through) and the
+// probe the agent started with is still out, it waits for it, within
+// gatewayProbeTimeout: a fresh `agent connect` is introduced within milliseconds
+// of starting.
+func (m *portMapper) mapPort(ctx context.Context, port uint16, needed bool, spawn func(func())) *portmap.Lease {
+	if m == nil {
+		return nil
+	}
+	if needed {
+		t := time.NewTimer(gatewayProbeTimeout)
+		select {
+		case <-m.first:
+		case <-t.C:
+		case <-ctx.Done():
+		}
+		t.Stop()
+	}
+	if !m.served(ctx, spawn) {
 		return nil
 	}
 	ctx, cancel := context.WithTimeout(ctx, mapTimeout)

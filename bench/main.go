@@ -6,7 +6,8 @@
 //	go run ./bench -only throughput,latency -rounds 5
 //	sudo go run ./bench -only punch  # hole punching in the NAT lab (root)
 //	sudo go run ./bench -only wan    # tunnel vs raw TCP over the lab's WAN link at 0/20/50 ms
-//	sudo go run ./bench -lab         # all NAT-lab parts: punch, relay, wan
+//	sudo go run ./bench -only portmap  # port mappings (miniupnpd) and IPv6 behind symmetric NATs: direct share before/after (bench/portmap.go)
+//	sudo go run ./bench -lab         # all NAT-lab parts: punch, relay, wan, path, portmap
 //	go run ./bench -only ops         # broker restarts, idle RSS of agent up (bench/ops.go)
 //	go run ./bench -only cluster     # one broker vs three nodes over NATS: introductions, memory, NATS traffic, re-homing (bench/cluster.go)
 //	sudo go run ./bench soak -duration 10m  # transfers under faults in the NAT lab (bench/soak.go)
@@ -19,8 +20,9 @@
 // tunnel; part mux also runs the mux package's Go benchmarks (bare session
 // beside TLS alone and raw TCP, bench/session.go).
 // Everything is bounded in count and time and talks only to loopback, or
-// inside the NAT lab (parts punch, relay and wan, bench/punch.go, relay.go,
-// wan.go: by default only where the lab can run, i.e. as root with nft).
+// inside the NAT lab (parts punch, relay, wan and portmap, bench/punch.go,
+// relay.go, wan.go, portmap.go: by default only where the lab can run, i.e.
+// as root with nft; portmap also needs miniupnpd).
 package main
 
 import (
@@ -51,6 +53,7 @@ type options struct {
 	profileDir    string
 
 	punchRuns, punchMatrixRuns int
+	portmapRuns                int
 }
 
 func main() {
@@ -76,16 +79,17 @@ func main() {
 	flag.IntVar(&o.brokerAgents, "broker-agents", 10000, "control clients registered at the broker")
 	flag.IntVar(&o.introSecs, "intro-seconds", 3, "seconds of sustained introductions")
 	flag.IntVar(&o.clusterAgents, "cluster-agents", 10000, "cluster: control clients registered at each broker measured (the lone one, node 1, then re-homed to node 2)")
-	flag.StringVar(&only, "only", "", "comma list of parts: throughput,latency,connect,memory,mux,broker,ops,cluster,punch,relay,wan,path (default all; punch, relay, wan and path only where the NAT lab can run)")
-	flag.BoolVar(&lab, "lab", false, "the NAT-lab parts only: -only punch,relay,wan,path (root)")
+	flag.StringVar(&only, "only", "", "comma list of parts: throughput,latency,connect,memory,mux,broker,ops,cluster,punch,relay,wan,path,portmap (default all; punch, relay, wan, path and portmap only where the NAT lab can run)")
+	flag.BoolVar(&lab, "lab", false, "the NAT-lab parts only: -only punch,relay,wan,path,portmap (root)")
 	flag.IntVar(&o.punchRuns, "punch-runs", 20, "punch: cone-cone runs per WAN RTT")
 	flag.IntVar(&o.punchMatrixRuns, "punch-matrix-runs", 5, "punch: runs per topology of the success matrix")
+	flag.IntVar(&o.portmapRuns, "portmap-runs", 5, "portmap: runs per topology, before and after each")
 	flag.StringVar(&o.results, "results", "bench/RESULTS.md", "markdown file for the results (empty: none)")
 	flag.StringVar(&o.profileDir, "cpuprofile-dir", "", "write agent CPU profiles of the throughput runs here")
 	flag.Parse()
 	o.streams, o.muxStreams = ints(streams), ints(muxStreams)
 	if lab {
-		only = strings.Join([]string{punchPart, relayPart, wanPart, pathPart}, ",")
+		only = strings.Join([]string{punchPart, relayPart, wanPart, pathPart, portmapPart}, ",")
 	}
 	if only != "" {
 		o.only = map[string]bool{}
@@ -194,6 +198,10 @@ func run(ctx context.Context, o options) error {
 	if err != nil {
 		return err
 	}
+	doPortmap, err := wantLab(o, portmapPart)
+	if err != nil {
+		return err
+	}
 	root, err := moduleRoot()
 	if err != nil {
 		return err
@@ -270,6 +278,12 @@ func run(ctx context.Context, o options) error {
 		fmt.Fprintf(os.Stderr, "== %s\n", pathPart)
 		if err := pathBench(ctx, bin, tmp, o, rep); err != nil {
 			return fmt.Errorf("%s: %w", pathPart, err)
+		}
+	}
+	if doPortmap {
+		fmt.Fprintf(os.Stderr, "== %s\n", portmapPart)
+		if err := portmapBench(ctx, bin, tmp, o, rep); err != nil {
+			return fmt.Errorf("%s: %w", portmapPart, err)
 		}
 	}
 	printTable(os.Stdout, rep)

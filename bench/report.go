@@ -31,8 +31,8 @@ func topSection(r *Report) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "# Benchmark results\n\nLast run of `go run ./bench` (see bench/main.go for flags). Every figure is\n"+
 		"beside its baseline measured in the same run; compare ratios, not absolute values.\n"+
-		"Sections at the end, each kept by runs that do not write it: the NAT lab (punch, relay, wan),\n"+
-		"operations (ops), the broker cluster (cluster), and history (earlier figures kept for comparison, by hand).\n\n")
+		"Sections at the end, each kept by runs that do not write it: the NAT lab (punch, relay, wan, path),\n"+
+		"port mapping and IPv6 (portmap), operations (ops), the broker cluster (cluster), and history (earlier figures kept for comparison, by hand).\n\n")
 	writeFigures(&b, r, true)
 	fmt.Fprintf(&b, "\n```json\n%s\n```\n", js)
 	return b.String()
@@ -85,6 +85,12 @@ var sections = []section{
 			"(connect time, iperf3, round trips, broker CPU per relayed GB), symmetric-cone as users meet it,\n" +
 			"and a network that lets out only TCP 443 (broker on 443). WAN: the tunnel against raw TCP on the same public-cone path at 0, 20 and 50 ms RTT\n" +
 			"(iperf3, round trips). Needs root and the NAT lab; see bench/punch.go, relay.go and wan.go."},
+	{name: "portmap", parts: []string{portmapPart},
+		title: "More direct paths: port mapping and IPv6 in the NAT lab (`go run ./bench -only portmap`)",
+		about: "Issue 18: the topologies relayed without port mappings and IPv6 (symmetric-cone, cone-symmetric,\n" +
+			"symmetric-symmetric with miniupnpd on every symmetric gateway, symmetric-symmetric dual-stack), with\n" +
+			"cone-cone and firewall-firewall, before (--no-portmap; IPv4 only) and after (defaults): the share of\n" +
+			"runs ending direct and the time to the session. Needs root and the NAT lab; see bench/portmap.go."},
 	{name: "ops", parts: []string{opsPart},
 		title: "Operations: broker restart, idle RSS of `agent up` (`go run ./bench -only ops`)",
 		about: "Issue 6's closing-note figures, with the built binaries on 127.0.0.1; see bench/ops.go."},

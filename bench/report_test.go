@@ -31,8 +31,17 @@ func TestSaveResultsKeepsSections(t *testing.T) {
 		t.Fatal(err)
 	}
 	got := save(clusterPart)
-	want := []string{"figure of throughput", sections[0].begin(), "figure of " + punchPart, sections[1].begin(), "figure of " + opsPart,
-		sections[2].begin(), "figure of " + clusterPart, history.begin(), "by hand"}
+	sec := func(name string) string {
+		for _, s := range sections {
+			if s.name == name {
+				return s.begin()
+			}
+		}
+		t.Fatalf("no section %q", name)
+		return ""
+	}
+	want := []string{"figure of throughput", sec("punch"), "figure of " + punchPart, sec("ops"), "figure of " + opsPart,
+		sec("cluster"), "figure of " + clusterPart, history.begin(), "by hand"}
 	at := 0
 	for _, w := range want {
 		i := strings.Index(got[at:], w)

@@ -85,3 +85,41 @@ func TestLabPortmap(t *testing.T) {
 		})
 	}
 }
+
+// TestLabPortmapConnector: a fresh `agent connect` behind a symmetric NAT
+// with miniupnpd maps its punch port before its first introduction (it
+// waits for the gateway's answer it asked for at start), so its first path
+// is direct: against a cone NAT, and against a sharer behind a symmetric
+// NAT that maps too.
+func TestLabPortmapConnector(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name    string
+		sharer  natlab.Placement
+		mappers []string
+	}{
+		{"cone-symmetric", natlab.BehindCone, []string{"gw-b"}},
+		{"symmetric-symmetric", natlab.BehindSym, []string{"gw-a", "gw-b"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			w := newLabWorld(t, natlab.Pair(tc.sharer, natlab.BehindSym))
+			for _, gw := range tc.mappers {
+				if _, err := w.lab.Router(gw).StartMiniUPnPd(w.ctx, natlab.MiniUPnPdConfig{}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			_, _, addr := w.shareConnect()
+			c, err := w.lab.Host("b").Dial(w.ctx, "tcp", addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			echoOver(t, c, 4<<20)
+			p := w.onlyPath(w.connDir, "direct")
+			if p.Portmap == "" || p.PathSince.Sub(p.Since) > time.Second {
+				t.Errorf("connector %+v: want its first path direct through a port mapping", p)
+			}
+			t.Logf("%s: direct at once, portmap %q, pair %s -> %s (%s)", tc.name, p.Portmap, p.Pair.Local, p.Pair.Remote, p.Pair.Kind)
+		})
+	}
+}
