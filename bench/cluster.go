@@ -175,7 +175,8 @@ func (c *clusterRun) startBroker(name, dir, cluster string) (*cbroker, error) {
 
 func (b *cbroker) rss() (int64, error) { return rss(b.p.pid()) }
 
-// httpGet is the body of an HTTP GET of url, within 5 s.
+// httpGet is the body of an HTTP GET of url, within 5 s; a status other
+// than 200 is an error.
 func httpGet(ctx context.Context, url string) ([]byte, error) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
@@ -188,7 +189,11 @@ func httpGet(ctx context.Context, url string) ([]byte, error) {
 		return nil, err
 	}
 	defer res.Body.Close()
-	return io.ReadAll(res.Body)
+	body, err := io.ReadAll(res.Body)
+	if err == nil && res.StatusCode != http.StatusOK {
+		err = fmt.Errorf("GET %s: %s: %s", url, res.Status, strings.TrimSpace(string(body)))
+	}
+	return body, err
 }
 
 // waitNodes waits until b's /healthz says it sees n nodes.
@@ -233,6 +238,77 @@ func (c *clusterRun) remoteIntros(b *cbroker) float64 {
 	return c.metric(b, `peerport_broker_introductions_total{where="remote"}`)
 }
 
+// natsServer is a nats-server child process on loopback ports.
+type natsServer struct {
+	p        *proc
+	url, mon string // the client URL; host:port of the monitoring endpoint
+	dir      string // JetStream's store, removed by stop; "" without JetStream
+}
+
+// startNATS starts the nats-server binary bin through start (a world's,
+// which then stops it, or startProc) and waits until it serves; with js,
+// JetStream is on, its store in a fresh directory of its own.
+func startNATS(ctx context.Context, start func(name string, env []string, bin string, args ...string) (*proc, error),
+	bin string, js bool) (*natsServer, error) {
+	port, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	mport, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	ns := &natsServer{url: "nats://127.0.0.1:" + strconv.Itoa(port), mon: "127.0.0.1:" + strconv.Itoa(mport)}
+	args := []string{"-a", "127.0.0.1", "-p", strconv.Itoa(port), "-m", strconv.Itoa(mport)}
+	ready := "/healthz"
+	if js {
+		if ns.dir, err = os.MkdirTemp("", "peerport-nats-js-"); err != nil {
+			return nil, err
+		}
+		args = append(args, "-js", "-sd", ns.dir, "-n", "peerport-bench")
+		ready += "?js-enabled-only=true"
+	}
+	if ns.p, err = start("nats-server", nil, bin, args...); err != nil {
+		if ns.dir != "" {
+			os.RemoveAll(ns.dir)
+		}
+		return nil, err
+	}
+	dl := time.Now().Add(30 * time.Second)
+	for {
+		_, err := httpGet(ctx, "http://"+ns.mon+ready)
+		if err == nil {
+			return ns, nil
+		}
+		if time.Now().After(dl) {
+			err = fmt.Errorf("nats-server not up in 30s: %v\n%s", err, ns.p.stderr.String())
+		} else {
+			select {
+			case <-ns.p.done:
+				err = fmt.Errorf("nats-server exited:\n%s", ns.p.stderr.String())
+			case <-ctx.Done():
+				err = ctx.Err()
+			case <-time.After(20 * time.Millisecond):
+				continue
+			}
+		}
+		ns.stop()
+		return nil, err
+	}
+}
+
+func (s *natsServer) pid() int { return s.p.pid() }
+
+func (s *natsServer) rss() (int64, error) { return rss(s.pid()) }
+
+// stop stops the server and removes its JetStream store.
+func (s *natsServer) stop() {
+	s.p.stop()
+	if s.dir != "" {
+		os.RemoveAll(s.dir)
+	}
+}
+
 // varz is what the bench reads of nats-server's /varz.
 type varz struct {
 	InMsgs        int64         `json:"in_msgs"`
@@ -250,14 +326,9 @@ func (v varz) minus(o varz) varz {
 		OutBytes: v.OutBytes - o.OutBytes, Subscriptions: v.Subscriptions - o.Subscriptions, window: v.at.Sub(o.at)}
 }
 
-type natsServer struct {
-	p        *proc
-	url, mon string
-}
-
-func (c *clusterRun) varz(ns *natsServer) (varz, error) {
+func (s *natsServer) varz(ctx context.Context) (varz, error) {
 	var v varz
-	body, err := httpGet(c.ctx, "http://"+ns.mon+"/varz")
+	body, err := httpGet(ctx, "http://"+s.mon+"/varz")
 	if err != nil {
 		return v, fmt.Errorf("nats-server /varz: %w", err)
 	}
@@ -268,49 +339,30 @@ func (c *clusterRun) varz(ns *natsServer) (varz, error) {
 	return v, nil
 }
 
-func (c *clusterRun) startNATS() (*natsServer, error) {
-	port, err := freePort()
+// over is the server's traffic over do: /varz after it minus before it.
+func (s *natsServer) over(ctx context.Context, do func() error) (varz, error) {
+	v0, err := s.varz(ctx)
 	if err != nil {
-		return nil, err
+		return v0, err
 	}
-	mport, err := freePort()
-	if err != nil {
-		return nil, err
+	if err := do(); err != nil {
+		return varz{}, err
 	}
-	ns := &natsServer{url: "nats://127.0.0.1:" + strconv.Itoa(port), mon: "127.0.0.1:" + strconv.Itoa(mport)}
-	if ns.p, err = c.w.start("nats-server", nil, c.nats, "-a", "127.0.0.1", "-p", strconv.Itoa(port),
-		"-m", strconv.Itoa(mport)); err != nil {
-		return nil, err
-	}
-	dl := time.Now().Add(30 * time.Second)
-	for {
-		if _, err := c.varz(ns); err == nil {
-			return ns, nil
-		} else if time.Now().After(dl) {
-			return nil, fmt.Errorf("nats-server not up in 30s: %v\n%s", err, ns.p.stderr.String())
-		}
-		select {
-		case <-ns.p.done:
-			return nil, fmt.Errorf("nats-server exited:\n%s", ns.p.stderr.String())
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
+	v1, err := s.varz(ctx)
+	return v1.minus(v0), err
 }
 
 // idleWindow counts NATS traffic over clusterIdle with nothing asked of the
 // brokers.
 func (c *clusterRun) idleWindow(ns *natsServer) (varz, error) {
-	v0, err := c.varz(ns)
-	if err != nil {
-		return v0, err
-	}
-	select {
-	case <-c.ctx.Done():
-		return v0, c.ctx.Err()
-	case <-time.After(clusterIdle):
-	}
-	v1, err := c.varz(ns)
-	return v1.minus(v0), err
+	return ns.over(c.ctx, func() error {
+		select {
+		case <-c.ctx.Done():
+			return c.ctx.Err()
+		case <-time.After(clusterIdle):
+			return nil
+		}
+	})
 }
 
 func perMin(n int64, v varz) float64 { return float64(n) / v.window.Minutes() }
@@ -374,11 +426,11 @@ func (c *clusterRun) run() error {
 	lone.p.stop()
 
 	// Three nodes over one nats-server, sharing node 1's identity.
-	ns, err := c.startNATS()
+	ns, err := startNATS(c.ctx, c.w.start, c.nats, false)
 	if err != nil {
 		return err
 	}
-	natsRSS0, err := rss(ns.p.pid())
+	natsRSS0, err := ns.rss()
 	if err != nil {
 		return err
 	}
@@ -409,7 +461,7 @@ func (c *clusterRun) run() error {
 	if nodes[0].url.Token != nodes[2].url.Token || nodes[0].url.Pin != nodes[2].url.Pin {
 		return errors.New("node-3's URL names another token or pin than node-1's")
 	}
-	natsRSS1, err := rss(ns.p.pid())
+	natsRSS1, err := ns.rss()
 	if err != nil {
 		return err
 	}
@@ -425,7 +477,7 @@ func (c *clusterRun) run() error {
 	if err != nil {
 		return err
 	}
-	vSubs0, err := c.varz(ns)
+	vSubs0, err := ns.varz(c.ctx)
 	if err != nil {
 		return err
 	}
@@ -439,11 +491,11 @@ func (c *clusterRun) run() error {
 	if err != nil {
 		return err
 	}
-	natsRSS2, err := rss(ns.p.pid())
+	natsRSS2, err := ns.rss()
 	if err != nil {
 		return err
 	}
-	vSubs1, err := c.varz(ns)
+	vSubs1, err := ns.varz(c.ctx)
 	if err != nil {
 		return err
 	}
@@ -466,15 +518,13 @@ func (c *clusterRun) run() error {
 		return fmt.Errorf("node-3 to node-1: %w", err)
 	}
 	remote0 := c.remoteIntros(nodes[2])
-	v0, err := c.varz(ns)
-	if err != nil {
-		return err
-	}
-	crossLoad, err := introLoadAs(c.ctx, nodes[2].url, clients, c.guests, load) // warmed up above
-	if err != nil {
-		return fmt.Errorf("node-3 to node-1: %w", err)
-	}
-	v1, err := c.varz(ns)
+	var crossLoad introStats
+	crossV, err := ns.over(c.ctx, func() (err error) {
+		if crossLoad, err = introLoadAs(c.ctx, nodes[2].url, clients, c.guests, load); err != nil { // warmed up above
+			return fmt.Errorf("node-3 to node-1: %w", err)
+		}
+		return nil
+	})
 	if err != nil {
 		return err
 	}
@@ -485,7 +535,6 @@ func (c *clusterRun) run() error {
 		return fmt.Errorf("node-3 to node-1: %w", err)
 	}
 	reqSum, reqN := c.metric(nodes[2], "peerport_broker_cluster_request_seconds_sum")-reqSum0, c.metric(nodes[2], "peerport_broker_cluster_request_seconds_count")-reqN0
-	crossV := v1.minus(v0)
 	intros := float64(crossLoad.ok + crossLoad.failed)
 
 	// The floor: a bare NATS request and reply through the same server,
@@ -613,20 +662,18 @@ func (c *clusterRun) natsHops(ns *natsServer, size int) ([]time.Duration, varz, 
 	if err := srv.Flush(); err != nil {
 		return nil, v, err
 	}
-	v0, err := c.varz(ns)
-	if err != nil {
-		return nil, v, err
-	}
 	out := make([]time.Duration, 0, clusterHops)
-	for range clusterHops {
-		t := time.Now()
-		if _, err := cli.Request("bench.hop", payload, 5*time.Second); err != nil {
-			return nil, v, fmt.Errorf("nats request: %w", err)
+	v, err = ns.over(c.ctx, func() error {
+		for range clusterHops {
+			t := time.Now()
+			if _, err := cli.Request("bench.hop", payload, 5*time.Second); err != nil {
+				return fmt.Errorf("nats request: %w", err)
+			}
+			out = append(out, time.Since(t))
 		}
-		out = append(out, time.Since(t))
-	}
-	v1, err := c.varz(ns)
-	return out, v1.minus(v0), err
+		return nil
+	})
+	return out, v, err
 }
 
 // introWireBytes is the size of one introduction on the control channel to

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"crypto/rand"
 	"encoding/base32"
@@ -9,9 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -52,11 +49,11 @@ func clusterStore(ctx context.Context, natsBin string, n int, r *Report) error {
 		ids[i] = csID()
 	}
 	samples := min(n, 2000)
-	a, err := csSubjects(ctx, natsBin, ids, samples)
+	a, err := csMeasure(ctx, natsBin, ids, samples, csSubjects)
 	if err != nil {
 		return fmt.Errorf("clusterstore: subjects: %w", err)
 	}
-	b, err := csKV(ctx, natsBin, ids, samples)
+	b, err := csMeasure(ctx, natsBin, ids, samples, csKV)
 	if err != nil {
 		return fmt.Errorf("clusterstore: kv: %w", err)
 	}
@@ -95,28 +92,55 @@ type csResult struct {
 	window             time.Duration
 }
 
-// csSubjects measures design A.
-func csSubjects(ctx context.Context, natsBin string, ids []string, samples int) (*csResult, error) {
-	srv, err := csStartNATS(ctx, natsBin)
+// csRun is one design's run: its own fresh server, with the csNodes nodes
+// and the asker (another node, which looks agents up) connected to it.
+type csRun struct {
+	srv     *natsServer
+	nodes   []*nats.Conn
+	req     *nats.Conn // the asker
+	ids     []string
+	samples int
+	payload []byte // request and reply bodies
+	res     *csResult
+}
+
+// csMeasure measures one design on a fresh server of its own (JetStream
+// on, for both designs), its RSS read before anything connects.
+func csMeasure(ctx context.Context, natsBin string, ids []string, samples int,
+	design func(context.Context, *csRun) error) (*csResult, error) {
+	srv, err := startNATS(ctx, startProc, natsBin, true)
 	if err != nil {
 		return nil, err
 	}
 	defer srv.stop()
-	res := &csResult{window: csRefresh}
-	res.rssBefore, _ = csRSS(srv.pid())
+	r := &csRun{srv: srv, nodes: make([]*nats.Conn, csNodes), ids: ids, samples: samples,
+		payload: make([]byte, csPayloadSize), res: &csResult{window: csRefresh}}
+	r.res.rssBefore, _ = srv.rss()
+	for i := range r.nodes {
+		if r.nodes[i], err = csConnect(srv.url, fmt.Sprintf("node-%d", i)); err != nil {
+			return nil, err
+		}
+		defer r.nodes[i].Close()
+	}
+	if r.req, err = csConnect(srv.url, "asker"); err != nil {
+		return nil, err
+	}
+	defer r.req.Close()
+	if err := design(ctx, r); err != nil {
+		return nil, err
+	}
+	return r.res, nil
+}
 
-	payload := make([]byte, csPayloadSize)
-	nodes := make([]*nats.Conn, csNodes)
+// csSubjects measures design A.
+func csSubjects(ctx context.Context, r *csRun) error {
+	srv, nodes, req, ids, samples, payload, res := r.srv, r.nodes, r.req, r.ids, r.samples, r.payload, r.res
 	msgs := make([]chan *nats.Msg, csNodes)
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	ctx, cancel := context.WithCancel(ctx) // ends the responders, before wg.Wait
 	defer cancel()
 	for i := range nodes {
-		if nodes[i], err = csConnect(srv.url, fmt.Sprintf("node-%d", i)); err != nil {
-			return nil, err
-		}
-		defer nodes[i].Close()
 		// Like cluster.hold: one channel per node for all its subscriptions.
 		msgs[i] = make(chan *nats.Msg, 8192)
 		ch := msgs[i]
@@ -133,11 +157,6 @@ func csSubjects(ctx context.Context, natsBin string, ids []string, samples int) 
 			})
 		}
 	}
-	req, err := csConnect(srv.url, "asker")
-	if err != nil {
-		return nil, err
-	}
-	defer req.Close()
 	subject := func(id string) string { return "peerport.v1.agent." + id }
 
 	// Register every agent, split over the nodes, all at once; done when
@@ -162,22 +181,22 @@ func csSubjects(ctx context.Context, natsBin string, ids []string, samples int) 
 	rg.Wait()
 	res.regRate = float64(len(ids)) / time.Since(start).Seconds()
 	if err := errors.Join(errs...); err != nil {
-		return nil, err
+		return err
 	}
-	v, err := srv.varz()
+	v, err := srv.varz(ctx)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	if v.Subscriptions < uint32(len(ids)) {
-		return nil, fmt.Errorf("server holds %d subscriptions, want at least %d", v.Subscriptions, len(ids))
+	if v.Subscriptions < int64(len(ids)) {
+		return fmt.Errorf("server holds %d subscriptions, want at least %d", v.Subscriptions, len(ids))
 	}
 	time.Sleep(500 * time.Millisecond)
-	res.rssN, _ = csRSS(srv.pid())
+	res.rssN, _ = srv.rss()
 
 	// Keeping n agents present: nothing to do. Measured over the same
 	// window as B's refresh period.
-	if err := srv.keep(ctx, res, func(context.Context) {}); err != nil {
-		return nil, err
+	if err := csKeep(ctx, srv, res, func(context.Context) {}); err != nil {
+		return err
 	}
 
 	// Lookups from another node.
@@ -185,7 +204,7 @@ func csSubjects(ctx context.Context, natsBin string, ids []string, samples int) 
 	for k := range samples {
 		t := time.Now()
 		if _, err := req.Request(subject(ids[(k*7919)%len(ids)]), payload, 5*time.Second); err != nil {
-			return nil, fmt.Errorf("lookup: %w", err)
+			return fmt.Errorf("lookup: %w", err)
 		}
 		look = append(look, time.Since(t))
 	}
@@ -195,7 +214,7 @@ func csSubjects(ctx context.Context, natsBin string, ids []string, samples int) 
 		t := time.Now()
 		_, err := req.Request(subject(csID()), payload, 5*time.Second)
 		if !errors.Is(err, nats.ErrNoResponders) {
-			return nil, fmt.Errorf("absent lookup: got %v, want no responders", err)
+			return fmt.Errorf("absent lookup: got %v, want no responders", err)
 		}
 		absent = append(absent, time.Since(t))
 	}
@@ -213,7 +232,7 @@ func csSubjects(ctx context.Context, natsBin string, ids []string, samples int) 
 			err = nodes[0].Flush()
 		}
 		if err != nil {
-			return nil, fmt.Errorf("register: %w", err)
+			return fmt.Errorf("register: %w", err)
 		}
 		reg = append(reg, time.Since(t))
 		extra = append(extra, s)
@@ -225,7 +244,7 @@ func csSubjects(ctx context.Context, natsBin string, ids []string, samples int) 
 			err = nodes[0].Flush()
 		}
 		if err != nil {
-			return nil, fmt.Errorf("unregister: %w", err)
+			return fmt.Errorf("unregister: %w", err)
 		}
 		unreg = append(unreg, time.Since(t))
 	}
@@ -235,9 +254,9 @@ func csSubjects(ctx context.Context, natsBin string, ids []string, samples int) 
 	// A node's departure: its connection closes (as when its process is
 	// killed: the kernel closes the socket). Until a request for one of its
 	// agents gets no responders, and until the server dropped them all.
-	v, err = srv.varz()
+	v, err = srv.varz(ctx)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	before, last := v.Subscriptions, len(ids)-1
 	for last%csNodes != csNodes-1 {
@@ -245,7 +264,7 @@ func csSubjects(ctx context.Context, natsBin string, ids []string, samples int) 
 	}
 	dead := subject(ids[last])
 	if _, err := req.Request(dead, payload, 5*time.Second); err != nil {
-		return nil, fmt.Errorf("before departure: %w", err)
+		return fmt.Errorf("before departure: %w", err)
 	}
 	t0 := time.Now()
 	nodes[csNodes-1].Close()
@@ -255,56 +274,43 @@ func csSubjects(ctx context.Context, natsBin string, ids []string, samples int) 
 			break
 		}
 		if time.Since(t0) > 30*time.Second || ctx.Err() != nil {
-			return nil, errors.New("a departed node's agent is still answered after 30 s")
+			return errors.New("a departed node's agent is still answered after 30 s")
 		}
 	}
 	res.goneMs = float64(time.Since(t0).Microseconds()) / 1e3
-	want := before - uint32(len(subs[csNodes-1]))
+	want := before - int64(len(subs[csNodes-1]))
 	for {
-		v, err := srv.varz()
+		v, err := srv.varz(ctx)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		if v.Subscriptions <= want {
 			break
 		}
 		if time.Since(t0) > 30*time.Second {
-			return nil, fmt.Errorf("server still holds %d subscriptions 30 s after a departure, want %d", v.Subscriptions, want)
+			return fmt.Errorf("server still holds %d subscriptions 30 s after a departure, want %d", v.Subscriptions, want)
 		}
 		time.Sleep(time.Millisecond)
 	}
 	res.goneAllMs = float64(time.Since(t0).Microseconds()) / 1e3
-	return res, nil
+	return nil
 }
 
 // csKV measures design B.
-func csKV(ctx context.Context, natsBin string, ids []string, samples int) (*csResult, error) {
-	srv, err := csStartNATS(ctx, natsBin)
-	if err != nil {
-		return nil, err
-	}
-	defer srv.stop()
-	res := &csResult{window: csRefresh}
-	res.rssBefore, _ = csRSS(srv.pid())
-
-	payload := make([]byte, csPayloadSize)
-	nodes := make([]*nats.Conn, csNodes)
+func csKV(ctx context.Context, r *csRun) error {
+	srv, nodes, req, ids, samples, payload, res := r.srv, r.nodes, r.req, r.ids, r.samples, r.payload, r.res
 	kvs := make([]jetstream.KeyValue, csNodes)
 	for i := range nodes {
-		if nodes[i], err = csConnect(srv.url, fmt.Sprintf("node-%d", i)); err != nil {
-			return nil, err
-		}
-		defer nodes[i].Close()
 		// The node itself still answers introductions, on one subject.
 		if _, err := nodes[i].Subscribe(csNodeSubject(i), func(m *nats.Msg) { m.Respond(payload) }); err != nil {
-			return nil, err
+			return err
 		}
 		if err := nodes[i].Flush(); err != nil {
-			return nil, err
+			return err
 		}
 		js, err := jetstream.New(nodes[i])
 		if err != nil {
-			return nil, err
+			return err
 		}
 		if i == 0 {
 			kvs[i], err = js.CreateKeyValue(ctx, jetstream.KeyValueConfig{
@@ -314,21 +320,16 @@ func csKV(ctx context.Context, natsBin string, ids []string, samples int) (*csRe
 			kvs[i], err = js.KeyValue(ctx, csBucket)
 		}
 		if err != nil {
-			return nil, err
+			return err
 		}
 	}
-	req, err := csConnect(srv.url, "asker")
-	if err != nil {
-		return nil, err
-	}
-	defer req.Close()
 	jsReq, err := jetstream.New(req)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	kvReq, err := jsReq.KeyValue(ctx, csBucket)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	key := func(id string) string { return "agent." + id }
 	value := func(node int) []byte {
@@ -374,17 +375,17 @@ func csKV(ctx context.Context, natsBin string, ids []string, samples int) (*csRe
 	}
 	start := time.Now()
 	if _, err := putAll(ctx, nil, 0); err != nil {
-		return nil, fmt.Errorf("register: %w", err)
+		return fmt.Errorf("register: %w", err)
 	}
 	res.regRate = float64(len(ids)) / time.Since(start).Seconds()
 	time.Sleep(500 * time.Millisecond)
-	res.rssN, _ = csRSS(srv.pid())
+	res.rssN, _ = srv.rss()
 	st, err := kvs[0].Status(ctx)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	if st.Values() < uint64(len(ids)) {
-		return nil, fmt.Errorf("bucket holds %d values, want %d", st.Values(), len(ids))
+		return fmt.Errorf("bucket holds %d values, want %d", st.Values(), len(ids))
 	}
 	res.storeBytes = int64(st.Bytes())
 	for j := range ids {
@@ -401,16 +402,16 @@ func csKV(ctx context.Context, natsBin string, ids []string, samples int) (*csRe
 		t := time.Now()
 		e, err := kvReq.Get(ctx, key(id))
 		if err != nil {
-			return nil, fmt.Errorf("lookup: %w", err)
+			return fmt.Errorf("lookup: %w", err)
 		}
 		get = append(get, time.Since(t))
 		var holder struct{ Node string }
 		if err := json.Unmarshal(e.Value(), &holder); err != nil {
-			return nil, err
+			return err
 		}
 		i, _ := strconv.Atoi(strings.TrimPrefix(holder.Node, "node-"))
 		if _, err := req.Request(csNodeSubject(i), payload, 5*time.Second); err != nil {
-			return nil, fmt.Errorf("lookup request: %w", err)
+			return fmt.Errorf("lookup request: %w", err)
 		}
 		look = append(look, time.Since(t))
 	}
@@ -421,7 +422,7 @@ func csKV(ctx context.Context, natsBin string, ids []string, samples int) (*csRe
 		t := time.Now()
 		_, err := kvReq.Get(ctx, key(csID()))
 		if !errors.Is(err, jetstream.ErrKeyNotFound) {
-			return nil, fmt.Errorf("absent lookup: got %v, want key not found", err)
+			return fmt.Errorf("absent lookup: got %v, want key not found", err)
 		}
 		absent = append(absent, time.Since(t))
 	}
@@ -435,7 +436,7 @@ func csKV(ctx context.Context, natsBin string, ids []string, samples int) (*csRe
 		k := key(csID())
 		t := time.Now()
 		if _, err := kvs[0].Put(ctx, k, value(0)); err != nil {
-			return nil, fmt.Errorf("register: %w", err)
+			return fmt.Errorf("register: %w", err)
 		}
 		reg = append(reg, time.Since(t))
 		extra = append(extra, k)
@@ -443,7 +444,7 @@ func csKV(ctx context.Context, natsBin string, ids []string, samples int) (*csRe
 	for _, k := range extra {
 		t := time.Now()
 		if err := kvs[0].Delete(ctx, k); err != nil {
-			return nil, fmt.Errorf("unregister: %w", err)
+			return fmt.Errorf("unregister: %w", err)
 		}
 		unreg = append(unreg, time.Since(t))
 	}
@@ -456,7 +457,7 @@ func csKV(ctx context.Context, natsBin string, ids []string, samples int) (*csRe
 	// theirs over one refresh period (the traffic to keep n present).
 	deadKey := key(csID())
 	if _, err := kvs[csNodes-1].Put(ctx, deadKey, value(csNodes-1)); err != nil {
-		return nil, err
+		return err
 	}
 	t0 := time.Now()
 	gone := make(chan error, 1)
@@ -480,7 +481,7 @@ func csKV(ctx context.Context, natsBin string, ids []string, samples int) (*csRe
 		}
 	}()
 	var refreshed int
-	err = srv.keep(ctx, res, func(ctx context.Context) {
+	err = csKeep(ctx, srv, res, func(ctx context.Context) {
 		t := time.Now()
 		var err error
 		refreshed, err = putAll(ctx, nil, csRefresh)
@@ -490,17 +491,17 @@ func csKV(ctx context.Context, natsBin string, ids []string, samples int) (*csRe
 		res.refreshRate = float64(refreshed) / time.Since(t).Seconds()
 	})
 	if err != nil {
-		return nil, err
+		return err
 	}
 	if refreshed < len(ids) {
-		return nil, fmt.Errorf("refresh: %d of %d entries refreshed in %v", refreshed, len(ids), csRefresh)
+		return fmt.Errorf("refresh: %d of %d entries refreshed in %v", refreshed, len(ids), csRefresh)
 	}
 	res.dirAfter = csDirBytes(srv.dir)
-	res.rssAfter, _ = csRSS(srv.pid())
+	res.rssAfter, _ = srv.rss()
 	if err := <-gone; err != nil {
-		return nil, err
+		return err
 	}
-	return res, nil
+	return nil
 }
 
 func csNodeSubject(i int) string { return fmt.Sprintf("peerport.v1.node.node-%d", i) }
@@ -527,10 +528,10 @@ func csFigures(r *Report, n, samples int, a, b *csResult) {
 	add("server RSS per agent", float64(b.rssN-b.rssBefore)/nn, float64(a.rssN-a.rssBefore)/nn, "B", fmt.Sprintf(
 		"nats-server VmRSS with %d agents minus fresh (JetStream on for both): KV %.1f -> %.1f MiB (%.1f MiB after one refresh period), subjects %.1f -> %.1f MiB. "+
 			"One NATS server: in a NATS cluster every server also holds the interest of every subscription (routes), and a replicated (R3) bucket stores and replicates every put; neither is measured here",
-		n, csMiB(b.rssBefore), csMiB(b.rssN), csMiB(b.rssAfter), csMiB(a.rssBefore), csMiB(a.rssN)))
+		n, mib(b.rssBefore), mib(b.rssN), mib(b.rssAfter), mib(a.rssBefore), mib(a.rssN)))
 	addAs("stored bytes", float64(b.storeBytes), float64(b.rawBytes), "B", "raw key+value", fmt.Sprintf(
 		"the bucket's stream bytes for %d entries vs their raw key + value bytes (the baseline here); subjects store nothing. File store directory: %.2f MiB after registering, %.2f MiB after one refresh period",
-		n, csMiB(b.dirBytes), csMiB(b.dirAfter)))
+		n, mib(b.dirBytes), mib(b.dirAfter)))
 	needed := nn / csRefresh.Seconds()
 	r.add(Figure{Part: "cluster", Name: "presence KV: refreshes needed", Value: needed, Unit: "/s", Note: fmt.Sprintf(
 		"%d agents, TTL %v, refreshed every TTL/3 (%v) so that one missed refresh does not drop an agent; achieved %.4g/s from %d nodes. Subjects need none: a subscription lasts as long as its connection",
@@ -543,121 +544,32 @@ func csFigures(r *Report, n, samples int, a, b *csResult) {
 	add("server CPU to keep present", b.keepCPU, a.keepCPU, "% core", keepNote("nats-server CPU, utime + stime (/proc)", a.keepCPU))
 }
 
-// csServer is a nats-server child process.
-type csServer struct {
-	cmd  *exec.Cmd
-	url  string
-	mon  string
-	dir  string
-	done chan struct{}
-}
-
-func csStartNATS(ctx context.Context, natsBin string) (*csServer, error) {
-	port, err := freePort()
-	if err != nil {
-		return nil, err
-	}
-	mport, err := freePort()
-	if err != nil {
-		return nil, err
-	}
-	dir, err := os.MkdirTemp("", "peerport-clusterstore-")
-	if err != nil {
-		return nil, err
-	}
-	s := &csServer{
-		url:  fmt.Sprintf("nats://127.0.0.1:%d", port),
-		mon:  fmt.Sprintf("http://127.0.0.1:%d", mport),
-		dir:  dir,
-		done: make(chan struct{}),
-		cmd: exec.Command(natsBin, "-a", "127.0.0.1", "-p", strconv.Itoa(port),
-			"-m", strconv.Itoa(mport), "-js", "-sd", dir, "-n", "peerport-bench"),
-	}
-	stderr := &tailBuffer{}
-	s.cmd.Stdout, s.cmd.Stderr = stderr, stderr
-	if err := s.cmd.Start(); err != nil {
-		os.RemoveAll(dir)
-		return nil, fmt.Errorf("nats-server: %w", err)
-	}
-	go func() { s.cmd.Wait(); close(s.done) }()
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		resp, err := http.Get(s.mon + "/healthz?js-enabled-only=true")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return s, nil
-			}
-		}
-		select {
-		case <-s.done:
-			os.RemoveAll(dir)
-			return nil, fmt.Errorf("nats-server exited: %s", stderr.String())
-		case <-ctx.Done():
-			s.stop()
-			return nil, ctx.Err()
-		case <-time.After(20 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			s.stop()
-			return nil, fmt.Errorf("nats-server not ready in 15 s: %s", stderr.String())
-		}
-	}
-}
-
-func (s *csServer) pid() int { return s.cmd.Process.Pid }
-
-func (s *csServer) stop() {
-	s.cmd.Process.Kill()
-	<-s.done
-	os.RemoveAll(s.dir)
-}
-
-type csVarz struct {
-	InMsgs        int64  `json:"in_msgs"`
-	OutMsgs       int64  `json:"out_msgs"`
-	InBytes       int64  `json:"in_bytes"`
-	OutBytes      int64  `json:"out_bytes"`
-	Subscriptions uint32 `json:"subscriptions"`
-}
-
-func (s *csServer) varz() (csVarz, error) {
-	var v csVarz
-	resp, err := http.Get(s.mon + "/varz")
-	if err != nil {
-		return v, err
-	}
-	defer resp.Body.Close()
-	return v, json.NewDecoder(resp.Body).Decode(&v)
-}
-
 // keep runs work over one refresh period and measures the server's
 // traffic and CPU over it: what keeping the agents present costs.
-func (s *csServer) keep(ctx context.Context, res *csResult, work func(context.Context)) error {
-	v0, err := s.varz()
-	if err != nil {
-		return err
-	}
-	c0, _ := csCPU(s.pid())
-	t0 := time.Now()
-	wctx, cancel := context.WithTimeout(ctx, res.window+5*time.Second)
-	defer cancel()
-	work(wctx)
-	if d := time.Until(t0.Add(res.window)); d > 0 {
-		select {
-		case <-time.After(d):
-		case <-ctx.Done():
-			return ctx.Err()
+func csKeep(ctx context.Context, s *natsServer, res *csResult, work func(context.Context)) error {
+	var el, c0, c1 float64
+	v, err := s.over(ctx, func() error {
+		c0, _ = csCPU(s.pid())
+		t0 := time.Now()
+		wctx, cancel := context.WithTimeout(ctx, res.window+5*time.Second)
+		defer cancel()
+		work(wctx)
+		if d := time.Until(t0.Add(res.window)); d > 0 {
+			select {
+			case <-time.After(d):
+			case <-ctx.Done():
+				return ctx.Err()
+			}
 		}
-	}
-	el := time.Since(t0).Seconds()
-	c1, _ := csCPU(s.pid())
-	v1, err := s.varz()
+		el = time.Since(t0).Seconds()
+		c1, _ = csCPU(s.pid())
+		return nil
+	})
 	if err != nil {
 		return err
 	}
-	res.keepMsgs = float64(v1.InMsgs-v0.InMsgs+v1.OutMsgs-v0.OutMsgs) / el
-	res.keepByte = float64(v1.InBytes-v0.InBytes+v1.OutBytes-v0.OutBytes) / el
+	res.keepMsgs = float64(v.InMsgs+v.OutMsgs) / el
+	res.keepByte = float64(v.InBytes+v.OutBytes) / el
 	res.keepCPU = 100 * (c1 - c0) / el
 	return nil
 }
@@ -682,23 +594,6 @@ func csQ(d []time.Duration, q float64) float64 {
 	slices.Sort(s)
 	i := int(float64(len(s))*q+0.999999) - 1
 	return float64(s[max(0, min(i, len(s)-1))].Nanoseconds()) / 1e3
-}
-
-// csRSS is a process's resident memory, in bytes.
-func csRSS(pid int) (int64, error) {
-	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0, err
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if rest, ok := strings.CutPrefix(sc.Text(), "VmRSS:"); ok {
-			kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
-			return kb << 10, err
-		}
-	}
-	return 0, errors.New("no VmRSS")
 }
 
 // csCPU is a process's user + system CPU time, in seconds.
@@ -733,5 +628,3 @@ func csDirBytes(dir string) int64 {
 	})
 	return n
 }
-
-func csMiB(b int64) float64 { return float64(b) / (1 << 20) }
