@@ -298,7 +298,7 @@ func metricValue(t *testing.T, srv *Server, name string) float64 {
 // they work again.
 func TestClusterNATSDown(t *testing.T) {
 	opts := &natsserver.Options{Host: "127.0.0.1", Port: -1, NoLog: true, NoSigs: true}
-	ns := startNATSServer(t, opts)
+	ns := testutil.NATSServer(t, opts)
 	port := ns.Addr().(*net.TCPAddr).Port
 	first := t.TempDir()
 	if _, err := LoadOrCreateState(first); err != nil {
@@ -358,7 +358,7 @@ func TestClusterNATSDown(t *testing.T) {
 	}
 
 	opts.Port = port
-	startNATSServer(t, opts)
+	testutil.NATSServer(t, opts)
 	waitFor(t, "both nodes back in the cluster", func() bool {
 		return strings.Contains(n1.srv.health(), "connected, 2 nodes") && strings.Contains(n2.srv.health(), "connected, 2 nodes")
 	})
@@ -371,24 +371,6 @@ func TestClusterNATSDown(t *testing.T) {
 	if rep := connect(n2, 4); rep.Code != "" {
 		t.Fatalf("across nodes once NATS is back: %#v", rep)
 	}
-}
-
-// startNATSServer runs a NATS server of opts until the test ends.
-func startNATSServer(t *testing.T, opts *natsserver.Options) *natsserver.Server {
-	t.Helper()
-	ns, err := natsserver.NewServer(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	go ns.Start()
-	if !ns.ReadyForConnections(10 * time.Second) {
-		t.Fatal("nats-server not ready")
-	}
-	t.Cleanup(func() {
-		ns.Shutdown()
-		ns.WaitForShutdown()
-	})
-	return ns
 }
 
 // FuzzClusterMessage: whatever a client of the cluster's NATS publishes,

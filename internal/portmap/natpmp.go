@@ -98,6 +98,24 @@ type natpmpProto struct {
 
 func (p *natpmpProto) name() string { return NATPMP }
 
+// ask sends req and hands check the first well-formed answer to opcode
+// op; an answer with a result code fails the exchange.
+func (p *natpmpProto) ask(ctx context.Context, req []byte, op byte, check func(pmpResponse) (verdict, error)) error {
+	return p.c.exchange(ctx, NATPMP, p.log, req, func(b []byte) (verdict, error) {
+		r, err := parsePMP(b)
+		if err != nil {
+			return skip, err
+		}
+		if r.op != op {
+			return skip, fmt.Errorf("%w: nat-pmp: answer to opcode %d, asked %d", ErrMalformed, r.op, op)
+		}
+		if r.result != 0 {
+			return fail, pmpResultError(r.result)
+		}
+		return check(r)
+	})
+}
+
 func (p *natpmpProto) probe(ctx context.Context) (netip.Addr, error) {
 	return p.externalAddr(ctx)
 }
@@ -105,17 +123,7 @@ func (p *natpmpProto) probe(ctx context.Context) (netip.Addr, error) {
 // externalAddr asks for the gateway's external address (RFC 6886 §3.2).
 func (p *natpmpProto) externalAddr(ctx context.Context) (netip.Addr, error) {
 	var ext netip.Addr
-	err := p.c.exchange(ctx, NATPMP, p.log, []byte{0, pmpOpAddress}, func(b []byte) (verdict, error) {
-		r, err := parsePMP(b)
-		if err != nil {
-			return skip, err
-		}
-		if r.op != pmpOpAddress {
-			return skip, fmt.Errorf("%w: nat-pmp: answer to opcode %d, asked %d", ErrMalformed, r.op, pmpOpAddress)
-		}
-		if r.result != 0 {
-			return fail, pmpResultError(r.result)
-		}
+	err := p.ask(ctx, []byte{0, pmpOpAddress}, pmpOpAddress, func(r pmpResponse) (verdict, error) {
 		ext = r.external
 		return accept, nil
 	})
@@ -135,17 +143,7 @@ func (p *natpmpProto) mapPort(ctx context.Context, internal netip.AddrPort, leas
 		suggested = prev.External.Port()
 	}
 	var got pmpResponse
-	err = p.c.exchange(ctx, NATPMP, p.log, pmpMapRequest(internal.Port(), suggested, seconds(lease)), func(b []byte) (verdict, error) {
-		r, err := parsePMP(b)
-		if err != nil {
-			return skip, err
-		}
-		if r.op != pmpOpMapTCP {
-			return skip, fmt.Errorf("%w: nat-pmp: answer to opcode %d, asked %d", ErrMalformed, r.op, pmpOpMapTCP)
-		}
-		if r.result != 0 {
-			return fail, pmpResultError(r.result)
-		}
+	err = p.ask(ctx, pmpMapRequest(internal.Port(), suggested, seconds(lease)), pmpOpMapTCP, func(r pmpResponse) (verdict, error) {
 		if r.internal != internal.Port() {
 			return skip, fmt.Errorf("%w: nat-pmp: mapping of internal port %d, asked %d", ErrForeignMapping, r.internal, internal.Port())
 		}
@@ -172,17 +170,7 @@ func (p *natpmpProto) mapPort(ctx context.Context, internal netip.AddrPort, leas
 }
 
 func (p *natpmpProto) unmap(ctx context.Context, m Mapping) error {
-	err := p.c.exchange(ctx, NATPMP, p.log, pmpMapRequest(m.Internal.Port(), 0, 0), func(b []byte) (verdict, error) {
-		r, err := parsePMP(b)
-		if err != nil {
-			return skip, err
-		}
-		if r.op != pmpOpMapTCP {
-			return skip, fmt.Errorf("%w: nat-pmp: answer to opcode %d, asked %d", ErrMalformed, r.op, pmpOpMapTCP)
-		}
-		if r.result != 0 {
-			return fail, pmpResultError(r.result)
-		}
+	err := p.ask(ctx, pmpMapRequest(m.Internal.Port(), 0, 0), pmpOpMapTCP, func(r pmpResponse) (verdict, error) {
 		if r.internal != m.Internal.Port() {
 			return skip, fmt.Errorf("%w: nat-pmp: deletion of internal port %d, asked %d", ErrForeignMapping, r.internal, m.Internal.Port())
 		}

@@ -11,7 +11,14 @@ import (
 // returns its client URL.
 func NATS(t testing.TB) string {
 	t.Helper()
-	ns, err := natsserver.NewServer(&natsserver.Options{Host: "127.0.0.1", Port: -1, NoLog: true, NoSigs: true})
+	return NATSServer(t, &natsserver.Options{Host: "127.0.0.1", Port: -1, NoLog: true, NoSigs: true}).ClientURL()
+}
+
+// NATSServer runs a real NATS server of opts until the test ends, for a
+// test that stops and starts it itself (Shutdown is safe to repeat).
+func NATSServer(t testing.TB, opts *natsserver.Options) *natsserver.Server {
+	t.Helper()
+	ns, err := natsserver.NewServer(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -23,5 +30,5 @@ func NATS(t testing.TB) string {
 		ns.Shutdown()
 		ns.WaitForShutdown()
 	})
-	return ns.ClientURL()
+	return ns
 }
