@@ -67,6 +67,17 @@ func TestLabPortmap(t *testing.T) {
 			}
 			t.Logf("direct through %s's mapping %s -> %v, punch_ms %d", s.Portmap, p.Pair.Remote, rs, p.PunchMS)
 
+			// The mapping lets in no one else: the punch port's listener is
+			// closed once the punch is over, so a stranger on the internet
+			// dialling the mapped address reaches no share.
+			stranger := w.lab.Host("broker")
+			if sc, err := stranger.Dial(w.ctx, "tcp", p.Pair.Remote); err == nil {
+				if tryEcho(sc, 1024, 3*time.Second) == nil {
+					t.Errorf("a stranger dialling the mapping %s got the share's echo", p.Pair.Remote)
+				}
+				sc.Close()
+			}
+
 			out, err := a.RunCommand(w.ctx, agentCmd("--state-dir", t.TempDir(), "netcheck", "--json", "--broker", w.url))
 			var nc agent.NetcheckReport
 			if err != nil || json.Unmarshal(out, &nc) != nil {
