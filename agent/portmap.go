@@ -18,9 +18,9 @@ const (
 	// mapTimeout bounds asking the gateway for a punch port's mapping: the
 	// introduction waits for it.
 	mapTimeout = 2 * time.Second
-	// gatewayProbeTimeout bounds asking the gateway which protocols it serves: a
-	// gateway on the LAN answers in milliseconds, UPnP's discovery and
-	// description in tens of them.
+	// gatewayProbeTimeout bounds asking the gateway which protocols it
+	// serves: a gateway on the LAN answers in milliseconds, UPnP's discovery
+	// and description in tens of them.
 	gatewayProbeTimeout = 500 * time.Millisecond
 	// reprobeAfter is how long a gateway that answered no mapping protocol
 	// is left alone before it is asked again.
@@ -31,7 +31,8 @@ const (
 // mapping of each punch port, so that a peer can connect in whatever the
 // NAT does to outgoing connections: behind a symmetric NAT, the one way to
 // a direct path over IPv4. A gateway that served nothing is asked again
-// only after reprobeAfter, so an introduction never waits on a silent one.
+// only after reprobeAfter, so introductions do not wait on a silent one
+// (but for the first, behind a symmetric NAT: see mapPort).
 type portMapper struct {
 	log    logrus.FieldLogger
 	client *portmap.Client
