@@ -16,13 +16,11 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"maps"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -147,7 +145,7 @@ func (l *punchLab) portmapConnect(i int, hold time.Duration, extra ...string) (r
 	if err != nil {
 		return punchRun{outcome: "no echo: " + lastLine(p.Stderr())}, "", 0
 	}
-	pj, err := l.portmapPeer(ctx, dir)
+	pj, err := l.connectorPeer(ctx, dir)
 	if err != nil {
 		return punchRun{outcome: err.Error()}, "", 0
 	}
@@ -164,7 +162,7 @@ func (l *punchLab) portmapConnect(i int, hold time.Duration, extra ...string) (r
 			case <-ctx.Done():
 				break wait
 			}
-			if now, err := l.portmapPeer(ctx, dir); err == nil && now.Path == pathDirect {
+			if now, err := l.connectorPeer(ctx, dir); err == nil && now.Path == pathDirect {
 				directMS = ms(time.Since(t0))
 				break
 			}
@@ -192,30 +190,6 @@ func (l *punchLab) portmapConnect(i int, hold time.Duration, extra ...string) (r
 	}
 	return punchRun{ok: true, outcome: outcome, punchMS: pj.PunchMS, firstMS: ms(first), upMS: ms(pj.Since.Sub(t0)),
 		rttMS: pj.RTTMS, attempts: pj.Attempts, nat: pj.NAT + "/" + pj.PeerNAT}, pj.Portmap, directMS
-}
-
-// portmapPeerJSON is peerJSON with the port mapping a direct path came
-// through.
-type portmapPeerJSON struct {
-	peerJSON
-	Portmap string `json:"portmap"`
-}
-
-// portmapPeer is connectorPeer with the port mapping.
-func (l *punchLab) portmapPeer(ctx context.Context, dir string) (portmapPeerJSON, error) {
-	out, err := exec.CommandContext(ctx, l.bin.agent, "--state-dir", dir, "status", "--json").Output()
-	if err != nil {
-		return portmapPeerJSON{}, fmt.Errorf("status: %w", err)
-	}
-	var st struct {
-		Agents []struct {
-			Peers []portmapPeerJSON `json:"peers"`
-		} `json:"agents"`
-	}
-	if err := json.Unmarshal(out, &st); err != nil || len(st.Agents) != 1 || len(st.Agents[0].Peers) != 1 {
-		return portmapPeerJSON{}, fmt.Errorf("status: want one agent with one peer (%v): %s", err, out)
-	}
-	return st.Agents[0].Peers[0], nil
 }
 
 // newPortmapLab is newPunchLab with miniupnpd started on the case's
@@ -320,14 +294,12 @@ func portmapCaseRun(ctx context.Context, bin binaries, tmp string, runs int, c p
 }
 
 func portmapBench(ctx context.Context, bin binaries, tmp string, o options, r *Report) error {
-	if _, err := exec.LookPath("miniupnpd"); err != nil {
-		if _, err := os.Stat("/usr/sbin/miniupnpd"); err != nil {
-			if o.only == nil { // not asked for by name
-				fmt.Fprintln(os.Stderr, "  skipped: miniupnpd not installed (apt-get install miniupnpd-nftables)")
-				return nil
-			}
-			return fmt.Errorf("miniupnpd not installed: apt-get install miniupnpd-nftables")
+	if _, err := natlab.MiniUPnPdPath(); err != nil {
+		if o.only == nil { // not asked for by name
+			fmt.Fprintf(os.Stderr, "  skipped: %v\n", err)
+			return nil
 		}
+		return err
 	}
 	ctx, cancel := context.WithTimeout(ctx, portmapBudget)
 	defer cancel()

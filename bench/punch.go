@@ -180,6 +180,7 @@ type peerJSON struct {
 	Pair     struct {
 		Local, Remote, Kind string
 	} `json:"candidate_pair"`
+	Portmap string `json:"portmap"` // the port mapping a direct path came through
 }
 
 // connectOnce runs a new connector on "b" against the sharer, with extra

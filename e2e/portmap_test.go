@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"encoding/json"
-	"os/exec"
 	"testing"
 	"time"
 
@@ -18,11 +17,7 @@ import (
 // same pair is relayed.
 func TestLabPortmap(t *testing.T) {
 	t.Parallel()
-	if _, err := exec.LookPath("miniupnpd"); err != nil {
-		if _, err := exec.LookPath("/usr/sbin/miniupnpd"); err != nil {
-			t.Fatal("miniupnpd not installed: apt-get install miniupnpd-nftables")
-		}
-	}
+	natlab.RequireMiniUPnPd(t)
 	for _, tc := range []struct {
 		name string
 		args []string
@@ -104,6 +99,7 @@ func TestLabPortmap(t *testing.T) {
 // NAT that maps too.
 func TestLabPortmapConnector(t *testing.T) {
 	t.Parallel()
+	natlab.RequireMiniUPnPd(t)
 	for _, tc := range []struct {
 		name    string
 		sharer  natlab.Placement

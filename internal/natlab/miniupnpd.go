@@ -13,6 +13,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"testing"
 	"time"
 
 	"github.com/pion/stun/v4"
@@ -29,6 +30,32 @@ type MiniUPnPdConfig struct {
 	// MinLifetime and MaxLifetime bound the PCP lifetimes granted; 0:
 	// miniupnpd's own (120 s and 86400 s).
 	MinLifetime, MaxLifetime time.Duration
+}
+
+// MiniUPnPdPath finds the miniupnpd binary: on PATH, else where Debian puts
+// it (/usr/sbin, off a non-root PATH).
+func MiniUPnPdPath() (string, error) {
+	if bin, err := lookPath("miniupnpd"); err == nil {
+		return bin, nil
+	}
+	const debian = "/usr/sbin/miniupnpd"
+	if _, err := os.Stat(debian); err != nil {
+		return "", errors.New("miniupnpd not installed; apt-get install miniupnpd-nftables")
+	}
+	return debian, nil
+}
+
+// RequireMiniUPnPd is Require for a test that also runs miniupnpd: it
+// skips without it, or fails when PEERPORT_LAB=required.
+func RequireMiniUPnPd(t testing.TB) {
+	t.Helper()
+	Require(t)
+	if _, err := MiniUPnPdPath(); err != nil {
+		if os.Getenv(EnvRequired) == "required" {
+			t.Fatalf("%v (%s=required)", err, EnvRequired)
+		}
+		t.Skip(err)
+	}
 }
 
 // DefaultMiniUPnPdHTTPPort is the UPnP HTTP port when HTTPPort is 0.
@@ -105,12 +132,9 @@ func (n *Node) StartMiniUPnPd(ctx context.Context, cfg MiniUPnPdConfig) (*MiniUP
 	if n.p.kind != nodeRouter || !n.p.rkind.IsNAT() {
 		return nil, fmt.Errorf("natlab: start miniupnpd on %s: not a NAT router", n)
 	}
-	bin, err := lookPath("miniupnpd")
+	bin, err := MiniUPnPdPath()
 	if err != nil {
-		if _, serr := os.Stat("/usr/sbin/miniupnpd"); serr != nil {
-			return nil, fmt.Errorf("natlab: start miniupnpd on %s: miniupnpd not found; apt-get install miniupnpd-nftables", n)
-		}
-		bin = "/usr/sbin/miniupnpd"
+		return nil, fmt.Errorf("natlab: start miniupnpd on %s: %w", n, err)
 	}
 	port := cfg.HTTPPort
 	if port == 0 {

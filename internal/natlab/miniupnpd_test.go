@@ -6,29 +6,12 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
-	"os"
-	"os/exec"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/peerport/peerport/internal/natlab"
 )
-
-// requireMiniUPnPd skips without miniupnpd, or fails where the lab is
-// required.
-func requireMiniUPnPd(t *testing.T) {
-	t.Helper()
-	natlab.Require(t)
-	if _, err := exec.LookPath("miniupnpd"); err != nil {
-		if _, serr := os.Stat("/usr/sbin/miniupnpd"); serr != nil {
-			if os.Getenv(natlab.EnvRequired) == "required" {
-				t.Fatalf("miniupnpd not installed (%s=required); apt-get install miniupnpd-nftables", natlab.EnvRequired)
-			}
-			t.Skip("miniupnpd not installed; apt-get install miniupnpd-nftables")
-		}
-	}
-}
 
 // TestMiniUPnPd proves the lab's miniupnpd before any client of ours uses
 // it: on a symmetric NAT it comes up with forwarding enabled (STUN told it
@@ -38,7 +21,7 @@ func requireMiniUPnPd(t *testing.T) {
 // listed by Redirects and reached from the internet (the lab's inbound drop
 // lets translated connections through).
 func TestMiniUPnPd(t *testing.T) {
-	requireMiniUPnPd(t)
+	natlab.RequireMiniUPnPd(t)
 	lab := natlab.New(t, natlab.Pair(natlab.BehindSym, natlab.BehindCone))
 	ctx := testCtx(t, 60*time.Second)
 	gw, a, broker := lab.Router("gw-a"), lab.Host("a"), lab.Host("broker")

@@ -5,29 +5,12 @@ import (
 	"io"
 	"net"
 	"net/netip"
-	"os"
-	"os/exec"
 	"slices"
 	"testing"
 	"time"
 
 	"github.com/peerport/peerport/internal/natlab"
 )
-
-// requireMiniUPnPd skips without the lab or miniupnpd, or fails where the
-// lab is required (PEERPORT_LAB=required).
-func requireMiniUPnPd(t *testing.T) {
-	t.Helper()
-	natlab.Require(t)
-	if _, err := exec.LookPath("miniupnpd"); err != nil {
-		if _, serr := os.Stat("/usr/sbin/miniupnpd"); serr != nil {
-			if os.Getenv(natlab.EnvRequired) == "required" {
-				t.Fatalf("miniupnpd not installed (%s=required); apt-get install miniupnpd-nftables", natlab.EnvRequired)
-			}
-			t.Skip("miniupnpd not installed; apt-get install miniupnpd-nftables")
-		}
-	}
-}
 
 // labOptions makes a Client live in host's namespace: every socket it opens
 // is created there.
@@ -67,7 +50,7 @@ func serveGreeting(ln net.Listener, greeting string) {
 // port, which the symmetric NAT alone would never let in; after Close the
 // redirect is gone. Probe finds all three protocols and the WAN address.
 func TestPortmapMiniUPnPd(t *testing.T) {
-	requireMiniUPnPd(t)
+	natlab.RequireMiniUPnPd(t)
 	lab := natlab.New(t, natlab.Pair(natlab.BehindSym, natlab.BehindCone))
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
