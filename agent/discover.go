@@ -42,9 +42,8 @@ func stunServers(welcome []string, brokerAddr string) []string {
 		out = append(out, net.JoinHostPort(host, port))
 	}
 	if fam := hostFamily(bhost); fam != 0 {
-		slices.SortStableFunc(out, func(a, b string) int {
-			return boolInt(hostFamily(hostOf(b)) == fam) - boolInt(hostFamily(hostOf(a)) == fam)
-		})
+		other := slices.DeleteFunc(slices.Clone(out), func(s string) bool { return hostFamily(hostOf(s)) == fam })
+		out = append(slices.DeleteFunc(out, func(s string) bool { return hostFamily(hostOf(s)) != fam }), other...)
 	}
 	return out
 }
@@ -64,13 +63,6 @@ func hostFamily(host string) int {
 func hostOf(hostport string) string {
 	h, _, _ := net.SplitHostPort(hostport)
 	return h
-}
-
-func boolInt(b bool) int {
-	if b {
-		return 1
-	}
-	return 0
 }
 
 // stunPair picks a primary STUN server and an alternate on another address
