@@ -37,6 +37,11 @@ type AgentStatus struct {
 	Shares   []ShareStatus   `json:"shares"`
 	Connects []ConnectStatus `json:"connects"`
 	Peers    []PeerStatus    `json:"peers"`
+	// Recent are the last connections forwarded, open or ended, newest first.
+	Recent []ConnEvent `json:"recent,omitempty"`
+	// Dashboard is the local status page's URL, its token included; absent
+	// when the page is off.
+	Dashboard string `json:"dashboard,omitempty"`
 }
 
 // BrokerStatus is one control session.
@@ -56,14 +61,19 @@ type BrokerStatus struct {
 
 // ShareStatus is one share.
 type ShareStatus struct {
-	Name     string   `json:"name"`
-	Target   string   `json:"target"`
-	Ticket   string   `json:"ticket,omitempty"`
-	Allow    []string `json:"allow,omitempty"`
-	Streams  int64    `json:"streams"`
-	Total    int64    `json:"connections"`
-	BytesIn  int64    `json:"bytes_in"`
-	BytesOut int64    `json:"bytes_out"`
+	Name   string   `json:"name"`
+	Target string   `json:"target"`
+	Ticket string   `json:"ticket,omitempty"`
+	Allow  []string `json:"allow,omitempty"`
+	// Code is the share's open short code, CodeExpires when it expires;
+	// Admitted the agents codes have admitted.
+	Code        string     `json:"code,omitempty"`
+	CodeExpires *time.Time `json:"code_expires,omitempty"`
+	Admitted    []string   `json:"admitted,omitempty"`
+	Streams     int64      `json:"streams"`
+	Total       int64      `json:"connections"`
+	BytesIn     int64      `json:"bytes_in"`
+	BytesOut    int64      `json:"bytes_out"`
 }
 
 // ConnectStatus is one forward.
@@ -143,7 +153,9 @@ func (ps *peerSession) status() PeerStatus {
 // Status returns a snapshot of the agent.
 func (a *Agent) Status() AgentStatus {
 	st := AgentStatus{PID: os.Getpid(), ID: a.id.ID().String(), Version: Version, Started: a.started,
-		Brokers: []BrokerStatus{}, Shares: []ShareStatus{}, Connects: []ConnectStatus{}, Peers: []PeerStatus{}}
+		Brokers: []BrokerStatus{}, Shares: []ShareStatus{}, Connects: []ConnectStatus{}, Peers: []PeerStatus{},
+		Dashboard: a.dashboardURL()}
+	st.Recent = a.recent.snapshot(time.Now())
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	for _, b := range a.brokers {
@@ -157,6 +169,12 @@ func (a *Agent) Status() AgentStatus {
 		}
 		for _, id := range s.Allow {
 			ss.Allow = append(ss.Allow, id.String())
+		}
+		for _, id := range s.admitted.list() {
+			ss.Admitted = append(ss.Admitted, id.String())
+		}
+		if code, exp := a.codes.live(s.Name); code != "" {
+			ss.Code, ss.CodeExpires = code, &exp
 		}
 		st.Shares = append(st.Shares, ss)
 	}
@@ -209,6 +227,7 @@ func (a *Agent) listenAdmin() (*http.Server, error) {
 		}
 		fmt.Fprintln(w, "reloaded")
 	})
+	mux.HandleFunc("POST /ping", a.servePing) // ping.go
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	a.spawn(func() { srv.Serve(ln) })
 	return srv, nil

@@ -42,6 +42,9 @@ type ShareSpec struct {
 	Target string // host:port
 	Allow  []secure.AgentID
 	Path   string // a path policy: PathAuto (or empty), PathDirect, PathRelay, PathTURN or PathBroker
+	// Code, when set, makes the share offer a short code once it is
+	// registered (Options.OnCode says it).
+	Code *CodeSpec
 }
 
 // ConnectSpec declares a forward to a share: by ticket, or by peer ID and
@@ -90,6 +93,9 @@ type Options struct {
 	Reload func() (Options, error)
 	// MetricsListen serves Prometheus /metrics there; empty: off.
 	MetricsListen string
+	// Dashboard serves the local status page there (loopback only; a
+	// taken port falls back to a free one); empty: off.
+	Dashboard string
 	// Candidates limits the local addresses offered to peers (host
 	// candidates) to these prefixes; empty: every interface address. The
 	// STUN mapping is always offered.
@@ -118,6 +124,9 @@ type Options struct {
 	// OnTicket is called once a share is registered with the broker, with
 	// the ticket that reaches it.
 	OnTicket func(name string, t secure.Ticket)
+	// OnCode is called when a share's short code is opened, and again
+	// if it changes (its number was taken while the broker was away).
+	OnCode func(share, code string)
 	// OnListen is called once a connect's local listener is open.
 	OnListen func(c ConnectSpec, addr net.Addr)
 }
@@ -138,6 +147,7 @@ type Agent struct {
 	stats    counters // every forwarded connection, for drain and status
 	parker   parker   // the local sides of idle connections
 	release  releaser // returns the heap a burst of traffic grew once idle
+	codes    codeBook // the short codes our shares offer
 	draining atomic.Bool
 	reloadMu sync.Mutex // one reload at a time
 	// resumable holds the sessions connectors started with this agent's
@@ -145,6 +155,9 @@ type Agent struct {
 	resumable  *resume.Table
 	resumes    atomic.Int64 // sessions moved onto a new carrier
 	migrations atomic.Int64 // of those, moves to another kind of path
+	recent     recentConns  // the last connections, for status
+
+	dashURL atomic.Pointer[string] // the dashboard's URL with its token, once it listens
 
 	mu       sync.Mutex
 	shares   map[string]*share // replaced, never changed in place
@@ -168,6 +181,7 @@ type share struct {
 	broker    *brokerClient
 	stats     *counters
 	announced *atomic.Bool
+	admitted  *admitted // agents admitted by a short code
 }
 
 // New validates opts and returns an agent ready to Run.
@@ -196,6 +210,7 @@ func New(opts Options) (*Agent, error) {
 
 		netChanged: make(chan struct{}),
 	}
+	a.codes = codeBook{a: a, byShare: map[string]*codeOffer{}, failed: map[string]int{}}
 	a.resumable = resume.NewTable(a.resumeConfig())
 	a.parker.spawn = a.spawn
 	a.release.busy = func() bool { return a.stats.streams.Load() > 0 }
@@ -262,6 +277,12 @@ func (a *Agent) Run(ctx context.Context) error {
 			return err
 		}
 	}
+	if a.opts.Dashboard != "" {
+		if err := a.serveDashboard(inner, a.opts.Dashboard); err != nil {
+			admin.Close()
+			return err
+		}
+	}
 	var why string
 	if a.portmap, why = newPortMapper(inner, a.opts, a.log); a.portmap != nil {
 		// Probed now, so that the first introduction knows whether a
@@ -289,6 +310,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.mu.Unlock()
 	a.closeSessions()
 	a.resumable.Close()
+	a.codes.stop()
 	a.parker.close()
 	a.wg.Wait()
 	a.release.stop()
@@ -395,12 +417,12 @@ func (a *Agent) apply(o Options) error {
 	}
 	for name, spec := range wantShares {
 		old := a.shares[name]
-		if old != nil && old.Target == spec.Target && slices.Equal(old.Allow, spec.Allow) && old.Path == spec.Path {
+		if old != nil && old.Target == spec.Target && slices.Equal(old.Allow, spec.Allow) && old.Path == spec.Path && old.Code == spec.Code {
 			continue
 		}
-		s := &share{ShareSpec: spec, broker: b, ticket: tickets[name], stats: &counters{}, announced: &atomic.Bool{}}
+		s := &share{ShareSpec: spec, broker: b, ticket: tickets[name], stats: &counters{}, announced: &atomic.Bool{}, admitted: &admitted{}}
 		if old != nil {
-			s.ticket, s.stats, s.announced = old.ticket, old.stats, old.announced
+			s.ticket, s.stats, s.announced, s.admitted = old.ticket, old.stats, old.announced, old.admitted
 		}
 		a.shares[name] = s
 		register = append(register, s)

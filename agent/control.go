@@ -11,6 +11,7 @@ import (
 	mrand "math/rand/v2"
 	"net"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -75,6 +76,8 @@ type controlConn struct {
 	welcome *proto.Welcome
 	log     logrus.FieldLogger
 	onIntro func(*proto.Intro) *proto.IntroReply
+	// onCodePass answers a step of a claim of one of our short codes.
+	onCodePass func(*proto.CodePass) *proto.CodePassReply
 	// netChange, when set, is closed at the agent's next network change.
 	netChange func() <-chan struct{}
 	writeMu   sync.Mutex
@@ -250,9 +253,22 @@ func (c *controlConn) readLoop() error {
 					c.log.WithError(err).Warn("answer introduction")
 				}
 			}()
+		case *proto.CodePass:
+			if c.onCodePass == nil {
+				continue // a connector's own session: it offers no codes
+			}
+			go func() {
+				if err := c.send(c.onCodePass(m)); err != nil {
+					c.log.WithError(err).Warn("answer code claim")
+				}
+			}()
 		case *proto.Result:
 			c.deliver(m.ID, m)
 		case *proto.ConnectReply:
+			c.deliver(m.ID, m)
+		case *proto.CodeOpened:
+			c.deliver(m.ID, m)
+		case *proto.CodeClaimReply:
 			c.deliver(m.ID, m)
 		case *proto.Error:
 			return fmt.Errorf("broker closed the session: %w", remoteErr(m.Code, m.Message))
@@ -352,7 +368,7 @@ func (c *controlConn) register(ctx context.Context, s *share) error {
 		h := s.ticket.AdmitHash()
 		reg.AdmitHash = h[:]
 	}
-	for _, a := range s.Allow {
+	for _, a := range slices.Concat(s.Allow, s.admitted.list()) {
 		reg.Allow = append(reg.Allow, a.String())
 	}
 	r, err := c.request(ctx, id, reg)
@@ -369,15 +385,25 @@ func (c *controlConn) register(ctx context.Context, s *share) error {
 	return nil
 }
 
+// requestAs is request for an answer of type R.
+func requestAs[R proto.Message](ctx context.Context, c *controlConn, id uint64, m proto.Message) (R, error) {
+	var none R
+	r, err := c.request(ctx, id, m)
+	if err != nil {
+		return none, err
+	}
+	rep, ok := r.(R)
+	if !ok {
+		return none, fmt.Errorf("unexpected %T", r)
+	}
+	return rep, nil
+}
+
 func (c *controlConn) connect(ctx context.Context, req *proto.Connect) (*proto.ConnectReply, error) {
 	req.ID = c.nextID.Add(1)
-	r, err := c.request(ctx, req.ID, req)
+	rep, err := requestAs[*proto.ConnectReply](ctx, c, req.ID, req)
 	if err != nil {
 		return nil, err
-	}
-	rep, ok := r.(*proto.ConnectReply)
-	if !ok {
-		return nil, fmt.Errorf("unexpected %T", r)
 	}
 	if err := remoteErr(rep.Code, rep.Message); err != nil {
 		return nil, err
@@ -465,6 +491,7 @@ func (b *brokerClient) run(ctx context.Context) error {
 			b.node = addr
 			b.mu.Unlock()
 			c.onIntro = func(in *proto.Intro) *proto.IntroReply { return b.agent.onIntro(ctx, b, in) }
+			c.onCodePass = func(m *proto.CodePass) *proto.CodePassReply { return b.agent.codes.pass(ctx, c, m) }
 			err = b.session(ctx, c, &bo)
 		}
 		if ctx.Err() != nil {
@@ -554,6 +581,9 @@ func (b *brokerClient) session(ctx context.Context, c *controlConn, bo *backoff.
 		}
 		c.log.WithField("share", s.Name).Info("share online")
 		b.agent.announce(s)
+		if err := b.agent.codes.open(ctx, c, s); err != nil {
+			c.log.WithError(err).WithField("share", s.Name).Warn("no short code; the ticket works")
+		}
 	}
 	bo.Connected(time.Now())
 	l := c.log.WithField("observed", c.welcome.Observed)

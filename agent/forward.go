@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -45,6 +46,7 @@ func (a *Agent) serveStream(ctx context.Context, ps *peerSession, st *mux.Stream
 		// One answer for both, so a connector learns nothing of shares
 		// it holds no ticket for.
 		log.Warn("stream refused: not authorized for this share")
+		a.recent.refused(ps.key.role, h.Share, ps.key.peer.String(), "", "not authorized")
 		mux.WriteStatus(st, mux.StatusDenied, "not authorized for share "+strconv.Quote(h.Share))
 		st.Close()
 		return
@@ -53,6 +55,7 @@ func (a *Agent) serveStream(ctx context.Context, ps *peerSession, st *mux.Stream
 	target, err := d.DialContext(ctx, "tcp", s.Target)
 	if err != nil {
 		log.WithError(err).Warn("target unreachable; closing this connection only")
+		a.recent.refused(ps.key.role, h.Share, ps.key.peer.String(), "", "target unreachable")
 		mux.WriteStatus(st, mux.StatusUnreachable, err.Error())
 		st.Close()
 		return
@@ -62,7 +65,7 @@ func (a *Agent) serveStream(ctx context.Context, ps *peerSession, st *mux.Stream
 		st.Close()
 		return
 	}
-	a.pipe(st, target, &a.stats, &ps.stats, s.stats)
+	a.pipe(st, target, a.recent.opened(ps, h.Share, ""), &a.stats, &ps.stats, s.stats)
 }
 
 // authorized checks a stream's claim to a share: a ticket proof bound to this
@@ -71,12 +74,7 @@ func (a *Agent) authorized(ps *peerSession, s *share, proof []byte) bool {
 	if len(proof) > 0 {
 		return s.ticket != nil && secure.VerifyProof(ps.state, s.ticket.ProofKey(), proof) == nil
 	}
-	for _, id := range s.Allow {
-		if id == ps.key.peer {
-			return true
-		}
-	}
-	return false
+	return slices.Contains(s.Allow, ps.key.peer) || s.admitted.has(ps.key.peer)
 }
 
 // forward is a connector's local listener and everything accepted on it.
@@ -384,6 +382,7 @@ func (f *forward) serve(ctx context.Context, c net.Conn) {
 		if ps, err = f.waitSession(ctx); err != nil {
 			f.setErr(err)
 			log.WithError(err).Warn("no session to the sharer; closing connection")
+			f.a.recent.refused(roleConnector, f.share, f.peer.String(), c.RemoteAddr().String(), "no session to the sharer")
 			c.Close()
 			return
 		}
@@ -394,10 +393,11 @@ func (f *forward) serve(ctx context.Context, c net.Conn) {
 	if err != nil {
 		f.setErr(err)
 		log.WithError(err).Warn("stream refused; closing connection")
+		f.a.recent.refused(roleConnector, f.share, f.peer.String(), c.RemoteAddr().String(), err.Error())
 		c.Close()
 		return
 	}
-	f.a.pipe(st, c, &f.a.stats, &ps.stats, &f.stats)
+	f.a.pipe(st, c, f.a.recent.opened(ps, f.share, c.RemoteAddr().String()), &f.a.stats, &ps.stats, &f.stats)
 }
 
 // waitSession gets the session for an accepted connection, retrying for up

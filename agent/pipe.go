@@ -77,6 +77,8 @@ type pipe struct {
 	// unwatch stops the watch on the session's death, which nothing else
 	// reports while the stream is half-closed and the local side idle.
 	unwatch func() bool
+	// rec is its line in status's recent connections; nil: none.
+	rec *connRecord
 
 	mu       sync.Mutex
 	parked   bool   // local -> peer waits in the parker
@@ -85,8 +87,11 @@ type pipe struct {
 }
 
 // pipe starts forwarding between st and c and returns.
-func (a *Agent) pipe(st *mux.Stream, c net.Conn, cs ...*counters) {
-	p := &pipe{a: a, st: st, c: c, cs: cs, writing: make(chan struct{}, 1)}
+func (a *Agent) pipe(st *mux.Stream, c net.Conn, rec *connRecord, cs ...*counters) {
+	if rec != nil {
+		cs = append(cs, &rec.stats)
+	}
+	p := &pipe{a: a, st: st, c: c, rec: rec, cs: cs, writing: make(chan struct{}, 1)}
 	if sc, ok := c.(syscall.Conn); ok {
 		p.rc, _ = sc.SyscallConn()
 	}
@@ -246,6 +251,7 @@ func (p *pipe) abort() { p.fail("agent stopping", nil) }
 func (p *pipe) fail(why string, err error) {
 	p.failed.Do(func() {
 		p.cut.Store(true)
+		p.rec.failed(why, err)
 		p.a.log.WithError(err).WithField("where", why).Debug("forwarded connection cut: resetting both ends")
 		p.reset()
 	})
@@ -293,6 +299,7 @@ func (p *pipe) ended() {
 	if p.a.stats.streams.Load() == 0 {
 		p.a.release.idle()
 	}
+	p.rec.end()
 }
 
 // A copier moves one direction of a pipe and keeps the counters current

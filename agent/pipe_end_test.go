@@ -75,8 +75,8 @@ func (w *tunnel) open(t *testing.T) tunnelConn {
 	tc.app, local = testutil.TCPPair(t)
 	sharerLocal, tc.target = testutil.TCPPair(t)
 	t.Cleanup(func() { tc.app.Close(); tc.target.Close() })
-	w.conn.pipe(st, local, &w.conn.stats)
-	w.share.pipe(peer, sharerLocal, &w.share.stats)
+	w.conn.pipe(st, local, nil, &w.conn.stats)
+	w.share.pipe(peer, sharerLocal, nil, &w.share.stats)
 	return tc
 }
 

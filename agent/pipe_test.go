@@ -50,7 +50,7 @@ func newPipeWorld(t *testing.T) *pipeWorld {
 	w.peer.Read(make([]byte, 1))
 	var local net.Conn
 	w.app, local = testutil.TCPPair(t)
-	w.a.pipe(st, local, &w.stats)
+	w.a.pipe(st, local, nil, &w.stats)
 	t.Cleanup(func() {
 		w.app.Close()
 		w.sess[0].Close()

@@ -10,6 +10,7 @@ import (
 	neturl "net/url"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -42,6 +43,12 @@ func agentSubject(id secure.AgentID) string { return subjectPrefix + "agent." + 
 
 func shareSubject(id secure.AgentID, share string) string {
 	return subjectPrefix + "share." + id.String() + "." + hex.EncodeToString([]byte(share))
+}
+
+// codeSubject is a short code's slot: numbers are the cluster's, so a
+// claim on any node reaches the node whose sharer holds it.
+func codeSubject(slot uint32) string {
+	return subjectPrefix + "code." + strconv.FormatUint(uint64(slot), 10)
 }
 
 // ErrClusterIdentity refuses a node whose broker identity (token, key, TURN
@@ -112,15 +119,25 @@ type clusterMsg struct {
 	Node     string         `json:"node"`
 	Intro    *introRequest  `json:"intro,omitempty"`
 	Presence *presenceQuery `json:"presence,omitempty"`
+	Claim    *claimRequest  `json:"claim,omitempty"`
+	// CodeProbe asks whether the node holds the slot of the subject.
+	CodeProbe bool `json:"code_probe,omitempty"`
+}
+
+// claimRequest is one step of a code claim, passed to the slot's node.
+type claimRequest struct {
+	Connector string          `json:"connector"`
+	Claim     proto.CodeClaim `json:"claim"`
 }
 
 type clusterReply struct {
-	Node    string              `json:"node"`
-	Held    holding             `json:"held"`
-	Reply   *proto.ConnectReply `json:"reply,omitempty"`
-	Online  bool                `json:"online,omitempty"`
-	Knows   bool                `json:"knows,omitempty"`
-	Refused string              `json:"refused,omitempty"` // the request could not be read
+	Node    string                `json:"node"`
+	Held    holding               `json:"held"`
+	Reply   *proto.ConnectReply   `json:"reply,omitempty"`
+	Online  bool                  `json:"online,omitempty"`
+	Knows   bool                  `json:"knows,omitempty"`
+	Claim   *proto.CodeClaimReply `json:"claim,omitempty"`
+	Refused string                `json:"refused,omitempty"` // the request could not be read
 }
 
 // presenceQuery asks whether Agent (and its Instance, when named) is online,
@@ -434,6 +451,26 @@ func (cl *cluster) serve(m *nats.Msg) {
 		}
 	case req.Presence != nil:
 		rep.Online, rep.Knows = cl.srv.presenceHere(req.Presence)
+	case req.Claim != nil:
+		c := req.Claim
+		if _, err := secure.ParseAgentID(c.Connector); err != nil || m.Subject != codeSubject(c.Claim.Slot) {
+			rep.Refused = "bad code claim"
+			break
+		}
+		var held bool
+		if rep.Claim, held = cl.srv.passHere(c.Connector, &c.Claim, cl.stop, log.WithField("slot", c.Claim.Slot)); !held {
+			rep.Claim = nil // not ours (any more): a node that holds it may answer
+		} else if rep.Claim == nil {
+			rep.Claim = &proto.CodeClaimReply{Code: proto.CodeTimeout, Message: "broker node " + cl.node + " is stopping"}
+		}
+	case req.CodeProbe:
+		if slot, err := strconv.ParseUint(strings.TrimPrefix(m.Subject, subjectPrefix+"code."), 10, 32); err == nil {
+			cl.srv.mu.Lock()
+			if cl.srv.codes.lookup(uint32(slot), cl.srv.cfg.Now()) != nil {
+				rep.Held = holdsShare
+			}
+			cl.srv.mu.Unlock()
+		}
 	default:
 		rep.Refused = "empty request"
 	}
@@ -510,6 +547,13 @@ func (cl *cluster) introduce(ctx context.Context, req *introRequest, log logrus.
 		return rep.Reply, rep.Held, nil
 	}
 	return nil, holdsNone, nil
+}
+
+// codeHeldElsewhere tells whether another node holds slot. A cluster that
+// cannot be asked holds nothing: the node then hands out numbers alone.
+func (cl *cluster) codeHeldElsewhere(slot uint32) bool {
+	rep, err := cl.request(context.Background(), codeSubject(slot), &clusterMsg{CodeProbe: true}, 2*time.Second)
+	return err == nil && rep.Held == holdsShare
 }
 
 // presence asks the cluster whether q.Agent is online on another node, and

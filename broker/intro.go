@@ -70,14 +70,7 @@ func (srv *Server) introduce(c *session, m *proto.Connect) *proto.ConnectReply {
 		// The share may be on another node. Whatever this node knows of
 		// the sharer, a cluster that cannot be asked must not turn into a
 		// refusal, which the connector would take as final.
-		ctx, cancel := context.WithCancel(context.Background())
-		go func() {
-			select {
-			case <-c.done:
-				cancel()
-			case <-ctx.Done():
-			}
-		}()
+		ctx, cancel := untilClosed(c.done)
 		r, rheld, err := cl.introduce(ctx, req, log)
 		cancel()
 		switch {
@@ -245,4 +238,17 @@ func (r *introRequest) mayConnect(sh *share) bool {
 	}
 	_, ok := sh.allow[r.connector]
 	return ok
+}
+
+// untilClosed is a context that ends when done is closed, or when cancelled.
+func untilClosed(done <-chan struct{}) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() {
+		select {
+		case <-done:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	return ctx, cancel
 }

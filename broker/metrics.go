@@ -40,6 +40,7 @@ type metrics struct {
 	introFailed   *prometheus.CounterVec // by code
 	punches       *prometheus.CounterVec // by result and both NAT types, as connectors report them
 	turnIssued    prometheus.Counter     // TURN credentials issued with relay introductions
+	codeClaims    *prometheus.CounterVec // steps of short code claims, by result
 	// The cluster's (cluster.go): sealed messages refused, and the time
 	// requests to other nodes take.
 	clusterRefused prometheus.Counter
@@ -78,6 +79,10 @@ func newMetrics(s *Server) *metrics {
 			Namespace: metricsNamespace, Subsystem: "broker", Name: "punches_total",
 			Help: "Hole punches after an introduction, as connectors report them, by result (direct, relay_needed, failed) and the NAT types of connector (nat) and sharer (peer_nat).",
 		}, []string{"result", "nat", "peer_nat"}),
+		codeClaims: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: metricsNamespace, Subsystem: "broker", Name: "code_claims_total",
+			Help: "Steps of short code claims passed to sharers, by result: answered, wrong_code (the code is burnt), not_found, timeout, limit, unauthorized.",
+		}, []string{"code"}),
 		turnIssued: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: metricsNamespace, Subsystem: "broker", Name: "turn_credentials_issued_total",
 			Help: "TURN credentials issued to sharers with relay introductions, for the embedded relay or an external one.",
@@ -104,7 +109,7 @@ func newMetrics(s *Server) *metrics {
 		}, func() float64 { return float64(f(s.Stats())) })
 	}
 	m.reg.MustRegister(
-		m.sessions, m.refused, m.introductions, m.introFailed, m.punches, m.turnIssued, m.clusterRefused, m.clusterRequest,
+		m.sessions, m.refused, m.introductions, m.introFailed, m.punches, m.turnIssued, m.codeClaims, m.clusterRefused, m.clusterRequest,
 		clusterGauge("cluster_connected", "1 while this node reaches the cluster's NATS (0 alone or cut off).", func(cl *cluster) float64 {
 			if cl.connected() {
 				return 1

@@ -204,6 +204,7 @@ type Server struct {
 	started   time.Time
 	lost      lostShares  // shares withdrawn or gone with their session, for RegistrationGrace
 	presence  presence    // who is online and who met whom, for Presence
+	codes     codeSlots   // short codes' slots
 	relay     *Relay      // the embedded TURN relay, if NewRelay made one
 	port      *tls.Config // the listener's: agents' protocols and HTTPS (port.go)
 	pairs     *pairRelay  // the broker relay

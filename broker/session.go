@@ -38,7 +38,8 @@ type session struct {
 
 	// Guarded by srv.mu.
 	shares map[string]*share
-	intros map[uint64]chan *proto.IntroReply // introductions waiting on this sharer
+	intros map[uint64]chan *proto.IntroReply    // introductions waiting on this sharer
+	passes map[uint64]chan *proto.CodePassReply // code claims waiting on this sharer
 }
 
 // share is one registered share.
@@ -59,6 +60,7 @@ func newSession(srv *Server, conn, raw net.Conn, id secure.AgentID, log logrus.F
 		pending: make(chan struct{}, srv.cfg.MaxPendingIntros),
 		shares:  make(map[string]*share),
 		intros:  make(map[uint64]chan *proto.IntroReply),
+		passes:  make(map[uint64]chan *proto.CodePassReply),
 	}
 }
 
@@ -195,6 +197,8 @@ func (s *session) leave() {
 	}
 	clear(s.shares)
 	clear(s.intros)
+	clear(s.passes)
+	srv.codes.leave(s)
 	emb := srv.relay
 	srv.mu.Unlock()
 	if cl := srv.cluster.Load(); cl != nil {
@@ -202,6 +206,7 @@ func (s *session) leave() {
 			cl.release(subj)
 		}
 	}
+	srv.releaseCodes()
 	if gone && emb != nil {
 		emb.agentOffline(s.id)
 	}
@@ -257,6 +262,15 @@ func (s *session) handle(m proto.Message) bool {
 		return s.send(s.presence(m)) == nil
 	case *proto.IntroReply:
 		s.introReply(m)
+		return true
+	case *proto.CodeOpen:
+		return s.send(s.codeOpen(m)) == nil
+	case *proto.CodeClose:
+		return s.send(s.codeClose(m)) == nil
+	case *proto.CodeClaim:
+		return s.codeClaim(m)
+	case *proto.CodePassReply:
+		s.codePassReply(m)
 		return true
 	case *proto.Outcome:
 		s.srv.metrics.punches.WithLabelValues(m.Result, m.NAT, m.PeerNAT).Inc()
@@ -482,7 +496,7 @@ func connectorIPs(obs string, cands []proto.Candidate) []netip.Addr {
 func metricCode(code string) string {
 	switch code {
 	case proto.CodeUnauthorized, proto.CodeNotFound, proto.CodeRefused, proto.CodeBadRequest,
-		proto.CodeLimit, proto.CodeTimeout, proto.CodeInternal, proto.CodeNoRelay, proto.CodeNotRegistered:
+		proto.CodeLimit, proto.CodeTimeout, proto.CodeInternal, proto.CodeNoRelay, proto.CodeNotRegistered, proto.CodeWrongCode:
 		return code
 	}
 	return "other"

@@ -22,11 +22,13 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/peerport/peerport/agent"
+	"github.com/peerport/peerport/agent/console"
 	"github.com/peerport/peerport/broker"
 	"github.com/peerport/peerport/internal/config"
 	"github.com/peerport/peerport/internal/logging"
 	"github.com/peerport/peerport/internal/proxy"
 	"github.com/peerport/peerport/internal/secure"
+	"github.com/peerport/peerport/internal/shortcode"
 	"github.com/peerport/peerport/internal/statedir"
 )
 
@@ -93,6 +95,7 @@ type globals struct {
 	proxy                         string
 	proxyURL                      *url.URL // --proxy, parsed by setup
 	noPortmap                     bool
+	metricsListen                 string // --metrics-listen, normalized by its flag (metrics.go)
 }
 
 // prefixes parses --candidates.
@@ -146,7 +149,7 @@ func newRoot() *cobra.Command {
 	pf.StringVar(&g.logFormat, "log-format", "text", "text or json")
 	complete(root, "log-level", logging.Levels)
 	complete(root, "log-format", logging.Formats)
-	root.AddCommand(loginCmd(g), shareCmd(g), connectCmd(g), upCmd(g), reloadCmd(g), statusCmd(g), netcheckCmd(g), idCmd(g), versionCmd())
+	root.AddCommand(loginCmd(g), shareCmd(g), connectCmd(g), upCmd(g), reloadCmd(g), statusCmd(g), netcheckCmd(g), idCmd(g), pingCmd(g), versionCmd())
 	return root
 }
 
@@ -161,6 +164,8 @@ func (g *globals) runFlags(c *cobra.Command) {
 	f.StringSliceVar(&g.candidates, "candidates", cands, "offer peers only local addresses in these CIDR prefixes (default: all; env PEERPORT_CANDIDATES)")
 	f.BoolVar(&g.noPortmap, "no-portmap", false, "do not ask the gateway for port mappings (PCP, NAT-PMP, UPnP IGD)")
 	g.proxyFlag(c)
+	g.metricsFlag(c)
+	g.dashboardFlag(c)
 }
 
 // proxyFlag is for the commands that reach a broker.
@@ -216,6 +221,8 @@ func shareCmd(g *globals) *cobra.Command {
 	var name, brokerURL, embedListen, publicAddr, path string
 	var allow []string
 	var newTicket bool
+	var code agent.CodeSpec
+	var withCode bool
 	c := &cobra.Command{
 		Use:   "share TARGET",
 		Short: "Share PORT or HOST:PORT; prints a ticket as the first line of stdout",
@@ -223,11 +230,14 @@ func shareCmd(g *globals) *cobra.Command {
 			"progress goes to stderr. With no broker configured (no --broker, no `agent login`),\n" +
 			"an embedded broker runs inside this process and the ticket points at it.\n" +
 			"The ticket stays the same when the share is started again with the same state dir\n" +
-			"and name (the embedded broker keeps its port); --new-ticket replaces it.",
+			"and name (the embedded broker keeps its port); --new-ticket replaces it.\n" +
+			"With --code the share also offers a short code such as 7-tidal-orbit, printed as the\n" +
+			"first line instead of the ticket, for a teammate logged in to the same broker.",
 		Example: "  agent share 8080                       # prints a ticket; give it to your teammate\n" +
 			"  agent share db.internal:5432 --name db\n" +
 			"  agent share 22 --allow 7c53kky36dth...   # an agent by ID, no ticket needed\n" +
-			"  agent share 8080 --new-ticket           # the old ticket stops working",
+			"  agent share 8080 --new-ticket           # the old ticket stops working\n" +
+			"  agent share 8080 --code                 # prints 7-tidal-orbit: agent connect 7-tidal-orbit",
 		Args: exactlyOne,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			dir, log, id, err := g.setup()
@@ -255,23 +265,42 @@ func shareCmd(g *globals) *cobra.Command {
 				}
 			}
 			ctx := cmd.Context()
-			u, err := chooseBroker(ctx, dir, brokerURL, embedListen, publicAddr, log)
+			ui := startUI(cmd, g, log, console.Share)
+			u, embedded, err := chooseBroker(ctx, dir, brokerURL, embedListen, publicAddr, log)
 			if err != nil {
 				return err
 			}
-			out := cmd.OutOrStdout()
+			// A console also offers a code, where the teammate can log in
+			// to the broker (not an embedded one), unless --code=false.
+			if withCode || (ui.console() && !embedded && !cmd.Flags().Changed("code")) {
+				spec.Code = &code
+			}
+			out := ui.stdout(cmd.OutOrStdout())
 			a, err := agent.New(agent.Options{
 				Identity: id, StateDir: dir, Broker: u, Shares: []agent.ShareSpec{spec}, KeepTickets: true,
-				Log: log, DrainTimeout: g.drain, Candidates: g.offer, Proxy: g.proxyURL, Portmap: !g.noPortmap,
+				Log: log, DrainTimeout: g.drain, Candidates: g.offer, Proxy: g.proxyURL, Portmap: !g.noPortmap, MetricsListen: g.metricsListen,
+				Dashboard: dashboardAddr(cmd, ""),
 				OnTicket: func(_ string, t secure.Ticket) {
+					if withCode {
+						log.Infof("sharing %s as %q; ticket: %s", target, name, t)
+						ui.qr(t)
+						return
+					}
 					fmt.Fprintln(out, t.String())
+					ui.qr(t)
 					log.Infof("sharing %s as %q; give the ticket above to your teammate: agent connect <ticket>", target, name)
+				},
+				OnCode: func(_, c string) {
+					if withCode {
+						fmt.Fprintln(out, c)
+					}
+					log.Infof("short code %s: your teammate, logged in to the same broker, runs: agent connect %s", c, c)
 				},
 			})
 			if err != nil {
 				return err
 			}
-			if err := a.Run(ctx); err != nil {
+			if err := ui.run(ctx, a); err != nil {
 				return err
 			}
 			log.Infof("stopped; share %q no longer served (the same ticket works when it runs again)", name)
@@ -279,6 +308,7 @@ func shareCmd(g *globals) *cobra.Command {
 		},
 	}
 	g.runFlags(c)
+	uiFlags(c, true)
 	f := c.Flags()
 	f.StringVar(&name, "name", "", "share name (default: the target's port)")
 	f.StringVar(&brokerURL, "broker", "", "broker URL (default: the one saved by agent login, else an embedded broker)")
@@ -287,6 +317,9 @@ func shareCmd(g *globals) *cobra.Command {
 	f.StringVar(&publicAddr, "public-addr", "", "host the embedded broker advertises in tickets (default: this host's first address)")
 	f.StringVar(&path, "path", agent.PathAuto, pathUsage)
 	f.BoolVar(&newTicket, "new-ticket", false, "make a new ticket for this share; the old one stops working")
+	f.BoolVar(&withCode, "code", false, "also offer a short code (like 7-tidal-orbit) and print it as the first line instead of the ticket; the console offers one anyway with a logged-in broker (--code=false: not)")
+	f.DurationVar(&code.TTL, "code-ttl", agent.DefaultCodeTTL, "how long the short code is good for (at most 1h)")
+	f.IntVar(&code.Uses, "code-uses", 1, "how many teammates the short code admits; a wrong code burns it at once")
 	complete(c, "path", agent.PathPolicies())
 	c.RegisterFlagCompletionFunc("name", func(*cobra.Command, []string, string) ([]string, cobra.ShellCompDirective) {
 		return agent.KeptTickets(statedir.Resolve(g.stateDir)), cobra.ShellCompDirectiveNoFileComp
@@ -295,24 +328,23 @@ func shareCmd(g *globals) *cobra.Command {
 }
 
 // chooseBroker picks --broker, else the saved login, else starts an embedded
-// broker in this process.
-func chooseBroker(ctx context.Context, dir, flag, embedListen, publicAddr string, log *logrus.Logger) (*secure.BrokerURL, error) {
+// broker in this process (embedded says so).
+func chooseBroker(ctx context.Context, dir, flag, embedListen, publicAddr string, log *logrus.Logger) (u *secure.BrokerURL, embedded bool, err error) {
 	if flag != "" {
 		u, err := secure.ParseBrokerURL(flag)
 		if err != nil {
-			return nil, fmt.Errorf("--broker: %w", err)
+			return nil, false, fmt.Errorf("--broker: %w", err)
 		}
-		return &u, nil
+		return &u, false, nil
 	}
-	u, err := agent.LoadBroker(dir)
-	if err != nil || u != nil {
-		return u, err
+	if u, err = agent.LoadBroker(dir); err != nil || u != nil {
+		return u, false, err
 	}
 	// The relay takes a free port like the control listener, so two
 	// `agent share` on one machine each run their own.
 	host, _, err := net.SplitHostPort(embedListen)
 	if err != nil {
-		return nil, fmt.Errorf("--embedded-listen: %w", err)
+		return nil, false, fmt.Errorf("--embedded-listen: %w", err)
 	}
 	r, err := broker.Start(ctx, broker.Options{
 		Listen: embedListen, PublicAddr: publicAddr, StateDir: statedir.Broker(dir),
@@ -322,10 +354,10 @@ func chooseBroker(ctx context.Context, dir, flag, embedListen, publicAddr string
 		KeepPort: true,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("embedded broker: %w", err)
+		return nil, false, fmt.Errorf("embedded broker: %w", err)
 	}
 	log.WithField("addr", r.URL.Addr).Info("no broker configured: running an embedded broker")
-	return &r.URL, nil
+	return &r.URL, true, nil
 }
 
 // quieter is log for what runs inside the agent on its behalf (the
@@ -347,18 +379,15 @@ func connectCmd(g *globals) *cobra.Command {
 	var listen, path string
 	var timeout time.Duration
 	c := &cobra.Command{
-		Use:   "connect TICKET",
+		Use:   "connect TICKET|CODE",
 		Short: "Forward a local port to a share; prints the local address as the first line of stdout",
 		Example: "  agent connect pp1...                    # listens on 127.0.0.1:<shared port>\n" +
+			"  agent connect 7-tidal-orbit             # a short code, with the broker you are logged in to\n" +
 			"  agent connect pp1... --listen 127.0.0.1:15432\n" +
 			"  agent connect pp1... --timeout 0         # keep trying until the share is there",
 		Args: exactlyOne,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			dir, log, id, err := g.setup()
-			if err != nil {
-				return err
-			}
-			t, err := secure.ParseTicket(args[0])
 			if err != nil {
 				return err
 			}
@@ -370,16 +399,23 @@ func connectCmd(g *globals) *cobra.Command {
 				log.WithError(err).Warn("ignoring saved broker URL")
 				u = nil
 			}
-			out := cmd.OutOrStdout()
+			spec, err := connectSpec(cmd.Context(), args[0], id, u, g.proxyURL, log)
+			if err != nil {
+				return err
+			}
+			spec.Listen, spec.Path, spec.Timeout = listen, path, timeout
+			ui := startUI(cmd, g, log, console.Connect)
+			out := ui.stdout(cmd.OutOrStdout())
 			a, err := agent.New(agent.Options{
 				Identity: id, StateDir: dir, Broker: u, Log: log, DrainTimeout: g.drain, Candidates: g.offer, Proxy: g.proxyURL,
-				Portmap: !g.noPortmap, Connects: []agent.ConnectSpec{{Ticket: &t, Listen: listen, Path: path, Timeout: timeout}},
-				OnListen: func(_ agent.ConnectSpec, addr net.Addr) { fmt.Fprintln(out, addr.String()) },
+				Portmap: !g.noPortmap, Connects: []agent.ConnectSpec{spec}, MetricsListen: g.metricsListen,
+				Dashboard: dashboardAddr(cmd, ""),
+				OnListen:  func(_ agent.ConnectSpec, addr net.Addr) { fmt.Fprintln(out, addr.String()) },
 			})
 			if err != nil {
 				return err
 			}
-			if err := a.Run(cmd.Context()); err != nil {
+			if err := ui.run(cmd.Context(), a); err != nil {
 				return err
 			}
 			log.Info("stopped")
@@ -387,11 +423,32 @@ func connectCmd(g *globals) *cobra.Command {
 		},
 	}
 	g.runFlags(c)
+	uiFlags(c, false)
 	complete(c, "path", agent.PathPolicies())
 	c.Flags().StringVar(&listen, "listen", "", "local address (default 127.0.0.1:<shared port>, or a free port if taken)")
 	c.Flags().StringVar(&path, "path", agent.PathAuto, pathUsage)
 	c.Flags().DurationVar(&timeout, "timeout", time.Minute, "give up, with the reason, if the share cannot be reached for the first time within this long; 0: keep trying (once it has worked, it always keeps trying)")
 	return c
+}
+
+// connectSpec is what connect's argument leads to: a ticket, or a short
+// code redeemed now with the logged-in broker.
+func connectSpec(ctx context.Context, arg string, id *secure.Identity, u *secure.BrokerURL, proxyURL *url.URL, log *logrus.Logger) (agent.ConnectSpec, error) {
+	if !shortcode.Looks(arg) {
+		t, err := secure.ParseTicket(arg)
+		return agent.ConnectSpec{Ticket: &t}, err
+	}
+	if u == nil {
+		return agent.ConnectSpec{}, fmt.Errorf("a short code works with the broker you are logged in to: run agent login BROKER_URL first, or connect with the ticket")
+	}
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	peer, share, err := agent.RedeemCode(ctx, id, *u, arg, proxyURL, log)
+	if err != nil {
+		return agent.ConnectSpec{}, fmt.Errorf("code %s: %w", strings.TrimSpace(arg), err)
+	}
+	log.WithFields(logrus.Fields{"peer": peer.Short(), "share": share}).Info("code accepted by the sharer")
+	return agent.ConnectSpec{Peer: peer, Share: share}, nil
 }
 
 func upCmd(g *globals) *cobra.Command {
@@ -443,6 +500,10 @@ func upCmd(g *globals) *cobra.Command {
 			opts.KeepTickets, opts.KeepGoing, opts.DrainTimeout, opts.Candidates = true, true, g.drain, g.offer
 			opts.Proxy = g.proxyURL // a reload keeps it: the proxy changes with a restart
 			opts.Portmap = opts.Portmap && !g.noPortmap
+			if g.metricsListen != "" {
+				opts.MetricsListen = g.metricsListen // the flag over metrics_listen
+			}
+			opts.Dashboard = dashboardAddr(cmd, cfg.Dashboard) // a reload keeps it, as the proxy
 			opts.Reload = func() (agent.Options, error) {
 				cfg, err := config.LoadAgent(file)
 				if err != nil {
@@ -518,6 +579,9 @@ func statusCmd(g *globals) *cobra.Command {
 		Example: "  agent status\n  agent status --json | jq '.agents[].peers[] | {peer, path, rtt_ms}'",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if watch, _ := cmd.Flags().GetBool("watch"); watch {
+				return watchStatus(cmd, g, asJSON)
+			}
 			ctx, cancel := context.WithTimeout(cmd.Context(), 10*time.Second)
 			defer cancel()
 			st, err := agent.QueryStatus(ctx, statedir.Resolve(g.stateDir))
@@ -534,6 +598,7 @@ func statusCmd(g *globals) *cobra.Command {
 		},
 	}
 	c.Flags().BoolVar(&asJSON, "json", false, "print JSON (a stable schema: docs/reference.md)")
+	watchFlag(c)
 	return c
 }
 

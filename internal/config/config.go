@@ -68,6 +68,10 @@ type Agent struct {
 	// a silent path counts as dead, and how long a session without one
 	// holds its connections for a new one.
 	Resume Resume `yaml:"resume"`
+	// Dashboard is where the agent serves its local status page: PORT (on
+	// 127.0.0.1) or a loopback HOST:PORT; a taken port falls back to a free
+	// one. "off" turns it off; empty: DefaultDashboard.
+	Dashboard string `yaml:"dashboard"`
 
 	// Warnings are problems of the file that do not stop it from loading,
 	// such as a mode that lets other users read the secrets in it. LoadAgent

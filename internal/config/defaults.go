@@ -1,6 +1,7 @@
 package config
 
 import (
+	"strings"
 	"time"
 
 	"github.com/peerport/peerport/internal/resume"
@@ -10,6 +11,11 @@ import (
 const (
 	DefaultLogLevel  = "info"
 	DefaultLogFormat = "text"
+
+	// DefaultDashboard is the agent's status page unless told otherwise,
+	// where ngrok has its own; DashboardOff turns the page off.
+	DefaultDashboard = "127.0.0.1:4040"
+	DashboardOff     = "off"
 
 	DefaultBrokerListen      = ":7000"
 	DefaultMaxAgents         = 100_000
@@ -49,6 +55,11 @@ func (c *Agent) SetDefaults() {
 		c.MetricsListen = l
 	}
 	setString(&c.Path, PathAuto)
+	if strings.EqualFold(c.Dashboard, "false") || strings.EqualFold(c.Dashboard, DashboardOff) {
+		c.Dashboard = DashboardOff // YAML's false, read into a string
+	} else if l, err := NormalizeListen(c.Dashboard); err == nil {
+		c.Dashboard = l
+	}
 	c.Resume.SetDefaults()
 	// A bad default is reported once, at path, not again at every entry.
 	inherit := func(p *string) {

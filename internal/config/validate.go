@@ -73,6 +73,13 @@ func (c *Agent) validate(p *problems) error {
 		}
 	}
 	validPath(p, "path", c.Path)
+	if c.Dashboard != "" && c.Dashboard != DashboardOff {
+		if _, err := NormalizeListen(c.Dashboard); err != nil {
+			p.addErr("dashboard", err)
+		} else if !LoopbackListen(c.Dashboard) {
+			p.add("dashboard", nil, "%s is not a loopback address: the page shows tickets, so it listens on 127.0.0.1, [::1] or localhost only (or off)", quote(c.Dashboard))
+		}
+	}
 	c.Resume.validate(p, "resume")
 	c.Relay.validate(p, "relay")
 	if c.Proxy != "" {
@@ -379,6 +386,17 @@ func NormalizeListen(s string) (string, error) {
 		return "", err
 	}
 	return net.JoinHostPort(host, strconv.Itoa(port)), nil
+}
+
+// LoopbackListen says whether a HOST:PORT listen address is on loopback
+// (localhost counts).
+func LoopbackListen(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	ip, err := netip.ParseAddr(host)
+	return strings.EqualFold(host, "localhost") || (err == nil && ip.Unmap().IsLoopback() && ip.Zone() == "")
 }
 
 // normalizeBrokerListen is NormalizeListen for a broker: a bare port means

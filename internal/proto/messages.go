@@ -396,3 +396,128 @@ func firstErr(errs ...error) error {
 	}
 	return nil
 }
+
+// Short codes (package shortcode): a sharer opens a numbered slot at the
+// broker for one of its shares; a connector claims the slot, and the
+// broker passes the claim's messages to the sharer and its answers back.
+// The broker routes by slot and sees every message, but the exchange is a
+// PAKE over the code's words, which it never sees.
+
+// Code limits.
+const (
+	MaxCodeTTL     = 3600 // seconds
+	MaxCodeMessage = 4096 // bytes of one exchange message
+)
+
+// CodeWrongCode is the code of a claim the sharer refused because the
+// exchange failed: the code is burnt. Final for the claimant.
+const CodeWrongCode = "wrong_code"
+
+// CodeOpen asks for a slot for Share, open for TTLSeconds. Slot asks for
+// that number again (the slot of a code given out before a reconnect); 0
+// takes any free one.
+type CodeOpen struct {
+	ID         uint64 `json:"id"`
+	Share      string `json:"share"`
+	Slot       uint32 `json:"slot,omitempty"`
+	TTLSeconds uint32 `json:"ttl_s"`
+}
+
+// CodeOpened answers CodeOpen with the slot and how long it stays open.
+type CodeOpened struct {
+	ID         uint64 `json:"id"`
+	Slot       uint32 `json:"slot,omitempty"`
+	TTLSeconds uint32 `json:"ttl_s,omitempty"`
+	Code       string `json:"code,omitempty"`
+	Message    string `json:"message,omitempty"`
+}
+
+// CodeClose frees a slot: its code was used up, burnt or withdrawn. The
+// broker answers with a Result.
+type CodeClose struct {
+	ID   uint64 `json:"id"`
+	Slot uint32 `json:"slot"`
+}
+
+// CodeClaim is one step of a connector's exchange for the code of Slot.
+type CodeClaim struct {
+	ID   uint64 `json:"id"`
+	Slot uint32 `json:"slot"`
+	Step uint8  `json:"step"` // 1 or 2
+	Msg  []byte `json:"msg"`
+}
+
+// CodeClaimReply is the sharer's answer to a CodeClaim, or the broker's
+// refusal.
+type CodeClaimReply struct {
+	ID      uint64 `json:"id"`
+	Msg     []byte `json:"msg,omitempty"`
+	Code    string `json:"code,omitempty"`
+	Message string `json:"message,omitempty"`
+}
+
+// CodePass hands a claim's step to the sharer holding Slot; Connector is
+// the claimant as the broker authenticated it.
+type CodePass struct {
+	Pass      uint64 `json:"pass"`
+	Slot      uint32 `json:"slot"`
+	Step      uint8  `json:"step"`
+	Connector string `json:"connector"`
+	Msg       []byte `json:"msg"`
+}
+
+// CodePassReply is the sharer's answer to a CodePass.
+type CodePassReply struct {
+	Pass    uint64 `json:"pass"`
+	Msg     []byte `json:"msg,omitempty"`
+	Code    string `json:"code,omitempty"`
+	Message string `json:"message,omitempty"`
+}
+
+func (*CodeOpen) Type() Type       { return TypeCodeOpen }
+func (*CodeOpened) Type() Type     { return TypeCodeOpened }
+func (*CodeClose) Type() Type      { return TypeCodeClose }
+func (*CodeClaim) Type() Type      { return TypeCodeClaim }
+func (*CodeClaimReply) Type() Type { return TypeCodeClaimReply }
+func (*CodePass) Type() Type       { return TypeCodePass }
+func (*CodePassReply) Type() Type  { return TypeCodePassReply }
+
+func (m *CodeOpen) validate() error {
+	if m.Share == "" {
+		return errors.New("code open: empty share")
+	}
+	if m.TTLSeconds > MaxCodeTTL {
+		return fmt.Errorf("code open: ttl %d s, limit %d", m.TTLSeconds, MaxCodeTTL)
+	}
+	return strs(m.Share)
+}
+func (m *CodeOpened) validate() error { return strs(m.Code, m.Message) }
+func (*CodeClose) validate() error    { return nil }
+func (m *CodeClaim) validate() error {
+	if m.Step != 1 && m.Step != 2 {
+		return fmt.Errorf("code claim: step %d, want 1 or 2", m.Step)
+	}
+	return codeMsg(m.Msg, false)
+}
+func (m *CodeClaimReply) validate() error {
+	return firstErr(strs(m.Code, m.Message), codeMsg(m.Msg, true))
+}
+func (m *CodePass) validate() error {
+	if m.Step != 1 && m.Step != 2 {
+		return fmt.Errorf("code pass: step %d, want 1 or 2", m.Step)
+	}
+	return firstErr(strs(m.Connector), codeMsg(m.Msg, false))
+}
+func (m *CodePassReply) validate() error {
+	return firstErr(strs(m.Code, m.Message), codeMsg(m.Msg, true))
+}
+
+func codeMsg(b []byte, optional bool) error {
+	switch {
+	case len(b) == 0 && !optional:
+		return errors.New("code exchange: empty message")
+	case len(b) > MaxCodeMessage:
+		return fmt.Errorf("code exchange: message of %d bytes, limit %d", len(b), MaxCodeMessage)
+	}
+	return nil
+}

@@ -72,6 +72,13 @@ const (
 	TypeOutcome
 	TypeRelayBind
 	TypePresence
+	TypeCodeOpen
+	TypeCodeOpened
+	TypeCodeClose
+	TypeCodeClaim
+	TypeCodeClaimReply
+	TypeCodePass
+	TypeCodePassReply
 )
 
 // Message is one control message.
@@ -112,6 +119,20 @@ func newMessage(t Type) Message {
 		return new(Outcome)
 	case TypePresence:
 		return new(Presence)
+	case TypeCodeOpen:
+		return new(CodeOpen)
+	case TypeCodeOpened:
+		return new(CodeOpened)
+	case TypeCodeClose:
+		return new(CodeClose)
+	case TypeCodeClaim:
+		return new(CodeClaim)
+	case TypeCodeClaimReply:
+		return new(CodeClaimReply)
+	case TypeCodePass:
+		return new(CodePass)
+	case TypeCodePassReply:
+		return new(CodePassReply)
 	}
 	return nil
 }

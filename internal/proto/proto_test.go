@@ -46,6 +46,13 @@ var filled = []Message{
 	&Outcome{Result: OutcomeDirect, NAT: "cone", PeerNAT: "symmetric", PunchMS: 12},
 	&RelayBind{Token: relay32},
 	&Presence{ID: 9, Agent: "abc", Instance: "p1"},
+	&CodeOpen{ID: 11, Share: "web", Slot: 7, TTLSeconds: 600},
+	&CodeOpened{ID: 11, Slot: 7, TTLSeconds: 600, Code: CodeLimit, Message: "too many codes"},
+	&CodeClose{ID: 12, Slot: 7},
+	&CodeClaim{ID: 13, Slot: 7, Step: 2, Msg: []byte(`{"Role":0}`)},
+	&CodeClaimReply{ID: 13, Msg: []byte("answer"), Code: CodeNotFound, Message: "no such code"},
+	&CodePass{Pass: 14, Slot: 7, Step: 1, Connector: strings.Repeat("e", 52), Msg: []byte("a")},
+	&CodePassReply{Pass: 14, Msg: []byte("b"), Code: CodeWrongCode, Message: "wrong code"},
 }
 
 func TestFilledCoversEveryType(t *testing.T) {
@@ -53,12 +60,12 @@ func TestFilledCoversEveryType(t *testing.T) {
 	for _, m := range filled {
 		seen[m.Type()] = true
 	}
-	for ty := TypeHello; ty <= TypePresence; ty++ {
+	for ty := TypeHello; ty <= TypeCodePassReply; ty++ {
 		if !seen[ty] {
 			t.Errorf("type %d has no entry in filled", ty)
 		}
 	}
-	if newMessage(0) != nil || newMessage(TypePresence+1) != nil {
+	if newMessage(0) != nil || newMessage(TypeCodePassReply+1) != nil {
 		t.Error("a type beyond the known range makes a message; add it to filled")
 	}
 }
@@ -230,7 +237,7 @@ func TestDecodeErrors(t *testing.T) {
 		{"version 2", frame(13, 2, TypePing, ping), ErrVersion},
 		{"version 255", frame(13, 255, TypePing, ping), ErrVersion},
 		{"type 0", frame(13, Version, 0, ping), ErrUnknownType},
-		{"type after the last", frame(13, Version, TypePresence+1, ping), ErrUnknownType},
+		{"type after the last", frame(13, Version, TypeCodePassReply+1, ping), ErrUnknownType},
 		{"type 255", frame(13, Version, 255, ping), ErrUnknownType},
 		{"length 0", frame(0, Version, TypePing, ""), ErrMalformed},
 		{"length 1", frame(1, Version, TypePing, ""), ErrMalformed},

@@ -1,0 +1,38 @@
+package shortcode
+
+// words are the 256 words of a code, one byte each: short, common, spelt
+// one way, and distinct by ear, so a code survives being read over the phone.
+var words = [256]string{
+	"acorn", "adobe", "agent", "album", "alpine", "amber", "anchor", "apple",
+	"april", "arctic", "arrow", "atlas", "autumn", "badge", "bagel", "bamboo",
+	"banjo", "barley", "basket", "beacon", "beaver", "bishop", "blanket", "blossom",
+	"bonfire", "border", "bounty", "bravo", "breeze", "bridge", "brook", "bubble",
+	"bucket", "buffalo", "bugle", "butter", "cabin", "cactus", "camera", "canal",
+	"candle", "canoe", "canvas", "canyon", "captain", "carbon", "carpet", "cashew",
+	"castle", "cedar", "cello", "chalk", "cherry", "chess", "chimney", "cider",
+	"circus", "citrus", "clover", "cobalt", "coconut", "comet", "compass", "copper",
+	"coral", "cotton", "cougar", "cradle", "crayon", "cricket", "crystal", "cupcake",
+	"cycle", "daisy", "dancer", "delta", "denim", "desert", "dinner", "dolphin",
+	"domino", "donkey", "dragon", "drum", "eagle", "easel", "echo", "eclipse",
+	"elbow", "ember", "emerald", "engine", "falcon", "fiddle", "flannel", "flute",
+	"forest", "fossil", "fountain", "fox", "galaxy", "garden", "garlic", "gazelle",
+	"geyser", "ginger", "glacier", "globe", "granite", "gravel", "guitar", "hammer",
+	"harbor", "harvest", "hazel", "helmet", "heron", "hickory", "honey", "hornet",
+	"husky", "igloo", "indigo", "iris", "island", "ivory", "jacket", "jaguar",
+	"jasmine", "jelly", "jigsaw", "jungle", "kayak", "kernel", "kettle", "kiwi",
+	"koala", "ladder", "lagoon", "lantern", "lasso", "lemon", "leopard", "lilac",
+	"lobster", "locket", "lotus", "lumber", "magnet", "mango", "maple", "marble",
+	"meadow", "melon", "meteor", "mint", "mirror", "mitten", "mosaic", "muffin",
+	"nectar", "needle", "nickel", "noodle", "nutmeg", "oasis", "ocean", "olive",
+	"onion", "orbit", "orchid", "otter", "oyster", "paddle", "panda", "papaya",
+	"parrot", "pebble", "pelican", "pepper", "piano", "pickle", "pilot", "pine",
+	"pixel", "planet", "plum", "pocket", "pony", "poppy", "potato", "prairie",
+	"pretzel", "puffin", "pumpkin", "puzzle", "quartz", "quiver", "rabbit", "radar",
+	"radish", "raven", "reef", "ribbon", "rocket", "rodeo", "rover", "saddle",
+	"safari", "salmon", "sandal", "satin", "scarf", "sequoia", "shadow", "silver",
+	"sketch", "sonnet", "spider", "spruce", "squash", "stable", "summit", "sunset",
+	"tango", "teapot", "thistle", "thunder", "tidal", "tiger", "timber", "toffee",
+	"tomato", "topaz", "tractor", "trumpet", "tulip", "tundra", "turtle", "tuxedo",
+	"umbrella", "unicorn", "valley", "velvet", "violin", "volcano", "waffle", "walnut",
+	"walrus", "willow", "window", "wizard", "yogurt", "zebra", "zephyr", "zigzag",
+}
