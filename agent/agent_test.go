@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"context"
 	"net/netip"
 	"slices"
 	"testing"
@@ -118,5 +119,30 @@ func TestOptionsFromConfigResume(t *testing.T) {
 	want := resume.Config{KeepAlive: time.Second, DeadFloor: 1500 * time.Millisecond, ResumeTimeout: 10 * time.Minute, MaxUnacked: 256 << 10}
 	if o.Resume != want {
 		t.Errorf("resume %+v, want %+v", o.Resume, want)
+	}
+}
+
+// TestNoSessionAfterStop: once Run has begun to stop, a session that a dial
+// or punch under way completes is refused, not left for nobody to close
+// (Run would wait for it for ever: found by a SIGTERM during a connect).
+func TestNoSessionAfterStop(t *testing.T) {
+	a, err := New(Options{Identity: newIdentity(t), StateDir: t.TempDir(), Log: quietLog()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	a.ctx = ctx
+	var id secure.AgentID
+	id[0] = 1
+	if err := a.addSession(&peerSession{key: sessionKey{peer: id, role: roleConnector}}); err != nil {
+		t.Fatalf("a running agent refused a session: %v", err)
+	}
+	cancel()
+	id[0] = 2
+	if err := a.addSession(&peerSession{key: sessionKey{peer: id, role: roleConnector}}); err == nil {
+		t.Fatal("a stopping agent took a new session")
+	}
+	if len(a.sessions) != 1 {
+		t.Fatalf("%d sessions, want the first only", len(a.sessions))
 	}
 }

@@ -216,6 +216,12 @@ func (ps *peerSession) proof(t *secure.Ticket) ([]byte, error) {
 func (a *Agent) addSession(ps *peerSession) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	// Run closes the sessions it finds once a.ctx has ended: one made
+	// meanwhile (a signal while a punch was under way) would be found by
+	// nobody, and Run would wait for it for ever.
+	if err := a.ctx.Err(); err != nil {
+		return fmt.Errorf("the agent is stopping: %w", err)
+	}
 	if len(a.sessions) >= maxSessions {
 		return fmt.Errorf("%d peer sessions open, limit reached", len(a.sessions))
 	}
