@@ -296,6 +296,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		return err
 	}
 	a.spawn(func() { a.watchNet(inner) })
+	a.spawn(func() {
+		a.release.watch(inner, func() int64 { return a.stats.bytesIn.Load() + a.stats.bytesOut.Load() })
+	})
 	select {
 	case <-ctx.Done():
 		a.drain()

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"context"
 	"runtime"
 	"runtime/debug"
 	"sync"
@@ -28,6 +29,9 @@ type releaser struct {
 	// trim, when set, lets go of buffers kept for reuse (the sessions'
 	// resend and receive queues) before the collections.
 	trim func()
+	// force makes the next release run although busy says connections
+	// are open: the quiet watch saw no byte move for releaseAfter.
+	force bool
 }
 
 // idle (re)starts the wait: the last forwarded connection just ended.
@@ -45,7 +49,8 @@ func (r *releaser) idle() {
 
 func (r *releaser) release() {
 	r.mu.Lock()
-	skip := r.stopped || (r.busy != nil && r.busy())
+	skip := r.stopped || (!r.force && r.busy != nil && r.busy())
+	r.force = false
 	r.mu.Unlock()
 	if skip {
 		return
@@ -55,6 +60,34 @@ func (r *releaser) release() {
 	}
 	runtime.GC()
 	debug.FreeOSMemory()
+}
+
+// watch releases once traffic stops although connections stay open: an
+// idle ssh session beside a bulk copy that finished would otherwise keep
+// the agent at its peak for as long as it stays open. moved is the bytes
+// forwarded so far; a release follows the first whole releaseAfter in
+// which it did not change, once per burst.
+func (r *releaser) watch(ctx context.Context, moved func() int64) {
+	t := time.NewTicker(releaseAfter)
+	defer t.Stop()
+	last, burst := moved(), false
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		switch n := moved(); {
+		case n != last:
+			last, burst = n, true
+		case burst:
+			burst = false
+			r.mu.Lock()
+			r.force = true
+			r.mu.Unlock()
+			r.release()
+		}
+	}
 }
 
 // stop ends the releaser as the agent stops.

@@ -7,7 +7,12 @@
 //	sudo go run ./bench -only punch  # hole punching in the NAT lab (root)
 //	sudo go run ./bench -only wan    # tunnel vs raw TCP over the lab's WAN link at 0/20/50 ms
 //	sudo go run ./bench -only portmap  # port mappings (miniupnpd) and IPv6 behind symmetric NATs: direct share before/after (bench/portmap.go)
-//	sudo go run ./bench -lab         # all NAT-lab parts: punch, relay, wan, path, portmap
+//	sudo go run ./bench -only relaycost  # the broker's CPU per relayed GB and RSS per relayed pair, TURN and broker relay, beside a direct pair (bench/relaycost.go)
+//	sudo go run ./bench -lab         # all NAT-lab parts: punch, relay, relaycost, wan, path, portmap
+//	PEERPORT_BENCH_FRP=/work/frp go run ./bench -only frp  # frp (frps+frpc, TLS, tcpMux) as the baseline: throughput, CPU per GB at 1-16 streams, round trips, idle connections (bench/frp.go)
+//	go run ./bench -only hol         # head-of-line: 50 small request/response streams through one session, alone and beside a bulk stream (bench/hol.go)
+//	go run ./bench -only memback     # memory that comes back: RSS after iperf3 -P 8 through a fresh pair, for a minute (bench/memback.go)
+//	go run ./bench -only throughput -cpuprofile-dir /tmp/prof  # plus CPU profiles of 1 and 8 streams alone (bench/profile.go)
 //	go run ./bench -only ops         # broker restarts, idle RSS of agent up (bench/ops.go)
 //	go run ./bench -only cluster     # one broker vs three nodes over NATS: introductions, memory, NATS traffic, re-homing (bench/cluster.go)
 //	sudo go run ./bench soak -duration 10m  # transfers under faults in the NAT lab (bench/soak.go)
@@ -54,6 +59,7 @@ type options struct {
 
 	punchRuns, punchMatrixRuns int
 	portmapRuns                int
+	relayPairs                 int
 }
 
 func main() {
@@ -63,6 +69,10 @@ func main() {
 	}
 	if len(os.Args) > 1 && os.Args[1] == "soak" {
 		os.Exit(soakMain(os.Args[2:]))
+	}
+	if len(os.Args) > 1 && os.Args[1] == "-hol-child" {
+		holChild()
+		return
 	}
 	if len(os.Args) > 2 && os.Args[1] == "-relay-child" {
 		relayChild(os.Args[2])
@@ -79,17 +89,18 @@ func main() {
 	flag.IntVar(&o.brokerAgents, "broker-agents", 10000, "control clients registered at the broker")
 	flag.IntVar(&o.introSecs, "intro-seconds", 3, "seconds of sustained introductions")
 	flag.IntVar(&o.clusterAgents, "cluster-agents", 10000, "cluster: control clients registered at each broker measured (the lone one, node 1, then re-homed to node 2)")
-	flag.StringVar(&only, "only", "", "comma list of parts: throughput,latency,connect,memory,mux,broker,ops,cluster,punch,relay,wan,path,portmap (default all; punch, relay, wan, path and portmap only where the NAT lab can run)")
-	flag.BoolVar(&lab, "lab", false, "the NAT-lab parts only: -only punch,relay,wan,path,portmap (root)")
+	flag.StringVar(&only, "only", "", "comma list of parts: throughput,latency,connect,memory,mux,broker,frp,hol,memback,ops,cluster,punch,relay,relaycost,wan,path,portmap (default all; punch, relay, relaycost, wan, path and portmap only where the NAT lab can run; frp only with $"+frpEnv+")")
+	flag.BoolVar(&lab, "lab", false, "the NAT-lab parts only: -only punch,relay,relaycost,wan,path,portmap (root)")
 	flag.IntVar(&o.punchRuns, "punch-runs", 20, "punch: cone-cone runs per WAN RTT")
 	flag.IntVar(&o.punchMatrixRuns, "punch-matrix-runs", 5, "punch: runs per topology of the success matrix")
 	flag.IntVar(&o.portmapRuns, "portmap-runs", 5, "portmap: runs per topology, before and after each")
 	flag.StringVar(&o.results, "results", "bench/RESULTS.md", "markdown file for the results (empty: none)")
-	flag.StringVar(&o.profileDir, "cpuprofile-dir", "", "write agent CPU profiles of the throughput runs here")
+	flag.StringVar(&o.profileDir, "cpuprofile-dir", "", "write agent CPU profiles here: of the whole run per agent, and of 1 and 8 iperf3 streams alone (throughput part; frp part: 8 streams, peerport's agents and frps/frpc)")
+	flag.IntVar(&o.relayPairs, "relay-pairs", 10, "relaycost: idle pairs (connector processes) per path for the broker's RSS per pair")
 	flag.Parse()
 	o.streams, o.muxStreams = ints(streams), ints(muxStreams)
 	if lab {
-		only = strings.Join([]string{punchPart, relayPart, wanPart, pathPart, portmapPart}, ",")
+		only = strings.Join([]string{punchPart, relayPart, relayCostPart, wanPart, pathPart, portmapPart}, ",")
 	}
 	if only != "" {
 		o.only = map[string]bool{}
@@ -190,6 +201,10 @@ func run(ctx context.Context, o options) error {
 	if err != nil {
 		return err
 	}
+	doRelayCost, err := wantLab(o, relayCostPart)
+	if err != nil {
+		return err
+	}
 	doWAN, err := wantLab(o, wanPart)
 	if err != nil {
 		return err
@@ -234,6 +249,9 @@ func run(ctx context.Context, o options) error {
 		{"memory", w.memory},
 		{"mux", w.muxMemory},
 		{"broker", w.brokerCapacity},
+		{frpPart, w.frp},
+		{holPart, w.hol},
+		{memBackPart, w.memBack},
 	}
 	for _, s := range steps {
 		if !o.want(s.part) {
@@ -266,6 +284,12 @@ func run(ctx context.Context, o options) error {
 		fmt.Fprintf(os.Stderr, "== %s\n", relayPart)
 		if err := relayBench(ctx, bin, tmp, o, rep); err != nil {
 			return fmt.Errorf("%s: %w", relayPart, err)
+		}
+	}
+	if doRelayCost {
+		fmt.Fprintf(os.Stderr, "== %s\n", relayCostPart)
+		if err := relayCostBench(ctx, bin, tmp, o, rep); err != nil {
+			return fmt.Errorf("%s: %w", relayCostPart, err)
 		}
 	}
 	if doWAN {

@@ -37,7 +37,7 @@ const (
 )
 
 // loopbackParts are the parts that need the loopback world (world.up).
-var loopbackParts = []string{"throughput", "latency", "connect", "memory", "mux", "broker"}
+var loopbackParts = []string{"throughput", "latency", "connect", "memory", "mux", "broker", frpPart, holPart, memBackPart}
 
 // wantLab says whether a part that runs in the NAT lab (punch, relay, wan)
 // runs: when asked for by name (then the lab must be available, else an

@@ -32,7 +32,9 @@ func topSection(r *Report) string {
 	fmt.Fprintf(&b, "# Benchmark results\n\nLast run of `go run ./bench` (see bench/main.go for flags). Every figure is\n"+
 		"beside its baseline measured in the same run; compare ratios, not absolute values.\n"+
 		"Sections at the end, each kept by runs that do not write it: the NAT lab (punch, relay, wan, path),\n"+
-		"port mapping and IPv6 (portmap), operations (ops), the broker cluster (cluster), and history (earlier figures kept for comparison, by hand).\n\n")
+		"port mapping and IPv6 (portmap), operations (ops), the broker cluster (cluster), frp as a baseline (frp),\n"+
+		"head-of-line blocking (hol), the relays' cost to the broker (relaycost), and history (earlier figures kept for comparison, by hand).\n"+
+		"CPU profiles: `-cpuprofile-dir DIR` (bench/profile.go; read with `go tool pprof -top FILE`, see the frp section and docs/development.md).\n\n")
 	writeFigures(&b, r, true)
 	fmt.Fprintf(&b, "\n```json\n%s\n```\n", js)
 	return b.String()
@@ -100,6 +102,43 @@ var sections = []section{
 			"across nodes and on one node, memory per agent, NATS traffic, re-homing after a SIGKILL), then the\n" +
 			"presence design not taken (JetStream KV with a TTL) beside the one taken (a subject per agent); see\n" +
 			"bench/cluster.go and clusterstore.go."},
+	{name: "frp", parts: []string{frpPart},
+		title: "peerport beside frp (`PEERPORT_BENCH_FRP=DIR go run ./bench -only frp`)",
+		about: "Issue 20: frp v0.70.1 (frps and frpc, two processes on 127.0.0.1, TLS forced on frps and on in frpc, tcpMux on, a plain\n" +
+			"TCP proxy per target) beside a fresh pair of peerport agents on the same targets, interleaved rounds, who goes first\n" +
+			"alternating. Each peerport figure has frp's as its baseline: iperf3 1 and 8 streams; CPU seconds per GB of both processes\n" +
+			"(connector+sharer against frps+frpc) at 1, 2, 4, 8 and 16 streams; 1-byte round trips, also against the floor of two\n" +
+			"plain relay processes (io.Copy, no TLS, no mux) and raw TCP; RSS growth per idle forwarded connection, both processes\n" +
+			"summed (fresh processes). No process is profiled while measured; see bench/frp.go.\n\n" +
+			"frp built from source (the module zip lacks the web assets, hence the placeholder; DIR is then PEERPORT_BENCH_FRP),\n" +
+			"after `go mod download github.com/fatedier/frp@v0.70.1` in a scratch module:\n\n" +
+			"    cp -r $(go env GOMODCACHE)/github.com/fatedier/frp@v0.70.1 /tmp/frpsrc && chmod -R u+w /tmp/frpsrc && cd /tmp/frpsrc &&\n" +
+			"    mkdir -p web/frps/dist web/frpc/dist && echo '<html></html>' > web/frps/dist/index.html &&\n" +
+			"    cp web/frps/dist/index.html web/frpc/dist/ && go build -o DIR/frps ./cmd/frps && go build -o DIR/frpc ./cmd/frpc\n\n" +
+			"Profiles: with `-cpuprofile-dir DIR`, frp-8streams-frps.pprof and frp-8streams-frpc.pprof (frp's pprof endpoints during\n" +
+			"one 8-stream run), frp-peerport-8streams-{sharer,connector}.pprof (a fresh pair of agents on the same load), and from the\n" +
+			"throughput part throughput-{1,8}streams-{sharer,connector}.pprof (a fresh pair per stream count, that count alone).\n" +
+			"Read one with `go tool pprof -top FILE` (flat CPU per function; `-cum` for time with callees), compare two with\n" +
+			"`go tool pprof -top -diff_base BASE FILE`; the bench prints the GB each profiled pair carried, to put them per byte."},
+	{name: "hol", parts: []string{holPart},
+		title: "Head-of-line blocking across one session's streams (`go run ./bench -only hol`)",
+		about: "Issue 20: through ONE peer session (one `agent connect` to one `agent share` of a small server, bench/hol.go), 50\n" +
+			"concurrent request/response streams (64 bytes each way, one request per stream every 10 ms), timed alone and beside one bulk\n" +
+			"stream saturating the session, upload (the requests' direction) and download (the answers'). Baseline of each: the same\n" +
+			"streams alone on the same path; the same load straight to the server (raw TCP) is the reference rows."},
+	{name: "memback", parts: []string{memBackPart},
+		title: "Memory that comes back after bulk load (`go run ./bench -only memback`)",
+		about: "Issue 20: a fresh sharer of the iperf3 server and its connector, idle with their peer session up (15 s after a first\n" +
+			"iperf3 run, past the agents' own release after 10 s idle); then iperf3 -P 8 through them; then their RSS at 1, 5, 15, 30 and\n" +
+			"60 s of idleness. Then the same with one idle connection left open through the session meanwhile (8 bulk streams of the hol\n" +
+			"server, 4 up and 4 down): an agent with a connection open never counted as idle before. Baseline of each reading: the same\n" +
+			"agent fresh. Target: within 2x of it after a minute; see bench/memback.go."},
+	{name: "relaycost", parts: []string{relayCostPart},
+		title: "What relaying costs the broker, in the NAT lab (`sudo go run ./bench -only relaycost`)",
+		about: "Issue 20: on a cone-cone lab, connectors forced onto the direct path, the TURN relay and the broker relay (--path) take\n" +
+			"turns carrying iperf3 at 1 and 8 streams: the broker process's CPU per relayed GB beside both agents' CPU per GB on the\n" +
+			"direct path (what the tunnel itself costs), and the agents' own CPU per GB on each relayed path. Then per path a fresh\n" +
+			"lab with N idle pairs: the broker's RSS growth per pair. Needs root and the NAT lab; see bench/relaycost.go."},
 }
 
 // history is the last section: earlier figures for comparison, such as

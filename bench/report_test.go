@@ -50,8 +50,18 @@ func TestSaveResultsKeepsSections(t *testing.T) {
 		}
 		at += i + len(w)
 	}
+	got = save(frpPart, holPart, relayCostPart)
+	for _, name := range []string{"frp", "hol", "relaycost"} {
+		if !strings.Contains(got, sec(name)) {
+			t.Errorf("no section %s:\n%s", name, got)
+		}
+	}
+	if !strings.Contains(got, "figure of "+clusterPart) || !strings.Contains(got, "figure of "+opsPart) {
+		t.Errorf("a run of frp, hol and relaycost must keep the other sections:\n%s", got)
+	}
 	got = save("latency")
-	if strings.Contains(got, "figure of throughput") || !strings.Contains(got, "figure of latency") || !strings.Contains(got, "figure of "+clusterPart) || !strings.Contains(got, "by hand") {
+	if strings.Contains(got, "figure of throughput") || !strings.Contains(got, "figure of latency") || !strings.Contains(got, "figure of "+clusterPart) || !strings.Contains(got, "by hand") ||
+		!strings.Contains(got, "figure of "+holPart) {
 		t.Errorf("a loopback run must replace the top and keep the sections:\n%s", got)
 	}
 }

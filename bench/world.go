@@ -104,13 +104,19 @@ func (w *world) profileEnv(name string) []string {
 	return []string{"PEERPORT_CPUPROFILE=" + p}
 }
 
-// share logs a sharer in and starts it; it returns the ticket.
+// share logs a sharer in and starts it, profiled with -cpuprofile-dir; it
+// returns the ticket.
 func (w *world) share(name, target string) (*proc, string, error) {
+	return w.shareEnv(name, target, w.profileEnv(name))
+}
+
+// shareEnv is share with env for the agent (no profile unless env asks).
+func (w *world) shareEnv(name, target string, env []string) (*proc, string, error) {
 	dir := w.dir(name)
 	if _, err := runOut(w.ctx, 30*time.Second, nil, w.bin.agent, "--state-dir", dir, "login", w.brokerURL); err != nil {
 		return nil, "", err
 	}
-	p, err := w.start(name, w.profileEnv(name), w.bin.agent, "--state-dir", dir, "share", target, "--name", name)
+	p, err := w.start(name, env, w.bin.agent, "--state-dir", dir, "share", target, "--name", name)
 	if err != nil {
 		return nil, "", err
 	}
@@ -119,7 +125,11 @@ func (w *world) share(name, target string) (*proc, string, error) {
 }
 
 func (w *world) connect(name, ticket string) (*proc, string, error) {
-	p, err := w.start(name, w.profileEnv(name), w.bin.agent, "--state-dir", w.dir(name), "connect", ticket, "--listen", "127.0.0.1:0")
+	return w.connectEnv(name, ticket, w.profileEnv(name))
+}
+
+func (w *world) connectEnv(name, ticket string, env []string) (*proc, string, error) {
+	p, err := w.start(name, env, w.bin.agent, "--state-dir", w.dir(name), "connect", ticket, "--listen", "127.0.0.1:0")
 	if err != nil {
 		return nil, "", err
 	}
@@ -305,7 +315,7 @@ func (w *world) throughput(r *Report) error {
 					u.sharer/u.gb, u.connector/u.gb, 100*u.busy/max(u.total, 1))})
 		}
 	}
-	return nil
+	return w.streamProfiles("throughput", []int{1, 8})
 }
 
 // machineTicks is the busy and total time of all CPUs, from /proc/stat.
