@@ -107,10 +107,10 @@ func (ad *admitted) list() []secure.AgentID {
 	return slices.Clone(ad.ids)
 }
 
-// open opens, on a new control session, the codes of b's shares: a code
-// given out before keeps its number when the broker grants it again (it
-// does unless another agent took the slot meanwhile), else it gets a new
-// one and is announced again.
+// open opens share s's code on a new control session. A code given out
+// before keeps its number when the broker grants it again (it does unless
+// another agent took the slot meanwhile), else it gets a new one, which is
+// announced again.
 func (k *codeBook) open(ctx context.Context, c *controlConn, s *share) error {
 	if s.Code == nil {
 		return nil
