@@ -324,9 +324,7 @@ func (c *controlConn) openCode(ctx context.Context, m *proto.CodeOpen) (*proto.C
 // closeCode frees a code's slot at the broker, if a session is up: one
 // that is not frees it anyway.
 func (b *brokerClient) closeCode(ctx context.Context, slot uint32) {
-	b.mu.Lock()
-	c := b.cur
-	b.mu.Unlock()
+	c := b.current()
 	if c == nil {
 		return
 	}

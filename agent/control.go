@@ -618,9 +618,7 @@ func (b *brokerClient) session(ctx context.Context, c *controlConn, bo *backoff.
 // registerNow registers a share added while running; when the broker is
 // away, the next session registers it with the rest.
 func (b *brokerClient) registerNow(ctx context.Context, s *share) {
-	b.mu.Lock()
-	c := b.cur
-	b.mu.Unlock()
+	c := b.current()
 	if c == nil {
 		return
 	}
@@ -634,9 +632,7 @@ func (b *brokerClient) registerNow(ctx context.Context, s *share) {
 
 // unregister withdraws a removed share.
 func (b *brokerClient) unregister(ctx context.Context, name string) {
-	b.mu.Lock()
-	c := b.cur
-	b.mu.Unlock()
+	c := b.current()
 	if c == nil {
 		return
 	}
@@ -646,6 +642,14 @@ func (b *brokerClient) unregister(ctx context.Context, name string) {
 		return
 	}
 	c.log.WithField("share", name).Info("share withdrawn")
+}
+
+// current is the live session, or nil while there is none; conn waits
+// for one.
+func (b *brokerClient) current() *controlConn {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.cur
 }
 
 // conn waits for a live session.

@@ -267,9 +267,7 @@ func (b *brokerClient) tellOutcome(out outcome, err error) {
 	if out.res != nil {
 		o.PunchMS = out.res.PunchMS
 	}
-	b.mu.Lock()
-	c := b.cur
-	b.mu.Unlock()
+	c := b.current()
 	if c != nil {
 		go c.send(o)
 	}

@@ -98,9 +98,7 @@ func (a *Agent) presence(ctx context.Context, peer secure.AgentID, instance stri
 	a.mu.Unlock()
 	ans := peerUnknown
 	for _, b := range brokers {
-		b.mu.Lock()
-		c := b.cur
-		b.mu.Unlock()
+		c := b.current()
 		if c == nil {
 			continue
 		}

@@ -424,39 +424,12 @@ func idleConnsRSS(addr string, ps []*proc, n int) (float64, error) {
 	if err != nil {
 		return 0, err
 	}
-	conns := make([]net.Conn, n)
+	conns, err := openEchoed(addr, n)
 	defer func() {
-		for _, c := range conns {
-			if c != nil {
-				c.Close()
-			}
-		}
+		closeAll(conns)
 		time.Sleep(time.Second) // let both ends close them
 	}()
-	sem := make(chan struct{}, 32)
-	errc := make(chan error, n)
-	var wg sync.WaitGroup
-	for i := range n {
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			c, err := net.DialTimeout("tcp", addr, 10*time.Second)
-			if err != nil {
-				errc <- err
-				return
-			}
-			conns[i] = c
-			if _, err := pingPong(c, 1); err != nil {
-				errc <- fmt.Errorf("connection %d: %w", i, err)
-			}
-			c.SetDeadline(time.Time{})
-		}()
-	}
-	wg.Wait()
-	close(errc)
-	if err := <-errc; err != nil {
+	if err != nil {
 		return 0, err
 	}
 	time.Sleep(3 * time.Second)

@@ -616,38 +616,9 @@ func (w *world) streamMemory(r *Report, n int) error {
 		}
 		before[p] = v
 	}
-	conns := make([]net.Conn, n)
-	defer func() {
-		for _, c := range conns {
-			if c != nil {
-				c.Close()
-			}
-		}
-	}()
-	sem := make(chan struct{}, 32)
-	errc := make(chan error, n)
-	var wg sync.WaitGroup
-	for i := range n {
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			c, err := net.DialTimeout("tcp", w.echoTun, 10*time.Second)
-			if err != nil {
-				errc <- err
-				return
-			}
-			conns[i] = c
-			if _, err := pingPong(c, 1); err != nil {
-				errc <- fmt.Errorf("stream %d: %w", i, err)
-			}
-			c.SetDeadline(time.Time{})
-		}()
-	}
-	wg.Wait()
-	close(errc)
-	if err := <-errc; err != nil {
+	conns, err := openEchoed(w.echoTun, n)
+	defer func() { closeAll(conns) }()
+	if err != nil {
 		return err
 	}
 	// Idle means idle: past the agent's parkAfter (1 s), when the quiet
@@ -662,10 +633,49 @@ func (w *world) streamMemory(r *Report, n int) error {
 			Value: float64(v-before[p]) / float64(n) / 1024, Unit: "KiB", Target: "< 8 KiB",
 			Note: "RSS growth / streams, 3 s after the last one opened; each stream is also a TCP connection, a goroutine waiting on the stream and a parked local side in the agent"})
 	}
-	for i, c := range conns {
-		c.Close()
-		conns[i] = nil
-	}
+	closeAll(conns)
 	time.Sleep(time.Second) // let the agents close the streams before the next figure
 	return nil
+}
+
+// openEchoed opens n connections to the echo at addr, 32 at a time, each
+// with one byte echoed through it so that it is carried end to end (a
+// stream, not just an accepted socket). What it opened is returned even
+// with an error, for the caller to close.
+func openEchoed(addr string, n int) ([]net.Conn, error) {
+	conns := make([]net.Conn, n)
+	sem := make(chan struct{}, 32)
+	errc := make(chan error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			c, err := net.DialTimeout("tcp", addr, 10*time.Second)
+			if err != nil {
+				errc <- err
+				return
+			}
+			conns[i] = c
+			if _, err := pingPong(c, 1); err != nil {
+				errc <- fmt.Errorf("connection %d: %w", i, err)
+			}
+			c.SetDeadline(time.Time{})
+		}()
+	}
+	wg.Wait()
+	close(errc)
+	return conns, <-errc
+}
+
+// closeAll closes every connection of conns that is open, and forgets it.
+func closeAll(conns []net.Conn) {
+	for i, c := range conns {
+		if c != nil {
+			c.Close()
+			conns[i] = nil
+		}
+	}
 }
