@@ -149,6 +149,9 @@ type Agent struct {
 	release  releaser // returns the heap a burst of traffic grew once idle
 	codes    codeBook // the short codes our shares offer
 	draining atomic.Bool
+	// pending counts accepted connections still waiting for their peer
+	// session: a drain lets them finish like open streams.
+	pending  atomic.Int64
 	reloadMu sync.Mutex // one reload at a time
 	// resumable holds the sessions connectors started with this agent's
 	// shares, for them to resume on a new path.
@@ -331,21 +334,22 @@ func (a *Agent) drain() {
 		f.cancel() // closes its listener; accepted connections go on
 	}
 	a.mu.Unlock()
-	open := a.stats.streams.Load()
+	busy := func() int64 { return a.stats.streams.Load() + a.pending.Load() }
+	open := busy()
 	if open == 0 {
 		return
 	}
 	a.log.WithFields(logrus.Fields{"open": open, "timeout": a.opts.DrainTimeout}).Infof(
 		"stopping: %d open connection(s) may finish within %v; a second Ctrl-C (or SIGTERM) stops at once", open, a.opts.DrainTimeout)
 	deadline := time.Now().Add(a.opts.DrainTimeout)
-	for a.stats.streams.Load() > 0 && time.Now().Before(deadline) {
+	for busy() > 0 && time.Now().Before(deadline) {
 		select {
 		case <-a.ctx.Done():
 			return
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
-	if n := a.stats.streams.Load(); n > 0 {
+	if n := busy(); n > 0 {
 		a.log.WithField("open", n).Warn("drain timeout: closing open connections")
 	}
 }

@@ -227,7 +227,11 @@ func (f *forward) accept(ctx context.Context, ln net.Listener) {
 			}
 			return
 		}
-		f.a.spawn(func() { f.serve(ctx, c) })
+		// Under the agent's context, not the forward's: a drain or a
+		// reload that ends the forward lets accepted connections finish,
+		// also one still waiting for its session.
+		f.a.pending.Add(1)
+		f.a.spawn(func() { f.serve(f.a.ctx, c) })
 	}
 }
 
@@ -371,7 +375,10 @@ func (f *forward) setErr(err error) {
 }
 
 // serve forwards one accepted local connection as a stream.
+// The caller counted c in a.pending; it stays there until c is piped or
+// closed.
 func (f *forward) serve(ctx context.Context, c net.Conn) {
+	defer f.a.pending.Add(-1) // after pipe has counted the stream
 	log := f.log.WithField("client", c.RemoteAddr().String())
 	var st *mux.Stream
 	var ps *peerSession

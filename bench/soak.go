@@ -156,7 +156,10 @@ type soakLeak struct {
 	Streams, PeerStreams       int
 	Goroutines, GoroutinesBase int
 	FDs, FDsBase               int
-	Note                       string
+	// NewFDs names what the fds above the baseline point to
+	// ("socket:[123]", a file), when there are any.
+	NewFDs []string
+	Note   string
 	// Restarted: the process is not the one the baseline was taken of.
 	// An idle agent's goroutines vary by some 8 with what its sessions
 	// are doing (27 or 35 for the same sharer), so only streams count.
@@ -456,6 +459,49 @@ func (l *soakLab) gauges(host string, port, pid int) (goroutines, fds int, err e
 	return goroutines, len(ents), nil
 }
 
+// fdTargets lists what a process's fds point to; a socket is named by its
+// line in /proc/PID/net (protocol, local and remote address in hex, state).
+func fdTargets(pid int) []string {
+	sockets := map[string]string{}
+	for _, proto := range []string{"tcp", "tcp6", "udp", "udp6"} {
+		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/net/%s", pid, proto))
+		for _, line := range strings.Split(string(b), "\n")[1:] {
+			if f := strings.Fields(line); len(f) > 9 {
+				sockets["socket:["+f[9]+"]"] = fmt.Sprintf("%s %s->%s st %s", proto, f[1], f[2], f[3])
+			}
+		}
+	}
+	dir := fmt.Sprintf("/proc/%d/fd", pid)
+	ents, _ := os.ReadDir(dir)
+	var out []string
+	for _, e := range ents {
+		if t, err := os.Readlink(filepath.Join(dir, e.Name())); err == nil {
+			if s, ok := sockets[t]; ok {
+				t = s
+			}
+			out = append(out, t)
+		}
+	}
+	return out
+}
+
+// newFDs is now without one of each target in base.
+func newFDs(base, now []string) []string {
+	left := map[string]int{}
+	for _, t := range base {
+		left[t]++
+	}
+	var out []string
+	for _, t := range now {
+		if left[t] > 0 {
+			left[t]--
+			continue
+		}
+		out = append(out, t)
+	}
+	return out
+}
+
 // soakAgents are the agent processes whose leaks are checked.
 var soakAgents = []struct{ name, host, path string }{
 	{"sharer", "a", ""},
@@ -536,6 +582,7 @@ func runSoak(ctx context.Context, bin binaries, tmp string, o soakOptions, log i
 	tr.reset()
 	time.Sleep(2 * time.Second)
 	base := map[string][2]int{}
+	baseFDs := map[string][]string{}
 	for _, a := range soakAgents {
 		p, port := l.agentProc(a.name)
 		g, f, err := l.gauges(a.host, port, p.Pid())
@@ -543,6 +590,7 @@ func runSoak(ctx context.Context, bin binaries, tmp string, o soakOptions, log i
 			return nil, fmt.Errorf("baseline of %s: %w", a.name, err)
 		}
 		base[a.name] = [2]int{g, f}
+		baseFDs[a.name] = fdTargets(p.Pid())
 	}
 	fmt.Fprintf(log, "soak: pairs up, baseline %v; traffic for %v, %d workers per pair, faults %v\n", base, o.duration, o.workers, o.faults)
 
@@ -597,6 +645,10 @@ func runSoak(ctx context.Context, bin binaries, tmp string, o soakOptions, log i
 				break
 			}
 			time.Sleep(time.Second)
+		}
+		if lk.FDs > lk.FDsBase {
+			p, _ := l.agentProc(a.name)
+			lk.NewFDs = newFDs(baseFDs[a.name], fdTargets(p.Pid()))
 		}
 		if a.name == "sharer" && res.Faults[faultSharer] > 0 {
 			lk.Restarted = true

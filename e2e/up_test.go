@@ -249,6 +249,33 @@ func TestSigtermDrains(t *testing.T) {
 	}
 }
 
+// TestSigtermDrainsWaiting: a connection accepted while the sharer is away
+// is waiting for its session when SIGTERM comes; the drain lets it wait on,
+// the sharer returns, and it goes through before the agent exits 0.
+func TestSigtermDrainsWaiting(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t)
+	target := echoServer(t)
+	sharer, ticket := w.share(target)
+	conn, local := w.connect(ticket)
+	echoCheck(t, local, 64<<10)
+	sharer.stop()
+	eventually(t, 30*time.Second, "the connector to say it waits for the sharer", func() bool {
+		return strings.Contains(conn.stderr.String(), "waiting for the sharer")
+	})
+	transfer := slowEcho(t, local, 1<<20, time.Second)
+	time.Sleep(300 * time.Millisecond) // accepted, and waiting for a session
+	conn.cmd.Process.Signal(syscall.SIGTERM)
+	eventually(t, 10*time.Second, "the drain to count the waiting connection", func() bool {
+		return strings.Contains(conn.stderr.String(), "1 open connection(s) may finish")
+	})
+	w.share(target)
+	waitErr(t, transfer, time.Minute, "the waiting connection during drain")
+	if err := conn.wait(30 * time.Second); err != nil {
+		t.Fatalf("connector exit after drain: %v\n%s", err, conn.stderr.String())
+	}
+}
+
 // TestUpMetrics: agent up serves Prometheus metrics when asked to.
 func TestUpMetrics(t *testing.T) {
 	t.Parallel()

@@ -39,10 +39,14 @@ func TestRetireDeliversQueued(t *testing.T) {
 	st.Close()
 	payload := make([]byte, 8<<20)
 	rand.Read(payload)
-	got := make(chan []byte, 1)
+	type read struct {
+		b   []byte
+		err error
+	}
+	got := make(chan read, 1)
 	go func() {
-		b, _ := io.ReadAll(st)
-		got <- b
+		b, err := io.ReadAll(st)
+		got <- read{b, err}
 	}()
 
 	peer, err := sharer.AcceptStream()
@@ -61,9 +65,9 @@ func TestRetireDeliversQueued(t *testing.T) {
 	sharer.Retire(ctx)
 
 	select {
-	case b := <-got:
-		if !bytes.Equal(b, payload) {
-			t.Fatalf("connector got %d bytes, want the %d written", len(b), len(payload))
+	case r := <-got:
+		if r.err != nil || !bytes.Equal(r.b, payload) {
+			t.Fatalf("connector got %d bytes (%v), want the %d written", len(r.b), r.err, len(payload))
 		}
 	case <-time.After(30 * time.Second):
 		t.Fatal("connector's read did not end")
