@@ -159,6 +159,7 @@ type Agent struct {
 	resumes    atomic.Int64 // sessions moved onto a new carrier
 	migrations atomic.Int64 // of those, moves to another kind of path
 	recent     recentConns  // the last connections, for status
+	quiet      quietWatch   // parks the stream side of quiet connections
 
 	dashURL atomic.Pointer[string] // the dashboard's URL with its token, once it listens
 

@@ -80,10 +80,14 @@ type pipe struct {
 	// rec is its line in status's recent connections; nil: none.
 	rec *connRecord
 
-	mu       sync.Mutex
-	parked   bool   // local -> peer waits in the parker
-	parkID   uint64 // its registration there
-	attached bool   // c was added to the parker's set
+	mu           sync.Mutex
+	parked       bool   // local -> peer waits in the parker
+	parkID       uint64 // its registration there
+	attached     bool   // c was added to the parker's set
+	streamParked bool   // peer -> local waits in the session
+
+	// reading: toLocal read since quietWatch last looked.
+	reading atomic.Bool
 }
 
 // pipe starts forwarding between st and c and returns.
@@ -112,11 +116,31 @@ func (a *Agent) pipe(st *mux.Stream, c net.Conn, rec *connRecord, cs ...*counter
 
 // toLocal copies peer -> local, waiting on the stream without a buffer.
 // The peer's FIN becomes the local connection's; anything else fails the
-// pipe.
+// pipe. Once the stream is quiet for parkAfter (quietWatch), the wait is
+// handed to the session (mux Stream.Park), which starts toLocal anew when
+// the peer sends more: an idle connection then has no goroutine at all.
 func (p *pipe) toLocal() {
+	p.a.quiet.add(p)
+	defer p.a.quiet.remove(p)
+	in := copier{cs: p.cs, in: true, bufs: toLocalBufs, wait: func() error {
+		err := p.st.WaitRead()
+		switch {
+		case err == mux.ErrQuiet:
+			return errQuiet
+		case err == nil:
+			p.reading.Store(true)
+		}
+		return err
+	}}
+	err := in.copy(localWriter{p}, p.st)
+	for err == errQuiet {
+		if p.parkStream() {
+			return
+		}
+		err = in.copy(localWriter{p}, p.st)
+	}
 	defer p.ended()
-	in := copier{cs: p.cs, in: true, bufs: toLocalBufs, wait: p.st.WaitRead}
-	if err := in.copy(localWriter{p}, p.st); err != nil {
+	if err != nil {
 		p.fail("peer -> local", err)
 		return
 	}
@@ -124,6 +148,30 @@ func (p *pipe) toLocal() {
 		if err := tc.CloseWrite(); err != nil {
 			p.fail("half-close of the local connection", err) // gone already
 		}
+	}
+}
+
+// parkStream parks the quiet stream; false when it has something to read
+// already, and toLocal reads on.
+func (p *pipe) parkStream() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.cut.Load() {
+		return false // the read fails at once, and toLocal ends
+	}
+	p.streamParked = p.st.Park(p.unparkStream)
+	return p.streamParked
+}
+
+// unparkStream is the session's call when the parked stream has more (or
+// ended): toLocal runs again.
+func (p *pipe) unparkStream() {
+	p.mu.Lock()
+	ok := p.streamParked
+	p.streamParked = false
+	p.mu.Unlock()
+	if ok {
+		p.a.spawn(p.toLocal)
 	}
 }
 
@@ -264,11 +312,21 @@ func (p *pipe) reset() {
 	p.mu.Lock()
 	wasParked := p.parked
 	p.parked = false
+	// A wake that ran already finds streamParked and starts toLocal,
+	// which ends the direction; else it ends here.
+	streamParked := p.streamParked && p.st.Unpark()
+	if streamParked {
+		p.streamParked = false
+	}
 	if wasParked {
 		p.a.parker.cancel(p.parkID)
 	}
 	p.mu.Unlock()
+	// A parked direction has no goroutine to see the end: it ends here.
 	if wasParked {
+		p.ended()
+	}
+	if streamParked {
 		p.ended()
 	}
 }

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bytes"
 	"errors"
 	"io"
 	"net"
@@ -110,31 +111,47 @@ func quickPark(t *testing.T) {
 	t.Cleanup(func() { parkAfter = old })
 }
 
-// TestPipeParks: a quiet local side is parked (no goroutine waits on it),
-// wakes for the next bytes, parks again, and its EOF still reaches the
-// peer from the parked state.
+// TestPipeParks: a quiet connection is parked both ways, its local side in
+// the agent's parker and its stream's reader in the session, so that no
+// goroutine waits for it; it wakes for the next bytes either way, parks
+// again, and its EOFs still pass from the parked state.
 func TestPipeParks(t *testing.T) {
 	quickPark(t)
 	w := newPipeWorld(t)
+	parked := func() bool { return w.parked() == 1 && w.sess[0].Parked() == 1 && pipeGoroutines() == 0 }
 	w.roundTrip(t, "hello")
-	eventually(t, "parked", func() bool { return w.parked() == 1 })
+	eventually(t, "parked", parked)
 	w.roundTrip(t, "again") // woken by the bytes
-	eventually(t, "parked again", func() bool { return w.parked() == 1 })
-	w.roundTrip(t, "and again")
-	eventually(t, "parked a third time", func() bool { return w.parked() == 1 })
+	eventually(t, "parked again", parked)
+	if _, err := w.peer.Write([]byte("from the peer")); err != nil { // the stream's side wakes first
+		t.Fatal(err)
+	}
+	b := make([]byte, 64)
+	if n, err := w.app.Read(b); err != nil || string(b[:n]) != "from the peer" {
+		t.Fatalf("app read %q, %v", b[:n], err)
+	}
+	eventually(t, "parked a third time", parked)
 
 	w.app.(*net.TCPConn).CloseWrite()
 	if b, err := io.ReadAll(w.peer); err != nil || len(b) != 0 {
 		t.Fatalf("peer read %q, %v; want EOF", b, err)
 	}
+	eventually(t, "the stream's reader parked after the local EOF", func() bool { return w.sess[0].Parked() == 1 })
 	w.peer.Close()
 	if b, err := io.ReadAll(w.app); err != nil || len(b) != 0 {
 		t.Fatalf("app read %q, %v; want EOF", b, err)
 	}
 	eventually(t, "pipe ended", func() bool { return w.stats.streams.Load() == 0 })
-	if n := w.parked(); n != 0 {
-		t.Fatalf("%d connections still parked", n)
+	if n, m := w.parked(), w.sess[0].Parked(); n != 0 || m != 0 {
+		t.Fatalf("%d local sides and %d streams still parked", n, m)
 	}
+}
+
+// pipeGoroutines counts the goroutines running a pipe's direction.
+func pipeGoroutines() int {
+	b := make([]byte, 1<<20)
+	b = b[:runtime.Stack(b, true)]
+	return bytes.Count(b, []byte("agent.(*pipe).toLocal")) + bytes.Count(b, []byte("agent.(*pipe).toPeer"))
 }
 
 // TestPipeAbortParked: when the session dies while the local side is

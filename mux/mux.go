@@ -137,6 +137,7 @@ func config(log logrus.FieldLogger) *yamux.Config {
 type Session struct {
 	ys       *yamux.Session
 	budget   budget
+	parked   parked // streams whose reader waits in the session (park.go)
 	retiring atomic.Bool
 	// ended is done once the session has ended, for OnSessionEnd: one
 	// goroutine per session waits for that, none per stream.
@@ -179,7 +180,7 @@ func newSession(conn net.Conn, log logrus.FieldLogger, client bool) (*Session, e
 		cfg.EnableKeepAlive = false
 		cfg.ConnectionWriteTimeout = p.MaxPause() + WriteTimeout
 	}
-	ys, err := start(conn, cfg, mm)
+	ys, err := start(&parkConn{Conn: conn, p: &s.parked}, cfg, mm)
 	if err != nil {
 		return nil, fmt.Errorf("start mux session: %w", err)
 	}
@@ -189,6 +190,7 @@ func newSession(conn net.Conn, log logrus.FieldLogger, client bool) (*Session, e
 	go func() {
 		<-ys.CloseChan()
 		cancel()
+		s.parked.close()
 	}()
 	return s, nil
 }
@@ -288,6 +290,9 @@ type Stream struct {
 	ys   *yamux.Stream
 	sess *Session
 
+	kicked atomic.Bool // Kick's deadline is set: WaitRead's timeout is ErrQuiet
+	rmu    sync.Mutex  // held by reads that consume, which Kick must not reach
+
 	mu    sync.Mutex
 	ended bool        // our reads saw the peer's side end
 	reset *time.Timer // after Close: resets the stream if the peer never closes
@@ -295,6 +300,16 @@ type Stream struct {
 
 // Read reads what the peer wrote; io.EOF once the peer closed its side.
 func (s *Stream) Read(b []byte) (int, error) {
+	if len(b) > 0 {
+		// Kick's deadline must not reach a read that consumes: yamux
+		// sends that read's window update under the read deadline, and
+		// one that has passed drops it, and the window with it.
+		s.rmu.Lock()
+		defer s.rmu.Unlock()
+		if s.kicked.Swap(false) {
+			s.ys.SetReadDeadline(time.Time{})
+		}
+	}
 	n, err := s.ys.Read(b)
 	if err != nil && !isTimeout(err) {
 		s.readEnded()
@@ -306,8 +321,13 @@ func (s *Stream) Read(b []byte) (int, error) {
 // the next Read would (io.EOF once the peer closed its side), taking
 // nothing: a forwarder waits with it so that an idle stream holds no
 // buffer.
+// After Kick it returns ErrQuiet instead of waiting.
 func (s *Stream) WaitRead() error {
 	_, err := s.Read(nil) // yamux blocks an empty read until data is there
+	if err != nil && isTimeout(err) && s.kicked.Swap(false) {
+		s.ys.SetReadDeadline(time.Time{})
+		return ErrQuiet
+	}
 	return err
 }
 
@@ -366,6 +386,7 @@ func (s *Stream) StreamID() uint32 { return s.ys.StreamID() }
 func (s *Stream) Reset() error {
 	err := s.ys.Reset()
 	s.readEnded()
+	s.sess.parked.wake([]uint32{s.ys.StreamID()})
 	return err
 }
 
