@@ -242,21 +242,29 @@ func (w *world) frp(r *Report) error {
 
 	// Memory first, while both tunnels are fresh.
 	for _, n := range w.o.streams {
-		var kib [2]float64
+		var kib [2][]float64 // [peerport, frp][time]: both processes together
 		for i, s := range []struct {
 			addr string
 			ps   []*proc
 		}{{echoTun, []*proc{ec, es}}, {f.echoAddr, []*proc{f.frps, f.frpc}}} {
-			v, err := idleConnsRSS(s.addr, s.ps, n)
+			v, err := idleRSS(s.addr, s.ps, n)
 			if err != nil {
 				return fmt.Errorf("idle connections through %s: %w", []string{"peerport", "frp"}[i], err)
 			}
-			kib[i] = v
+			for _, at := range v {
+				kib[i] = append(kib[i], at[0]+at[1])
+			}
 		}
-		r.add(Figure{Part: frpPart, Name: fmt.Sprintf("RSS per idle forwarded connection, both processes, %d connections", n),
-			Value: kib[0], Unit: "KiB", Baseline: kib[1], BaseName: "frps+frpc",
-			Note: "RSS growth of both processes (peerport: connector + sharer; frp: frps + frpc) / connections, 3 s after the last one " +
-				"opened and echoed 1 byte; fresh processes; frp measured after peerport"})
+		for j, at := range idleAt {
+			name := fmt.Sprintf("RSS per idle forwarded connection, both processes, %d connections", n)
+			if j > 0 {
+				name = fmt.Sprintf("RSS per idle forwarded connection after %v, both processes, %d connections", at, n)
+			}
+			r.add(Figure{Part: frpPart, Name: name, Value: kib[0][j], Unit: "KiB", Baseline: kib[1][j], BaseName: "frps+frpc",
+				Note: fmt.Sprintf("RSS growth of both processes (peerport: connector + sharer; frp: frps + frpc) / connections, %v after the last one "+
+					"opened and echoed 1 byte (peerport's agent parks idle connections after 1 s and hands memory back within 20 s of the last byte); "+
+					"fresh processes; frp measured after peerport", at)})
+		}
 	}
 
 	if err := w.frpLatency(r, peer, fr); err != nil {
@@ -403,41 +411,6 @@ func (w *world) frpThroughput(r *Report, peer, fr frpSide) error {
 				round2(rates[key{"peerport", n}]), round2(rates[key{"frp", n}]))})
 	}
 	return nil
-}
-
-// idleConnsRSS opens n connections to addr, echoes a byte on each, waits
-// 3 s and returns the RSS growth of ps per connection, in KiB.
-func idleConnsRSS(addr string, ps []*proc, n int) (float64, error) {
-	sum := func() (int64, error) {
-		var t int64
-		for _, p := range ps {
-			v, err := rss(p.pid())
-			if err != nil {
-				return 0, err
-			}
-			t += v
-		}
-		return t, nil
-	}
-	time.Sleep(time.Second)
-	before, err := sum()
-	if err != nil {
-		return 0, err
-	}
-	conns, err := openEchoed(addr, n)
-	defer func() {
-		closeAll(conns)
-		time.Sleep(time.Second) // let both ends close them
-	}()
-	if err != nil {
-		return 0, err
-	}
-	time.Sleep(3 * time.Second)
-	after, err := sum()
-	if err != nil {
-		return 0, err
-	}
-	return float64(after-before) / float64(n) / 1024, nil
 }
 
 // frpProfiles writes CPU profiles of an n-stream iperf3 run through frp:

@@ -156,9 +156,10 @@ type soakLeak struct {
 	Streams, PeerStreams       int
 	Goroutines, GoroutinesBase int
 	FDs, FDsBase               int
-	// NewFDs names what the fds above the baseline point to
-	// ("socket:[123]", a file), when there are any.
-	NewFDs []string
+	// NewFDs and GoneFDs name, when there are more fds than at the
+	// baseline, what the fds not there then point to and what the
+	// baseline's that went pointed to (a socket by its /proc/net line).
+	NewFDs, GoneFDs []string
 	Note   string
 	// Restarted: the process is not the one the baseline was taken of.
 	// An idle agent's goroutines vary by some 8 with what its sessions
@@ -648,7 +649,8 @@ func runSoak(ctx context.Context, bin binaries, tmp string, o soakOptions, log i
 		}
 		if lk.FDs > lk.FDsBase {
 			p, _ := l.agentProc(a.name)
-			lk.NewFDs = newFDs(baseFDs[a.name], fdTargets(p.Pid()))
+			now := fdTargets(p.Pid())
+			lk.NewFDs, lk.GoneFDs = newFDs(baseFDs[a.name], now), newFDs(now, baseFDs[a.name])
 		}
 		if a.name == "sharer" && res.Faults[faultSharer] > 0 {
 			lk.Restarted = true

@@ -50,8 +50,8 @@ func TestSoakShort(t *testing.T) {
 	}
 	for _, l := range res.Leaks {
 		if l.leaked() {
-			t.Errorf("%s leaked: %d streams, %d peer streams, goroutines %d (before %d), fds %d (before %d) %v",
-				l.Agent, l.Streams, l.PeerStreams, l.Goroutines, l.GoroutinesBase, l.FDs, l.FDsBase, l.NewFDs)
+			t.Errorf("%s leaked: %d streams, %d peer streams, goroutines %d (before %d), fds %d (before %d): new %v, gone %v",
+				l.Agent, l.Streams, l.PeerStreams, l.Goroutines, l.GoroutinesBase, l.FDs, l.FDsBase, l.NewFDs, l.GoneFDs)
 		}
 	}
 }

@@ -608,48 +608,67 @@ func (w *world) memory(r *Report) error {
 }
 
 func (w *world) streamMemory(r *Report, n int) error {
-	before := map[*proc]int64{}
-	for _, p := range []*proc{w.echoShare, w.echoCon} {
-		v, err := rss(p.pid())
-		if err != nil {
-			return err
-		}
-		before[p] = v
-	}
-	conns, err := openEchoed(w.echoTun, n)
-	opened := time.Now()
-	defer func() { closeAll(conns) }()
+	ps := []*proc{w.echoShare, w.echoCon}
+	kib, err := idleRSS(w.echoTun, ps, n)
 	if err != nil {
 		return err
 	}
-	// Idle means idle: past the agent's parkAfter (1 s), when the quiet
-	// connections leave their goroutines for the parker and the session;
-	// and then past its releaseAfter (10 s without a byte), when it hands
-	// back to the OS what opening them took (stacks that were in use for
-	// that first second among it). The second is what idle connections
-	// cost for as long as they stay open.
-	for _, at := range []struct {
-		after time.Duration
-		name  string
-		note  string
-	}{
-		{3 * time.Second, "", "3 s after the last one opened"},
-		{25 * time.Second, ", settled", "25 s after the last one opened, past the agent's release of memory (at most 20 s after the last byte)"},
-	} {
-		time.Sleep(at.after - time.Since(opened))
-		for _, p := range []*proc{w.echoShare, w.echoCon} {
-			v, err := rss(p.pid())
-			if err != nil {
-				return err
-			}
-			r.add(Figure{Part: "memory", Name: fmt.Sprintf("RSS per idle stream%s, %s, %d streams", at.name, p.name, n),
-				Value: float64(v-before[p]) / float64(n) / 1024, Unit: "KiB", Target: "< 8 KiB",
-				Note: "RSS growth / streams, " + at.note + "; each stream is also a TCP connection on each side, its local side parked in the agent's epoll set and its stream's reader parked in the session"})
+	for j, at := range idleAt {
+		name, note := "", "3 s after the last one opened"
+		if j > 0 {
+			name, note = ", settled", fmt.Sprintf("%v after the last one opened, past the agent's release of memory (at most 20 s after the last byte)", at)
+		}
+		for i, p := range ps {
+			r.add(Figure{Part: "memory", Name: fmt.Sprintf("RSS per idle stream%s, %s, %d streams", name, p.name, n),
+				Value: kib[j][i], Unit: "KiB", Target: "< 8 KiB",
+				Note: "RSS growth / streams, " + note + "; each stream is also a TCP connection on each side, its local side parked in the agent's epoll set and its stream's reader parked in the session"})
 		}
 	}
-	closeAll(conns)
-	time.Sleep(time.Second) // let the agents close the streams before the next figure
 	return nil
+}
+
+// idleAt is when idleRSS looks, after the last connection opened: past
+// the agent's parkAfter (1 s), when quiet connections leave their
+// goroutines for the parker and the session; and past its release (at
+// most 20 s after the last byte: a check every releaseAfter, 10 s), when
+// it hands back to the OS what opening them took, the stacks of that first
+// second among it. The second is what idle connections cost for as long
+// as they stay open.
+var idleAt = []time.Duration{3 * time.Second, 25 * time.Second}
+
+// idleRSS opens n connections to the echo at addr and returns, at each
+// of idleAt, the RSS growth of each of ps per connection, in KiB.
+func idleRSS(addr string, ps []*proc, n int) ([][]float64, error) {
+	time.Sleep(time.Second)
+	before := make([]int64, len(ps))
+	for i, p := range ps {
+		v, err := rss(p.pid())
+		if err != nil {
+			return nil, err
+		}
+		before[i] = v
+	}
+	conns, err := openEchoed(addr, n)
+	opened := time.Now()
+	defer func() {
+		closeAll(conns)
+		time.Sleep(time.Second) // let both ends close them before the next figure
+	}()
+	if err != nil {
+		return nil, err
+	}
+	kib := make([][]float64, len(idleAt))
+	for j, d := range idleAt {
+		time.Sleep(d - time.Since(opened))
+		for _, p := range ps {
+			v, err := rss(p.pid())
+			if err != nil {
+				return nil, err
+			}
+			kib[j] = append(kib[j], float64(v-before[len(kib[j])])/float64(n)/1024)
+		}
+	}
+	return kib, nil
 }
 
 // openEchoed opens n connections to the echo at addr, 32 at a time, each
