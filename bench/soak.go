@@ -160,7 +160,7 @@ type soakLeak struct {
 	// baseline, what the fds not there then point to and what the
 	// baseline's that went pointed to (a socket by its /proc/net line).
 	NewFDs, GoneFDs []string
-	Note   string
+	Note            string
 	// Restarted: the process is not the one the baseline was taken of.
 	// An idle agent's goroutines vary by some 8 with what its sessions
 	// are doing (27 or 35 for the same sharer), so only streams count.
