@@ -58,11 +58,11 @@ var (
 // ended counts each direction's end once, so the counters cannot drift.
 //
 // An idle forwarded connection costs as little as we can make it: no
-// buffer in either direction, and one goroutine, blocked on the stream.
-// The local side, once quiet for parkAfter, waits in the agent's parker
-// (one epoll set for all of them, on Linux) instead of in a goroutine of
-// its own, and gets a fresh goroutine, with a small stack, when it has
-// something to read.
+// buffer in either direction, and no goroutine. Once quiet for parkAfter,
+// the local side waits in the agent's parker (one epoll set for all of
+// them, on Linux) and the stream in its session (mux Stream.Park); each
+// gets a fresh goroutine, with a small stack, when it has something to
+// read.
 type pipe struct {
 	a       *Agent
 	st      *mux.Stream
@@ -165,13 +165,17 @@ func (p *pipe) parkStream() bool {
 
 // unparkStream is the session's call when the parked stream has more (or
 // ended): toLocal runs again.
-func (p *pipe) unparkStream() {
+func (p *pipe) unparkStream() { p.wake(&p.streamParked, p.toLocal) }
+
+// wake runs a parked direction again, in a goroutine of its own, unless
+// reset ended it meanwhile (and cleared *parked).
+func (p *pipe) wake(parked *bool, direction func()) {
 	p.mu.Lock()
-	ok := p.streamParked
-	p.streamParked = false
+	ok := *parked
+	*parked = false
 	p.mu.Unlock()
 	if ok {
-		p.a.spawn(p.toLocal)
+		p.a.spawn(direction)
 	}
 }
 
@@ -275,15 +279,7 @@ func (p *pipe) park() error {
 
 // unpark is the parker's call when the local side has something to read
 // (data, EOF or an error): toPeer runs again.
-func (p *pipe) unpark() {
-	p.mu.Lock()
-	ok := p.parked
-	p.parked = false
-	p.mu.Unlock()
-	if ok {
-		p.a.spawn(p.toPeer)
-	}
-}
+func (p *pipe) unpark() { p.wake(&p.parked, p.toPeer) }
 
 // abort ends the pipe as the agent stops: the connection is cut, and both
 // ends learn it was.
@@ -315,9 +311,7 @@ func (p *pipe) reset() {
 	// A wake that ran already finds streamParked and starts toLocal,
 	// which ends the direction; else it ends here.
 	streamParked := p.streamParked && p.st.Unpark()
-	if streamParked {
-		p.streamParked = false
-	}
+	p.streamParked = p.streamParked && !streamParked
 	if wasParked {
 		p.a.parker.cancel(p.parkID)
 	}

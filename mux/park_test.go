@@ -273,21 +273,25 @@ func TestFollow(t *testing.T) {
 	wire = append(wire, frame(typeData, 0, 11, nil)...)              // empty data: nothing
 	want := []uint32{3, 5, 7, 9}
 	for _, split := range []int{1, 2, 5, 11, 12, 13, 100, len(wire)} {
-		c := &parkConn{}
-		var got []uint32
-		for b := wire; len(b) > 0; {
-			k := min(split, len(b))
-			c.follow(b[:k])
-			b = b[k:]
-			got = append(got, c.done...)
-			c.done = c.done[:0]
-		}
 		// Notes of one read are merged only within it.
-		got = slices.Compact(got)
-		if !slices.Equal(got, want) {
+		if got := slices.Compact(followInPieces(&parkConn{}, wire, split)); !slices.Equal(got, want) {
 			t.Errorf("reads of %d bytes: noted %v, want %v", split, got, want)
 		}
 	}
+}
+
+// followInPieces feeds wire to c in reads of split bytes and returns what
+// the reads noted, one after the other.
+func followInPieces(c *parkConn, wire []byte, split int) []uint32 {
+	var got []uint32
+	for b := wire; len(b) > 0; {
+		k := min(split, len(b))
+		c.follow(b[:k])
+		b = b[k:]
+		got = append(got, c.done...)
+		c.done = c.done[:0]
+	}
+	return got
 }
 
 // FuzzFollow: parkConn follows any byte stream without panicking, and in
@@ -300,14 +304,7 @@ func FuzzFollow(f *testing.F) {
 		whole.follow(wire)
 		split = max(1, split%64)
 		pieces := &parkConn{}
-		var got []uint32
-		for b := wire; len(b) > 0; {
-			k := min(split, len(b))
-			pieces.follow(b[:k])
-			b = b[k:]
-			got = append(got, pieces.done...)
-			pieces.done = pieces.done[:0]
-		}
+		got := followInPieces(pieces, wire, split)
 		if !slices.Equal(slices.Compact(got), slices.Compact(whole.done)) || pieces.hn != whole.hn || pieces.body != whole.body {
 			t.Fatalf("in pieces of %d: %v (state %d/%d), whole: %v (%d/%d)", split, got, pieces.hn, pieces.body, whole.done, whole.hn, whole.body)
 		}
