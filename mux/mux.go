@@ -311,6 +311,13 @@ func (s *Stream) Read(b []byte) (int, error) {
 		}
 	}
 	n, err := s.ys.Read(b)
+	if n > 0 && err != nil && s.sess.IsClosed() {
+		// yamux returns the bytes it read with the error of the window
+		// update it then sends. Once the session has ended (the peer
+		// retired it) there is nobody to grant more to, and what is
+		// buffered is still the stream's: the next Read tells its end.
+		err = nil
+	}
 	if err != nil && !isTimeout(err) {
 		s.readEnded()
 	}
