@@ -221,19 +221,11 @@ func (w *world) frp(r *Report) error {
 	// peerport's own pair of agents per target, fresh for this part (the
 	// memory figure must not see what earlier parts grew) and never
 	// profiled (frp's processes are not while measured either).
-	ps, it, err := w.shareEnv("frp-peer-iperf", w.iperfAddr, nil)
+	ps, pc, iperfTun, err := w.freshPair("frp-peer-iperf", w.iperfAddr)
 	if err != nil {
 		return err
 	}
-	pc, iperfTun, err := w.connectEnv("frp-peer-iperf-connector", it, nil)
-	if err != nil {
-		return err
-	}
-	es, et, err := w.shareEnv("frp-peer-echo", w.echoAddr, nil)
-	if err != nil {
-		return err
-	}
-	ec, echoTun, err := w.connectEnv("frp-peer-echo-connector", et, nil)
+	es, ec, echoTun, err := w.freshPair("frp-peer-echo", w.echoAddr)
 	if err != nil {
 		return err
 	}

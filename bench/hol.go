@@ -56,21 +56,7 @@ const (
 
 // holChild serves the hol protocol on loopback until killed; it prints its
 // address first.
-func holChild() {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "hol child:", err)
-		os.Exit(1)
-	}
-	fmt.Println(ln.Addr())
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		go holServe(c)
-	}
-}
+func holChild() { serveChild("hol child", holServe) }
 
 func holServe(c net.Conn) {
 	defer c.Close()

@@ -116,15 +116,11 @@ func (w *world) memBackRun(r *Report, variant, target string, bulk func(addr str
 	if variant != "" {
 		name = "memback-open"
 	}
-	share, ticket, err := w.shareEnv(name, target, nil)
+	share, con, addr, err := w.freshPair(name, target)
 	if err != nil {
 		return err
 	}
 	defer share.stop()
-	con, addr, err := w.connectEnv(name+"-connector", ticket, nil)
-	if err != nil {
-		return err
-	}
 	defer con.stop()
 	// A first run makes the peer session; fresh is the idle agent with its
 	// session up, as in the memory part, after a small first load.

@@ -124,6 +124,22 @@ func (w *world) shareEnv(name, target string, env []string) (*proc, string, erro
 	return p, t, err
 }
 
+// freshPair starts an unprofiled sharer of target named name and a
+// connector to it named name-connector, and returns both and the
+// connector's listen address; a failed connector stops the sharer.
+func (w *world) freshPair(name, target string) (share, con *proc, addr string, err error) {
+	share, ticket, err := w.shareEnv(name, target, nil)
+	if err != nil {
+		return nil, nil, "", err
+	}
+	con, addr, err = w.connectEnv(name+"-connector", ticket, nil)
+	if err != nil {
+		share.stop()
+		return nil, nil, "", err
+	}
+	return share, con, addr, nil
+}
+
 func (w *world) connect(name, ticket string) (*proc, string, error) {
 	return w.connectEnv(name, ticket, w.profileEnv(name))
 }
@@ -463,9 +479,28 @@ func (w *world) relayChain(target string) (string, error) {
 // relayChild listens on loopback, prints its address, and relays every
 // connection to target with io.Copy both ways (splice(2) on Linux).
 func relayChild(target string) {
+	serveChild("relay child", func(c net.Conn) {
+		defer c.Close()
+		t, err := net.Dial("tcp", target)
+		if err != nil {
+			return
+		}
+		defer t.Close()
+		go func() {
+			io.Copy(t, c)
+			t.(*net.TCPConn).CloseWrite()
+		}()
+		io.Copy(c, t)
+	})
+}
+
+// serveChild is a bench child process's server: it listens on loopback,
+// prints its address first, and serves each connection in a goroutine of
+// its own until it is killed.
+func serveChild(name string, serve func(net.Conn)) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "relay child:", err)
+		fmt.Fprintln(os.Stderr, name+":", err)
 		os.Exit(1)
 	}
 	fmt.Println(ln.Addr())
@@ -474,19 +509,7 @@ func relayChild(target string) {
 		if err != nil {
 			return
 		}
-		go func() {
-			defer c.Close()
-			t, err := net.Dial("tcp", target)
-			if err != nil {
-				return
-			}
-			defer t.Close()
-			go func() {
-				io.Copy(t, c)
-				t.(*net.TCPConn).CloseWrite()
-			}()
-			io.Copy(c, t)
-		}()
+		go serve(c)
 	}
 }
 

@@ -23,12 +23,14 @@ func slowPair(t testing.TB) (net.Conn, net.Conn) {
 	return slowConn{a}, b
 }
 
-// TestRetireDeliversQueued: the sharer writes 8 MiB and closes its side,
-// and its session is retired at once, while most frames are still queued
-// behind a slow connection: the connector gets every byte and EOF, and
-// both sessions end. (Closing instead of retiring loses the queue.)
-func TestRetireDeliversQueued(t *testing.T) {
-	sharer, connector := sessions(t, slowPair)
+// retire is the exchange of the retire tests: the connector opens a
+// stream, says "go" and closes its side (Close, the reset timer armed);
+// reading(st) starts, and may read on in the background; the sharer reads
+// the "go", writes payload, closes its side and retires its session. It
+// returns the connector's stream and whether Retire ended by the peer's
+// close rather than its 30 s context.
+func retire(t *testing.T, sharer, connector *Session, payload []byte, reading func(st *Stream)) (*Stream, bool) {
+	t.Helper()
 	st, err := connector.OpenStream()
 	if err != nil {
 		t.Fatal(err)
@@ -37,18 +39,7 @@ func TestRetireDeliversQueued(t *testing.T) {
 		t.Fatal(err)
 	}
 	st.Close()
-	payload := make([]byte, 8<<20)
-	rand.Read(payload)
-	type read struct {
-		b   []byte
-		err error
-	}
-	got := make(chan read, 1)
-	go func() {
-		b, err := io.ReadAll(st)
-		got <- read{b, err}
-	}()
-
+	reading(st)
 	peer, err := sharer.AcceptStream()
 	if err != nil {
 		t.Fatal(err)
@@ -63,6 +54,28 @@ func TestRetireDeliversQueued(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	sharer.Retire(ctx)
+	return st, ctx.Err() == nil
+}
+
+// TestRetireDeliversQueued: the sharer writes 8 MiB and closes its side,
+// and its session is retired at once, while most frames are still queued
+// behind a slow connection: the connector gets every byte and EOF, and
+// both sessions end. (Closing instead of retiring loses the queue.)
+func TestRetireDeliversQueued(t *testing.T) {
+	sharer, connector := sessions(t, slowPair)
+	payload := make([]byte, 8<<20)
+	rand.Read(payload)
+	type read struct {
+		b   []byte
+		err error
+	}
+	got := make(chan read, 1)
+	_, inTime := retire(t, sharer, connector, payload, func(st *Stream) {
+		go func() {
+			b, err := io.ReadAll(st)
+			got <- read{b, err}
+		}()
+	})
 
 	select {
 	case r := <-got:
@@ -79,8 +92,28 @@ func TestRetireDeliversQueued(t *testing.T) {
 			t.Fatalf("%s session still open after Retire", name)
 		}
 	}
-	if ctx.Err() != nil {
+	if !inTime {
 		t.Fatal("Retire waited for its context instead of the peer's close")
+	}
+}
+
+// TestRetireSlowReader: a connector that reads only after the sharer
+// retired the session (and the session ended on the go away) still gets
+// every byte buffered before the FIN: the window updates its reads would
+// send have no session left, and that is no error of the stream's.
+func TestRetireSlowReader(t *testing.T) {
+	sharer, connector := sessions(t, tcpPair)
+	payload := make([]byte, InitialWindow) // all within the first window
+	rand.Read(payload)
+	st, _ := retire(t, sharer, connector, payload, func(*Stream) {})
+	select {
+	case <-connector.CloseChan():
+	case <-time.After(10 * time.Second):
+		t.Fatal("the connector's session did not end on the go away")
+	}
+	b, err := io.ReadAll(st)
+	if err != nil || !bytes.Equal(b, payload) {
+		t.Fatalf("connector read %d of %d bytes, then %v", len(b), len(payload), err)
 	}
 }
 
