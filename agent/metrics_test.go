@@ -121,6 +121,13 @@ func TestMetricsPerShareAndConnect(t *testing.T) {
 		}
 	}
 	roundTrip(1)
+	// The first connection's end is counted once its pipe ended both ways,
+	// on each side a moment after the application closed.
+	open := metricSeries("peerport_agent_share_connections_open", shareL...)
+	connOpen := metricSeries("peerport_agent_connect_connections_open", connL...)
+	eventually(t, "one open connection on each side", func() bool {
+		return scrapeSharer()[open] == 1 && scrapeConn()[connOpen] == 1
+	})
 	s0, c0 := scrapeSharer(), scrapeConn()
 	for _, tc := range []struct {
 		who    string
@@ -131,9 +138,9 @@ func TestMetricsPerShareAndConnect(t *testing.T) {
 		{"sharer", s0, build, 1},
 		{"connector", c0, build, 1},
 		{"sharer", s0, metricSeries("peerport_agent_share_connections_total", shareL...), 2},
-		{"sharer", s0, metricSeries("peerport_agent_share_connections_open", shareL...), 1},
+		{"sharer", s0, open, 1},
 		{"connector", c0, metricSeries("peerport_agent_connect_connections_total", connL...), 2},
-		{"connector", c0, metricSeries("peerport_agent_connect_connections_open", connL...), 1},
+		{"connector", c0, connOpen, 1},
 		{"connector", c0, metricSeries("peerport_agent_connect_reconnects_total", connL...), 0},
 		{"connector", c0, metricSeries("peerport_agent_connect_path", append(connL, "path", "direct")...), 1},
 		{"connector", c0, metricSeries("peerport_agent_peer_path", "path", "direct", "peer", sharerID, "relay_kind", "", "role", "connector"), 1},

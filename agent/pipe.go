@@ -29,12 +29,12 @@ func bufPool(size int) *sync.Pool {
 	return &sync.Pool{New: func() any { b := make([]byte, size); return &b }}
 }
 
-// parkAfter is how long the local side of a connection stays quiet before
-// its goroutine gives way to the agent's parker (a variable for tests).
-var parkAfter = time.Second
+// parkAfter is how long either side of a connection stays quiet before
+// its goroutine gives way (quietWatch.after shortens it in tests).
+const parkAfter = time.Second
 
 var (
-	// errQuiet ends a copy whose source stayed quiet for parkAfter.
+	// errQuiet ends a copy whose source stayed quiet.
 	errQuiet = errors.New("quiet")
 	// errParkerClosed: the agent is stopping.
 	errParkerClosed = errors.New("agent stopping")
@@ -193,7 +193,7 @@ func (p *pipe) toPeer() {
 	if canPark && out.wait != nil {
 		wait := out.wait
 		out.wait = func() error {
-			p.c.SetReadDeadline(time.Now().Add(parkAfter))
+			p.c.SetReadDeadline(time.Now().Add(p.a.quiet.period()))
 			err := wait()
 			p.c.SetReadDeadline(time.Time{})
 			if errors.Is(err, os.ErrDeadlineExceeded) {

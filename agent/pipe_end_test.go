@@ -33,10 +33,7 @@ func newTunnel(t *testing.T) *tunnel {
 	t.Helper()
 	log := logrus.New()
 	log.SetOutput(io.Discard)
-	w := &tunnel{conn: &Agent{log: log}, share: &Agent{log: log}}
-	for _, a := range []*Agent{w.conn, w.share} {
-		a.parker.spawn = a.spawn
-	}
+	w := &tunnel{conn: pipeAgent(log), share: pipeAgent(log)}
 	c1, c2 := testutil.TCPPair(t)
 	var err error
 	if w.sess[0], err = mux.Client(c1, log); err != nil {
@@ -198,8 +195,14 @@ func TestPipeAbruptEnds(t *testing.T) {
 				appF[i], targetF[i] = startFlow(cs[i].app), startFlow(cs[i].target)
 			}
 			for i := range cs { // a megabyte each way, all at once
-				<-appF[i].moved
-				<-targetF[i].moved
+				for side, f := range map[string]*flow{"app": appF[i], "target": targetF[i]} {
+					select {
+					case <-f.moved:
+					case <-time.After(30 * time.Second):
+						t.Fatalf("conn %d: the %s read less than a megabyte in 30 s: stalled (connector %d parked, sharer %d parked)",
+							i, side, w.conn.parker.count(), w.share.parker.count())
+					}
+				}
 			}
 			if tc.killSes {
 				for i := range cs {

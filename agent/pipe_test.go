@@ -30,8 +30,7 @@ func newPipeWorld(t *testing.T) *pipeWorld {
 	t.Helper()
 	log := logrus.New()
 	log.SetOutput(io.Discard)
-	w := &pipeWorld{a: &Agent{log: log}}
-	w.a.parker.spawn = w.a.spawn
+	w := &pipeWorld{a: pipeAgent(log)}
 	c1, c2 := testutil.TCPPair(t)
 	var err error
 	if w.sess[0], err = mux.Client(c1, log); err != nil {
@@ -102,13 +101,21 @@ func wantReset(t *testing.T, c net.Conn) {
 	}
 }
 
+// quickPark skips where there is no parker; the test's agents park after
+// testParkAfter (pipeAgent).
 func quickPark(t *testing.T) {
 	if runtime.GOOS != "linux" {
 		t.Skip("the parker is Linux only")
 	}
-	old := parkAfter
-	parkAfter = 50 * time.Millisecond
-	t.Cleanup(func() { parkAfter = old })
+}
+
+const testParkAfter = 50 * time.Millisecond
+
+// pipeAgent is an agent for pipes alone, quick to park.
+func pipeAgent(log *logrus.Logger) *Agent {
+	a := &Agent{log: log, quiet: quietWatch{after: testParkAfter}}
+	a.parker.spawn = a.spawn
+	return a
 }
 
 // TestPipeParks: a quiet connection is parked both ways, its local side in

@@ -12,6 +12,8 @@ import (
 // that read nothing since it last looked. The watch's timer runs only while
 // some toLocal runs.
 type quietWatch struct {
+	after time.Duration // the quiet that parks; 0: parkAfter
+
 	mu    sync.Mutex
 	pipes map[*pipe]struct{}
 	t     *time.Timer
@@ -27,7 +29,7 @@ func (w *quietWatch) add(p *pipe) {
 	}
 	w.pipes[p] = struct{}{}
 	if w.t == nil {
-		w.t = time.AfterFunc(parkAfter, w.look)
+		w.t = time.AfterFunc(w.period(), w.look)
 	}
 }
 
@@ -47,8 +49,16 @@ func (w *quietWatch) look() {
 		}
 	}
 	if len(w.pipes) > 0 {
-		w.t.Reset(parkAfter)
+		w.t.Reset(w.period())
 	} else {
 		w.t = nil
 	}
+}
+
+// period is how long a connection's side stays quiet before it parks.
+func (w *quietWatch) period() time.Duration {
+	if w.after > 0 {
+		return w.after
+	}
+	return parkAfter
 }
