@@ -11,6 +11,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/sirupsen/logrus"
+
 	"github.com/peerport/peerport/mux"
 )
 
@@ -296,7 +298,7 @@ func (p *pipe) fail(why string, err error) {
 	p.failed.Do(func() {
 		p.cut.Store(true)
 		p.rec.failed(why, err)
-		p.a.log.WithError(err).WithField("where", why).Debug("forwarded connection cut: resetting both ends")
+		p.a.log.WithError(err).WithFields(logrus.Fields{"where": why, "stream": p.st.StreamID()}).Debug("forwarded connection cut: resetting both ends")
 		p.reset()
 	})
 }

@@ -11,8 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sirupsen/logrus"
-
 	"github.com/peerport/peerport/internal/testutil"
 	"github.com/peerport/peerport/mux"
 )
@@ -31,15 +29,14 @@ type tunnelConn struct {
 
 func newTunnel(t *testing.T) *tunnel {
 	t.Helper()
-	log := logrus.New()
-	log.SetOutput(io.Discard)
-	w := &tunnel{conn: pipeAgent(log), share: pipeAgent(log)}
+	log := testutil.Log(t, "tunnel")
+	w := &tunnel{conn: pipeAgent(log.WithField("agent", "connector")), share: pipeAgent(log.WithField("agent", "sharer"))}
 	c1, c2 := testutil.TCPPair(t)
 	var err error
-	if w.sess[0], err = mux.Client(c1, log); err != nil {
+	if w.sess[0], err = mux.Client(c1, w.conn.log); err != nil {
 		t.Fatal(err)
 	}
-	if w.sess[1], err = mux.Server(c2, log); err != nil {
+	if w.sess[1], err = mux.Server(c2, w.share.log); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {

@@ -28,8 +28,7 @@ type pipeWorld struct {
 
 func newPipeWorld(t *testing.T) *pipeWorld {
 	t.Helper()
-	log := logrus.New()
-	log.SetOutput(io.Discard)
+	log := testutil.Log(t, "pipe")
 	w := &pipeWorld{a: pipeAgent(log)}
 	c1, c2 := testutil.TCPPair(t)
 	var err error
@@ -112,7 +111,7 @@ func quickPark(t *testing.T) {
 const testParkAfter = 50 * time.Millisecond
 
 // pipeAgent is an agent for pipes alone, quick to park.
-func pipeAgent(log *logrus.Logger) *Agent {
+func pipeAgent(log logrus.FieldLogger) *Agent {
 	a := &Agent{log: log, quiet: quietWatch{after: testParkAfter}}
 	a.parker.spawn = a.spawn
 	return a

@@ -1,7 +1,6 @@
 package broker
 
 import (
-	"bytes"
 	"context"
 	"net"
 	"os"
@@ -10,13 +9,13 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/pion/stun/v4"
 
 	"github.com/peerport/peerport/internal/relay"
+	"github.com/peerport/peerport/internal/testutil"
 )
 
 // startBroker starts a broker on loopback with the rest of o (STUN off
@@ -129,24 +128,6 @@ func requireTool(t *testing.T, name, pkg string) string {
 	return ""
 }
 
-// syncBuffer collects a process's output.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // uclientTotals matches the summary turnutils_uclient prints at the end.
 var uclientTotals = regexp.MustCompile(`start_mclient: tot_send_bytes ~ (\d+), tot_recv_bytes ~ (\d+)`)
 
@@ -195,7 +176,7 @@ func startCoturn(t *testing.T, secret string) string {
 	t.Helper()
 	path := requireTool(t, "turnserver", "coturn")
 	dir := t.TempDir()
-	out := &syncBuffer{}
+	out := &testutil.Buffer{}
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("turnserver:\n%s", out.String())

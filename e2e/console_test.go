@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/creack/pty"
+
+	"github.com/peerport/peerport/internal/testutil"
 )
 
 // ptyRun runs the agent with a pseudo-terminal as its stdin and stdout, as
@@ -21,8 +23,8 @@ type ptyRun struct {
 	t      *testing.T
 	cmd    *exec.Cmd
 	term   *os.File // our side of the terminal
-	screen *syncBuffer
-	stderr *syncBuffer
+	screen *testutil.Buffer
+	stderr *testutil.Buffer
 	done   chan struct{}
 	err    error
 }
@@ -36,7 +38,7 @@ func startInPty(t *testing.T, args ...string) *ptyRun {
 	if err := pty.Setsize(master, &pty.Winsize{Rows: 50, Cols: 320}); err != nil {
 		t.Fatal(err)
 	}
-	r := &ptyRun{t: t, term: master, screen: &syncBuffer{}, stderr: &syncBuffer{}, done: make(chan struct{})}
+	r := &ptyRun{t: t, term: master, screen: &testutil.Buffer{}, stderr: &testutil.Buffer{}, done: make(chan struct{})}
 	r.cmd = exec.Command(bins.agent, args...)
 	// TERM=linux: a terminal without REP, so a run of one character is
 	// written out rather than repeated by a control the test would strip.
@@ -164,7 +166,7 @@ func linesOf(t *testing.T, env []string, args ...string) (stdout []byte, stderr 
 	t.Helper()
 	cmd := exec.Command(bins.agent, args...)
 	cmd.Env = append(append(os.Environ(), "PEERPORT_HOME="+t.TempDir(), loopbackOnly), env...)
-	errb := &syncBuffer{}
+	errb := &testutil.Buffer{}
 	cmd.Stderr = errb
 	out, err := cmd.StdoutPipe()
 	if err != nil {
@@ -257,7 +259,7 @@ func TestConsoleWatchPiped(t *testing.T) {
 	} {
 		cmd := exec.Command(bins.agent, append([]string{"--state-dir", w.sharerDir, "status", "--watch"}, tc.args...)...)
 		cmd.Env = append(os.Environ(), "PEERPORT_HOME="+t.TempDir())
-		out := &syncBuffer{}
+		out := &testutil.Buffer{}
 		cmd.Stdout = out
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)

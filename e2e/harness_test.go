@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/peerport/peerport/agent"
+	"github.com/peerport/peerport/internal/testutil"
 )
 
 // bins holds the binaries built once for the package: ours, and a real
@@ -76,33 +77,16 @@ type proc struct {
 	name   string
 	cmd    *exec.Cmd
 	lines  chan string // stdout, line by line
-	stderr *syncBuffer
+	stderr *testutil.Buffer
 	done   chan struct{}
 	err    error
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // start runs bin with args; it is stopped (SIGTERM, then SIGKILL) at cleanup.
 func start(t testing.TB, name, bin string, args ...string) *proc {
 	t.Helper()
 	p := &proc{t: t, name: name, cmd: exec.Command(bin, args...), lines: make(chan string, 64),
-		stderr: &syncBuffer{}, done: make(chan struct{})}
+		stderr: &testutil.Buffer{}, done: make(chan struct{})}
 	p.cmd.Env = append(os.Environ(), "PEERPORT_HOME="+t.TempDir(), loopbackOnly)
 	p.cmd.Stderr = p.stderr
 	out, err := p.cmd.StdoutPipe()

@@ -290,8 +290,13 @@ type Stream struct {
 	ys   *yamux.Stream
 	sess *Session
 
-	kicked atomic.Bool // Kick's deadline is set: WaitRead's timeout is ErrQuiet
-	rmu    sync.Mutex  // held by reads that consume, which Kick must not reach
+	rmu sync.Mutex // held by reads that consume, which Kick must not reach
+	// kmu keeps kicked and the read deadline in step: set apart, a Kick
+	// between a clear's two steps left a passed deadline with kicked
+	// false, and the next read failed with a timeout (or lost its window
+	// update) instead of the wait ending with ErrQuiet.
+	kmu    sync.Mutex
+	kicked bool // Kick's deadline is set: WaitRead's timeout is ErrQuiet
 
 	mu    sync.Mutex
 	ended bool        // our reads saw the peer's side end
@@ -306,16 +311,17 @@ func (s *Stream) Read(b []byte) (int, error) {
 		// one that has passed drops it, and the window with it.
 		s.rmu.Lock()
 		defer s.rmu.Unlock()
-		if s.kicked.Swap(false) {
-			s.ys.SetReadDeadline(time.Time{})
-		}
+		s.unkick()
 	}
 	n, err := s.ys.Read(b)
-	if n > 0 && err != nil && s.sess.IsClosed() {
+	if n > 0 && err != nil && (isTimeout(err) || s.sess.IsClosed()) {
 		// yamux returns the bytes it read with the error of the window
-		// update it then sends. Once the session has ended (the peer
-		// retired it) there is nobody to grant more to, and what is
-		// buffered is still the stream's: the next Read tells its end.
+		// update it then sends, and neither error is the bytes': they are
+		// the stream's, and the next Read tells its end. A session that
+		// has ended (the peer retired it) has nobody to grant more to. A
+		// timeout is a deadline of Kick's (or readable's) set while the
+		// stream was open, which yamux no longer clears once the peer's
+		// FIN has come: the peer sends nothing more, so no update is due.
 		err = nil
 	}
 	if err != nil && !isTimeout(err) {
@@ -331,8 +337,7 @@ func (s *Stream) Read(b []byte) (int, error) {
 // After Kick it returns ErrQuiet instead of waiting.
 func (s *Stream) WaitRead() error {
 	_, err := s.Read(nil) // yamux blocks an empty read until data is there
-	if err != nil && isTimeout(err) && s.kicked.Swap(false) {
-		s.ys.SetReadDeadline(time.Time{})
+	if err != nil && isTimeout(err) && s.unkick() {
 		return ErrQuiet
 	}
 	return err

@@ -171,8 +171,22 @@ func (s *Stream) Kick() {
 		return
 	}
 	defer s.rmu.Unlock()
-	s.kicked.Store(true)
+	s.kmu.Lock()
+	defer s.kmu.Unlock()
+	s.kicked = true
 	s.ys.SetReadDeadline(time.Unix(1, 0))
+}
+
+// unkick clears Kick's deadline; it reports whether there was one.
+func (s *Stream) unkick() bool {
+	s.kmu.Lock()
+	defer s.kmu.Unlock()
+	if !s.kicked {
+		return false
+	}
+	s.kicked = false
+	s.ys.SetReadDeadline(time.Time{})
+	return true
 }
 
 // Parked is the number of the session's streams whose reader is parked.
@@ -202,7 +216,9 @@ func (s *Stream) Unpark() bool { return s.sess.parked.remove(s.ys.StreamID()) }
 // readable tells whether a read would return without waiting: data is
 // buffered, or the stream has ended (EOF, a reset, a dead session).
 func (s *Stream) readable() bool {
-	s.kicked.Store(false)
+	s.kmu.Lock() // a passed deadline does not block the read
+	defer s.kmu.Unlock()
+	s.kicked = false
 	s.ys.SetReadDeadline(time.Unix(1, 0))
 	_, err := s.ys.Read(nil)
 	s.ys.SetReadDeadline(time.Time{})

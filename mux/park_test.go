@@ -6,6 +6,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
+	"runtime"
 	"slices"
 	"testing"
 	"time"
@@ -387,5 +388,101 @@ func TestKick(t *testing.T) {
 	case <-time.After(time.Minute):
 		s.Reset() // ends the reader
 		t.Fatalf("stalled: a window update was lost")
+	}
+}
+
+// TestKickThenFIN: a kick while the stream is open, then the peer's FIN,
+// and the bytes before the FIN still read in full. yamux ignores a read
+// deadline set (or cleared) once the peer's side has ended, so the kick's
+// passed deadline stays; the read that then sends a window update (more
+// than half the window read) got a timeout with its bytes, and a pipe took
+// a graceful end for a cut one (TestPipeAbruptEnds/mixed, now and then).
+func TestKickThenFIN(t *testing.T) {
+	client, server := sessions(t, tcpPair)
+	c, s := streamPair(t, client, server)
+	const size = InitialWindow * 3 / 4 // fits the window, and reading it sends an update
+	if _, err := c.Write(make([]byte, size)); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.WaitRead(); err != nil {
+		t.Fatal(err)
+	}
+	s.Kick()
+	if err := c.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := client.Ping(); err != nil { // the server has read the FIN before it answers
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(s)
+	if err != nil || len(got) != size {
+		t.Fatalf("read %d of %d bytes, then %v", len(got), size, err)
+	}
+}
+
+// TestKickWhileParking: kicks landing all through a bulk transfer whose
+// reader parks on each ErrQuiet, as a forwarder does, cost no byte, no
+// window update and no error: a kick between another step's clearing of
+// the flag and of the deadline used to leave the deadline passed with no
+// kick on record, and the next read failed with a timeout, or sent its
+// window update under it and lost it, and the stream stalled.
+func TestKickWhileParking(t *testing.T) {
+	client, server := sessions(t, tcpPair)
+	c, s := streamPair(t, client, server)
+	const size = 64 << 20 // several windows
+	go func() {
+		c.Write(make([]byte, size))
+		c.CloseWrite()
+	}()
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		for {
+			select {
+			case <-stop:
+				return
+			default: // as often as it can, for the kicks to land between any two steps
+				s.Kick()
+				runtime.Gosched()
+			}
+		}
+	}()
+	read := make(chan error, 1)
+	got, parks := 0, 0
+	go func() {
+		wake := make(chan struct{}, 1)
+		b := make([]byte, 64<<10)
+		for {
+			err := s.WaitRead()
+			if err == ErrQuiet {
+				if s.Park(func() { wake <- struct{}{} }) {
+					parks++
+					if !woken(wake, 30*time.Second) {
+						read <- fmt.Errorf("parked and never woken")
+						return
+					}
+				}
+				continue
+			}
+			if err == nil {
+				var n int
+				n, err = s.Read(b)
+				got += n
+			}
+			if err != nil {
+				read <- err
+				return
+			}
+		}
+	}()
+	select {
+	case err := <-read:
+		if err != io.EOF || got != size {
+			t.Fatalf("read %d of %d bytes, then %v", got, size, err)
+		}
+		t.Logf("%d parks", parks)
+	case <-time.After(time.Minute):
+		s.Reset() // ends the reader
+		t.Fatalf("stalled after %d of %d bytes: a window update was lost", got, size)
 	}
 }

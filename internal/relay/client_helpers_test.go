@@ -1,7 +1,6 @@
 package relay
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"net"
@@ -9,14 +8,13 @@ import (
 	"os"
 	"os/exec"
 	"strconv"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/pion/turn/v5"
-	"github.com/sirupsen/logrus"
 
 	"github.com/peerport/peerport/internal/logging"
+	"github.com/peerport/peerport/internal/testutil"
 )
 
 // clientTestSecret is the TURN REST secret of the test servers.
@@ -29,41 +27,6 @@ var loopback = netip.MustParseAddr("127.0.0.1")
 // with cred.go's Credentials: the tests check it against pion and coturn.
 func clientTestCreds(secret, id string, ttl time.Duration) (username, password string) {
 	return Credentials([]byte(secret), id, time.Now().Add(ttl))
-}
-
-// syncBuffer is a bytes.Buffer safe for concurrent writers.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
-// clientTestLog returns a debug logger whose output the test prints when it
-// fails (or always with RELAY_TEST_LOG=1). Call it before starting servers:
-// cleanups run last-in first-out, so the log is printed after they stop.
-func clientTestLog(t *testing.T, name string) *logrus.Logger {
-	t.Helper()
-	buf := &syncBuffer{}
-	l := logrus.New()
-	l.SetOutput(buf)
-	l.SetLevel(logrus.DebugLevel)
-	t.Cleanup(func() {
-		if t.Failed() || os.Getenv("RELAY_TEST_LOG") == "1" {
-			t.Logf("%s log:\n%s", name, buf.String())
-		}
-	})
-	return l
 }
 
 // testTURN is a TURN server a test talks to.
@@ -80,7 +43,7 @@ func (s *testTURN) creds(id string) (username, password string) {
 // config is a Config for agent id on this server.
 func (s *testTURN) config(t *testing.T, id string) Config {
 	u, p := s.creds(id)
-	return Config{URL: s.url, Username: u, Password: p, Log: clientTestLog(t, "client "+id)}
+	return Config{URL: s.url, Username: u, Password: p, Log: testutil.Log(t, "client "+id)}
 }
 
 // pionOptions shape the in-process server.
@@ -96,7 +59,7 @@ type pionOptions struct {
 // handler lets loopback peers in, which real deployments must not.
 func startPionTURN(t *testing.T, o pionOptions) *testTURN {
 	t.Helper()
-	log := clientTestLog(t, "pion server")
+	log := testutil.Log(t, "pion server")
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -152,9 +115,9 @@ func startCoturn(t *testing.T, extra ...string) *testTURN {
 		}
 		t.Skip("relay: turnserver (coturn) not found in PATH; apt-get install coturn to run this test")
 	}
-	out := &syncBuffer{}
+	out := &testutil.Buffer{}
 	t.Cleanup(func() {
-		if t.Failed() || os.Getenv("RELAY_TEST_LOG") == "1" {
+		if t.Failed() || os.Getenv("PEERPORT_TEST_LOG") == "1" {
 			t.Logf("turnserver output:\n%s", out.String())
 		}
 	})
