@@ -343,52 +343,7 @@ func TestKick(t *testing.T) {
 	}
 	io.ReadFull(s, make([]byte, 1))
 
-	const size = 64 << 20 // several windows
-	go func() {
-		c.Write(make([]byte, size))
-		c.CloseWrite()
-	}()
-	stop := make(chan struct{})
-	defer close(stop)
-	go func() {
-		for {
-			select {
-			case <-stop:
-				return
-			case <-time.After(50 * time.Microsecond):
-				s.Kick()
-			}
-		}
-	}()
-	read := make(chan error, 1)
-	got := 0
-	go func() {
-		b := make([]byte, 64<<10)
-		for {
-			err := s.WaitRead()
-			if err == ErrQuiet {
-				continue
-			}
-			if err == nil {
-				var n int
-				n, err = s.Read(b)
-				got += n
-			}
-			if err != nil {
-				read <- err
-				return
-			}
-		}
-	}()
-	select {
-	case err := <-read:
-		if err != io.EOF || got != size {
-			t.Fatalf("read %d of %d bytes, then %v", got, size, err)
-		}
-	case <-time.After(time.Minute):
-		s.Reset() // ends the reader
-		t.Fatalf("stalled: a window update was lost")
-	}
+	kickedBulk(t, c, s, false)
 }
 
 // TestKickThenFIN: a kick while the stream is open, then the peer's FIN,
@@ -429,6 +384,14 @@ func TestKickThenFIN(t *testing.T) {
 func TestKickWhileParking(t *testing.T) {
 	client, server := sessions(t, tcpPair)
 	c, s := streamPair(t, client, server)
+	kickedBulk(t, c, s, true)
+}
+
+// kickedBulk moves several windows from c to s while s is kicked as often
+// as the scheduler allows, so that kicks land between any two steps of the
+// reader's; the reader parks on ErrQuiet if park, else waits again.
+func kickedBulk(t *testing.T, c, s *Stream, park bool) {
+	t.Helper()
 	const size = 64 << 20 // several windows
 	go func() {
 		c.Write(make([]byte, size))
@@ -455,7 +418,7 @@ func TestKickWhileParking(t *testing.T) {
 		for {
 			err := s.WaitRead()
 			if err == ErrQuiet {
-				if s.Park(func() { wake <- struct{}{} }) {
+				if park && s.Park(func() { wake <- struct{}{} }) {
 					parks++
 					if !woken(wake, 30*time.Second) {
 						read <- fmt.Errorf("parked and never woken")

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -14,6 +13,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/peerport/peerport/agent"
+	"github.com/peerport/peerport/internal/testutil"
 )
 
 const (
@@ -210,7 +210,7 @@ func TestStopping(t *testing.T) {
 // output to a buffer): it draws the share, stops the run at the end of
 // ctx and returns the run's error.
 func TestRunHeadless(t *testing.T) {
-	var out syncWriter
+	var out testutil.Buffer
 	st := sharer([]agent.PeerStatus{{Peer: peerID, Role: "sharer", Path: "direct"}}, nil)
 	c := New(Options{Kind: Share, Interval: 10 * time.Millisecond, Out: &out, In: strings.NewReader(""),
 		Env: []string{"TERM=xterm-256color"}, Width: 100, Height: 30,
@@ -238,21 +238,4 @@ func TestRunHeadless(t *testing.T) {
 			t.Errorf("screen lacks %q:\n%s", w, s)
 		}
 	}
-}
-
-type syncWriter struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (w *syncWriter) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.b.Write(p)
-}
-
-func (w *syncWriter) String() string {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.b.String()
 }
