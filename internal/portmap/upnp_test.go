@@ -151,6 +151,21 @@ func (f *fakeIGD) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	io.WriteString(w, env+`<u:`+action+`Response xmlns:u="urn:schemas-upnp-org:service:WANIPConnection:1">`+out+`</u:`+action+`Response></s:Body></s:Envelope>`)
 }
 
+// count is how many times action was asked for. A probe that lost the race
+// is cancelled on the client's side while its request may still be served,
+// so the server's record is read under its lock.
+func (f *fakeIGD) count(action string) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	n := 0
+	for _, a := range f.actions {
+		if a == action {
+			n++
+		}
+	}
+	return n
+}
+
 func (f *fakeIGD) table() map[string]string {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -286,12 +301,7 @@ func TestRace(t *testing.T) {
 			}
 			m := lease.Current()
 			mu.Lock()
-			upnpMaps := 0
-			for _, a := range igd.actions {
-				if a == "AddPortMapping" {
-					upnpMaps++
-				}
-			}
+			upnpMaps := igd.count("AddPortMapping")
 			nmaps := maps[PCP] + maps[NATPMP] + upnpMaps
 			nlive := len(igd.table())
 			for _, l := range live {
