@@ -131,6 +131,18 @@ type Options struct {
 	OnListen func(c ConnectSpec, addr net.Addr)
 }
 
+// DefaultProcs is how many CPUs an agent process runs Go code on at once
+// (GOMAXPROCS) unless its environment sets GOMAXPROCS: cmd/agent applies
+// it. Every forwarded byte and every round trip passes from goroutine to
+// goroutine (local reader, session sender, carrier writer; carrier reader,
+// session receiver, local writer), and with more than one P each hand-off
+// may wake a thread on another CPU: measured on loopback (bench/RESULTS.md,
+// issue 20) that cost more than a quarter of a round trip and 10-25 % of
+// the CPU per byte, for no more throughput. One CPU still moves about
+// 1 GB/s through one agent, more than the paths between agents carry; a
+// host that forwards more sets GOMAXPROCS.
+const DefaultProcs = 1
+
 // DefaultDrainTimeout is how long shutdown waits for open connections.
 const DefaultDrainTimeout = 30 * time.Second
 

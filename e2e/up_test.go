@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -276,7 +277,9 @@ func TestSigtermDrainsWaiting(t *testing.T) {
 	}
 }
 
-// TestUpMetrics: agent up serves Prometheus metrics when asked to.
+// TestUpMetrics: agent up serves Prometheus metrics when asked to, among
+// them the Go runtime's: the agent runs on agent.DefaultProcs CPUs unless
+// its environment sets GOMAXPROCS.
 func TestUpMetrics(t *testing.T) {
 	t.Parallel()
 	w := newWorld(t)
@@ -302,6 +305,13 @@ func TestUpMetrics(t *testing.T) {
 		body = string(b)
 		return strings.Contains(body, "peerport_agent_connections_total 1") && strings.Contains(body, "peerport_agent_peer_sessions 1")
 	})
+	procs := fmt.Sprint(agent.DefaultProcs)
+	if env := os.Getenv("GOMAXPROCS"); env != "" {
+		procs = env
+	}
+	if want := "\ngo_sched_gomaxprocs_threads " + procs + "\n"; !strings.Contains(body, want) {
+		t.Errorf("metrics lack %q", strings.TrimSpace(want))
+	}
 }
 
 // TestUpBadEntryStopsAlone: in agent up, a connect the broker refuses stops

@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"os"
 	"os/signal"
+	"runtime"
 	"runtime/pprof"
 	"strings"
 	"syscall"
@@ -36,6 +37,9 @@ var version = "dev"
 
 func main() {
 	agent.Version = version
+	if os.Getenv("GOMAXPROCS") == "" {
+		runtime.GOMAXPROCS(agent.DefaultProcs)
+	}
 	stopProfile := cpuProfile()
 	ctx, stop := stopOnSignal()
 	err := newRoot().ExecuteContext(ctx)
