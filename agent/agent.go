@@ -172,6 +172,11 @@ type Agent struct {
 	migrations atomic.Int64 // of those, moves to another kind of path
 	recent     recentConns  // the last connections, for status
 	quiet      quietWatch   // parks the stream side of quiet connections
+	// Test hooks, when set: clientStarted runs in apply once the
+	// shares' broker client runs, before the shares are added;
+	// registered runs as a control session has registered the shares
+	// it found, before it becomes current.
+	testHookClientStarted, testHookRegistered func()
 
 	dashURL atomic.Pointer[string] // the dashboard's URL with its token, once it listens
 
@@ -198,6 +203,9 @@ type share struct {
 	stats     *counters
 	announced *atomic.Bool
 	admitted  *admitted // agents admitted by a short code
+	// on is the control session that registered the share, under its
+	// broker client's regMu.
+	on *controlConn
 }
 
 // New validates opts and returns an agent ready to Run.
@@ -411,6 +419,9 @@ func (a *Agent) apply(o Options) error {
 	var b *brokerClient
 	if len(o.Shares) > 0 {
 		b = a.broker(*a.brokerURL())
+		if hook := a.testHookClientStarted; hook != nil {
+			hook()
+		}
 	}
 	// Tickets first: the one step that can fail, before anything changes.
 	tickets := map[string]*secure.Ticket{}

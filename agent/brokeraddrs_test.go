@@ -81,6 +81,13 @@ func quietLog() *logrus.Logger {
 // state dir, candidates (loopback) and log are filled in where unset.
 func startTestAgent(t *testing.T, o Options) *Agent {
 	t.Helper()
+	return startTestAgentWith(t, o, nil)
+}
+
+// startTestAgentWith is startTestAgent with setup run on the agent before
+// it runs.
+func startTestAgentWith(t *testing.T, o Options, setup func(*Agent)) *Agent {
+	t.Helper()
 	if o.Identity == nil {
 		o.Identity = newIdentity(t)
 	}
@@ -93,6 +100,9 @@ func startTestAgent(t *testing.T, o Options) *Agent {
 	a, err := New(o)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if setup != nil {
+		setup(a)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -498,5 +508,39 @@ func TestFailoverOrder(t *testing.T) {
 	}
 	if firstAfter[0] != 0 {
 		t.Errorf("%d agents retry the node they left first", firstAfter[0])
+	}
+}
+
+// TestShareAddedWhileRegistering: the broker client's first session looks
+// for shares before the agent has added its share (under load, writing the
+// kept ticket took that long), and the share is added while the session
+// registers the ones it found. The share must be registered on that
+// session: it was left for a next session that never came, and `agent
+// share` printed no ticket (TestLabProxyOnly in CI).
+func TestShareAddedWhileRegistering(t *testing.T) {
+	leakCheck(t)
+	br := startTestBroker(t, t.TempDir())
+	tickets := make(chan secure.Ticket, 1)
+	o := Options{Broker: &br.URL, Shares: []ShareSpec{{Name: "echo", Target: echoTarget(t)}},
+		OnTicket: func(_ string, tk secure.Ticket) { tickets <- tk }}
+	looked := make(chan struct{})
+	var once sync.Once
+	startTestAgentWith(t, o, func(a *Agent) {
+		a.testHookClientStarted = func() { <-looked }
+		a.testHookRegistered = func() {
+			once.Do(func() {
+				close(looked)
+				for a.shareNamed("echo") == nil {
+					time.Sleep(time.Millisecond)
+				}
+				// apply goes on to register the share now: let it get
+				// there before this session is current.
+				time.Sleep(100 * time.Millisecond)
+			})
+		}
+	})
+	waitTicket(t, tickets, "the share added while the session registered was never registered")
+	if n := br.Server.Stats().Shares; n != 1 {
+		t.Errorf("the broker holds %d shares, want 1", n)
 	}
 }

@@ -443,6 +443,12 @@ type brokerClient struct {
 	agent *Agent
 	log   logrus.FieldLogger // names the URL's addresses; a session's names its node (logger)
 
+	// regMu orders registrations: a session registers the shares it
+	// finds and becomes current under it, and registerNow waits for it.
+	// So a share added meanwhile is either among those found or is
+	// registered by registerNow on that session, never missed by both.
+	regMu sync.Mutex
+
 	mu        sync.Mutex
 	cur       *controlConn
 	node      string        // the address of the node that last accepted a session; "" before the first
@@ -573,17 +579,23 @@ func (b *brokerClient) session(ctx context.Context, c *controlConn, bo *backoff.
 	errc := make(chan error, 1)
 	c.netChange = b.agent.netChange
 	go func() { errc <- c.serve(ctx) }() // replies to Register arrive through it
+	b.regMu.Lock()
 	for _, s := range b.agent.sharesFor(b) {
 		if err := c.register(ctx, s); err != nil {
+			b.regMu.Unlock()
 			c.conn.Close()
 			<-errc
 			return err
 		}
+		s.on = c
 		c.log.WithField("share", s.Name).Info("share online")
 		b.agent.announce(s)
 		if err := b.agent.codes.open(ctx, c, s); err != nil {
 			c.log.WithError(err).WithField("share", s.Name).Warn("no short code; the ticket works")
 		}
+	}
+	if hook := b.agent.testHookRegistered; hook != nil {
+		hook()
 	}
 	bo.Connected(time.Now())
 	l := c.log.WithField("observed", c.welcome.Observed)
@@ -600,6 +612,7 @@ func (b *brokerClient) session(ctx context.Context, c *controlConn, bo *backoff.
 	b.firstScan = scanned
 	close(b.up)
 	b.mu.Unlock()
+	b.regMu.Unlock()
 	go func() {
 		defer close(discovered)
 		b.discover(dctx, b.stun, scanned)
@@ -618,14 +631,17 @@ func (b *brokerClient) session(ctx context.Context, c *controlConn, bo *backoff.
 // registerNow registers a share added while running; when the broker is
 // away, the next session registers it with the rest.
 func (b *brokerClient) registerNow(ctx context.Context, s *share) {
+	b.regMu.Lock()
+	defer b.regMu.Unlock()
 	c := b.current()
-	if c == nil {
-		return
+	if c == nil || s.on == c {
+		return // the next session registers it; or this one did
 	}
 	if err := c.register(ctx, s); err != nil {
 		c.log.WithError(err).WithField("share", s.Name).Warn("register share")
 		return
 	}
+	s.on = c
 	c.log.WithField("share", s.Name).Info("share online")
 	b.agent.announce(s)
 }

@@ -161,7 +161,7 @@ func rst(c net.Conn) {
 // them both agents count zero open connections, both sessions hold zero
 // streams, and goroutines and heap return to where they were.
 func TestPipeAbruptEnds(t *testing.T) {
-	quickPark(t)
+	needParker(t)
 	const conns = 8
 	type end int
 	const (

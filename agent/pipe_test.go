@@ -100,9 +100,9 @@ func wantReset(t *testing.T, c net.Conn) {
 	}
 }
 
-// quickPark skips where there is no parker; the test's agents park after
-// testParkAfter (pipeAgent).
-func quickPark(t *testing.T) {
+// needParker skips where there is no parker (off Linux); the test's agents
+// park after testParkAfter (pipeAgent).
+func needParker(t *testing.T) {
 	if runtime.GOOS != "linux" {
 		t.Skip("the parker is Linux only")
 	}
@@ -122,7 +122,7 @@ func pipeAgent(log logrus.FieldLogger) *Agent {
 // goroutine waits for it; it wakes for the next bytes either way, parks
 // again, and its EOFs still pass from the parked state.
 func TestPipeParks(t *testing.T) {
-	quickPark(t)
+	needParker(t)
 	w := newPipeWorld(t)
 	parked := func() bool { return w.parked() == 1 && w.sess[0].Parked() == 1 && pipeGoroutines() == 0 }
 	w.roundTrip(t, "hello")
@@ -164,7 +164,7 @@ func pipeGoroutines() int {
 // parked, the local connection is reset (the transfer was cut) and the
 // pipe ends.
 func TestPipeAbortParked(t *testing.T) {
-	quickPark(t)
+	needParker(t)
 	w := newPipeWorld(t)
 	w.roundTrip(t, "x")
 	eventually(t, "parked", func() bool { return w.parked() == 1 })
@@ -175,7 +175,7 @@ func TestPipeAbortParked(t *testing.T) {
 
 // TestPipeStopParked: an agent stopping resets parked connections.
 func TestPipeStopParked(t *testing.T) {
-	quickPark(t)
+	needParker(t)
 	w := newPipeWorld(t)
 	w.roundTrip(t, "x")
 	eventually(t, "parked", func() bool { return w.parked() == 1 })
@@ -187,7 +187,7 @@ func TestPipeStopParked(t *testing.T) {
 
 // TestPipeBulk: 32 MiB each way at once, through parking and waking.
 func TestPipeBulk(t *testing.T) {
-	quickPark(t)
+	needParker(t)
 	w := newPipeWorld(t)
 	const size = 32 << 20
 	errc := make(chan error, 2)
@@ -217,7 +217,7 @@ func TestPipeBulk(t *testing.T) {
 // already ended and whose local side goes quiet too late to be parked is
 // closed, not waited for forever (which would hold up the agent's exit).
 func TestPipeStopWhileQuiet(t *testing.T) {
-	quickPark(t)
+	needParker(t)
 	w := newPipeWorld(t)
 	w.roundTrip(t, "x")
 	w.peer.Close() // the peer's FIN: peer -> local ends cleanly
